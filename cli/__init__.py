@@ -1,0 +1,1 @@
+"""The ``dr-build`` command line (click): parse, validate, call the library, print."""

@@ -1,0 +1,163 @@
+"""``dr-build``: reinforce a dataset into a Zarr store, and inspect stores.
+
+The CLI parses and validates (click + pydantic), calls the library, and prints; no logic here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from dr import __version__
+from dr.errors import DRError
+
+__all__ = ["cli", "main"]
+
+EPILOG_REINFORCE = """\b
+Examples:
+  # CIFAR-style build with the bundled demo teacher (CPU is fine)
+  dr-build reinforce examples/assets/cifar10-sample --policy cifar \\
+      --teacher 'python:teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20' \\
+      --views 8 --topk 5 --out runs/demo.zarr --overwrite
+  # ImageNet-style, an ensemble of two timm teachers with local weights, on a Ray cluster
+  dr-build reinforce /data/imagenet/train --policy rrc --views 50 --topk 10 \\
+      --teacher timm:resnet50@/w/r50.safetensors --teacher timm:vit_base_patch16_224@/w/vit.safetensors \\
+      --address auto --out /shared/imagenet+.zarr
+  # a killed build continues where it stopped
+  dr-build reinforce ... --resume
+
+\b
+Teacher specs: KIND:NAME[@WEIGHTS][?key=value&...] with KIND one of
+  timm, torchvision, torchscript, export, python. Options: input_size, mean, std,
+  interpolation, weight (ensemble weight), pretrained=true (downloads: only when asked);
+  other keys go to the model factory (num_classes=10, depth=20).
+"""
+
+
+def _fail(e: Exception) -> None:
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise click.UsageError(f"invalid {where}: {first['msg']} (got {first.get('input')!r})")
+    raise click.ClickException(str(e))
+
+
+def _check_teacher(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    from teachers.spec import parse_teacher_spec
+
+    for spec in value:
+        try:
+            parse_teacher_spec(spec)
+        except DRError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="dr-build")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Reinforce an image dataset: run a teacher ensemble once over many augmented views of
+    every image and store each view's augmentation parameters and top-k soft labels in a Zarr
+    store. Train on it later with dr.ReinforcedDataset at the cost of plain training.
+
+    Start with `dr-build reinforce --help`; inspect a store with `dr-build info STORE`.
+    """
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command(epilog=EPILOG_REINFORCE)
+@click.argument("source")
+@click.option("--teacher", "teachers", multiple=True, required=True, callback=_check_teacher, metavar="SPEC", help="Teacher spec; repeat for an ensemble.")
+@click.option("--policy", default="rrc", show_default=True, help="Augmentation preset: rrc (ImageNet) or cifar; see `dr-build policies`.")
+@click.option("--views", "-V", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Augmented views per image.")
+@click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Soft-label entries kept per view.")
+@click.option("--out", "-o", required=True, help="Output store (.zarr path or fsspec URL).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of all augmentation sampling.")
+@click.option("--output-size", type=click.IntRange(1, 8192), help="View size in pixels (default: the preset's, 224 rrc / 32 cifar).")
+@click.option("--temperature", default=1.0, show_default=True, type=float, help="Softmax temperature for every teacher.")
+@click.option("--chunk-size", default=256, show_default=True, type=click.IntRange(1), help="Images per store chunk and per work unit.")
+@click.option("--forward-group", type=click.IntRange(1), help="Images per teacher batch (default: auto, ~512 views, divides --chunk-size).")
+@click.option("--address", help="Ray cluster address (auto, ray://head:10001); default: start Ray locally.")
+@click.option("--workers", type=click.IntRange(1), help="Teacher actors (default: one per GPU, else 1).")
+@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), help="CPUs reserved per actor (default: share the cluster's).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--decode-threads", default=4, show_default=True, type=click.IntRange(1, 256), help="Image-decoding threads per actor.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted build of OUT (same settings): done chunks are skipped.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--max-chunks", type=click.IntRange(1), help="Stop after writing this many chunks (finish later with --resume).")
+@click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def reinforce(source: str, teachers: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
+    """Reinforce SOURCE (an ImageFolder-layout directory: SOURCE/<class>/<image>) into --out.
+
+    Each image gets --views augmented views sampled with --policy (seeded per image, so the
+    store is identical for any number of workers); the teacher ensemble labels every view and
+    the top --topk probabilities are stored with the view's parameters.
+    """
+    from dr.build import BuildConfig, reinforce as run_build
+    from dr.build.inspect import format_summary, store_summary
+
+    try:
+        config = BuildConfig(source=source, teachers=teachers, **options)
+        result = run_build(config, progress=not quiet)
+    except (DRError, ValidationError) as e:
+        _fail(e)
+        return
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    r = result.to_dict()
+    click.echo(
+        f"{r['status']}: {r['out']} -- computed {r['chunks_computed']} chunk(s), skipped {r['chunks_skipped']} done, "
+        f"{r['views_computed']} views in {r['seconds']:.1f}s ({r['views_per_second']:.0f} views/s) on {len(r['workers'])} worker(s)"
+    )
+    if result.complete:
+        click.echo(format_summary(store_summary(result.out, storage_options=config.storage_options)))
+    else:
+        click.echo("the store is not complete yet: run the same command with --resume to finish it")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--allow-incomplete", is_flag=True, help="Also describe a store whose build has not finished.")
+def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
+    """Describe STORE: header, counts, sizes, bytes/view, teacher agreement with labels."""
+    from dr.build.inspect import format_summary, store_summary
+
+    try:
+        s = store_summary(store, allow_incomplete=allow_incomplete)
+    except DRError as e:
+        _fail(e)
+        return
+    click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def policies(as_json: bool) -> None:
+    """List the augmentation presets and their parameters."""
+    from dr.policy import get_policy, list_policies
+
+    out = {name: {"description": desc, **get_policy(name).to_dict()} for name, desc in list_policies().items()}
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    for name, d in out.items():
+        ops = " -> ".join([d["crop"]["kind"]] + [o["kind"] for o in d["ops"]])
+        click.echo(f"{name:<8} {d['description']}\n         ops: {ops}; fields: {', '.join(f.name for f in get_policy(name).fields())}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(prog_name="dr-build", standalone_mode=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""One error hierarchy for the whole project.
+
+Every error says what was wrong (the bad value) and how to fix it. Validation never uses
+``assert``. ``storage`` and ``teachers`` raise these too, so callers catch one base class.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DRError",
+    "ConfigError",
+    "SourceError",
+    "BadImageError",
+    "TeacherError",
+    "PolicyError",
+    "StoreError",
+    "SchemaVersionError",
+    "StoreIncompleteError",
+    "StoreMismatchError",
+]
+
+
+class DRError(Exception):
+    """Base class of every error raised on purpose by ``dr``, ``teachers`` and ``storage``."""
+
+
+class ConfigError(DRError, ValueError):
+    """A build or CLI setting is invalid."""
+
+
+class SourceError(DRError):
+    """The input dataset cannot be read (wrong path, empty folder, bad layout)."""
+
+
+class BadImageError(SourceError):
+    """One image cannot be decoded; carries the path (or index) and the reason."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"cannot decode image {where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+class TeacherError(DRError):
+    """A teacher spec is malformed or the model/weights cannot be loaded."""
+
+
+class PolicyError(DRError):
+    """An augmentation policy name or parameter is invalid."""
+
+
+class StoreError(DRError):
+    """A reinforced-dataset store is missing, malformed or cannot be written."""
+
+
+class SchemaVersionError(StoreError):
+    """The store was written with a schema version this code does not read."""
+
+
+class StoreIncompleteError(StoreError):
+    """The store's build has not finished (status ``building``)."""
+
+
+class StoreMismatchError(StoreError):
+    """The store belongs to another dataset or another build configuration."""

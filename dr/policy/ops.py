@@ -1,0 +1,243 @@
+"""Augmentation ops: seeded parameter *sampling* (numpy) split from batched *replay* (torch).
+
+An op declares the typed, fixed-width parameter fields it stores per view, samples them for
+all V views of one image at once from a ``numpy.random.Generator`` (always drawing the same
+number of values, so later ops see the same stream whatever earlier values were), and replays
+them on a batch of views with per-view parameters.
+
+Two kinds:
+
+* a :class:`CropOp` maps a source image (any size) to a view of the output size -- it is
+  always first;
+* a :class:`ViewOp` maps views to views (flip; RandAugment, erasing, mixing come here).
+
+Ops are frozen dataclasses that round-trip through ``to_dict``/``op_from_dict`` (JSON in the
+store header), registered by their ``kind`` name.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from dr.errors import PolicyError
+from dr.policy import kernels
+
+__all__ = [
+    "ParamField",
+    "Op",
+    "CropOp",
+    "ViewOp",
+    "RandomResizedCrop",
+    "PadCrop",
+    "HorizontalFlip",
+    "op_from_dict",
+    "OP_REGISTRY",
+]
+
+
+@dataclass(frozen=True)
+class ParamField:
+    """One stored parameter field: ``name``, numpy ``dtype``, and per-view trailing ``shape``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...] = ()
+    doc: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "doc": self.doc}
+
+
+OP_REGISTRY: dict[str, type[Op]] = {}
+
+
+@dataclass(frozen=True)
+class Op(ABC):
+    """Base of all ops."""
+
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.kind:
+            OP_REGISTRY[cls.kind] = cls
+
+    @abstractmethod
+    def fields(self) -> tuple[ParamField, ...]:
+        """The parameter fields this op stores per view."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"kind": self.kind}
+        for k, v in asdict(self).items():
+            d[k] = list(v) if isinstance(v, tuple) else v
+        return d
+
+
+def op_from_dict(d: Mapping[str, Any]) -> Op:
+    """Rebuild an op from its ``to_dict`` form (as stored in a store header)."""
+    kind = d.get("kind")
+    if kind not in OP_REGISTRY:
+        raise PolicyError(f"unknown augmentation op {kind!r}; known ops: {', '.join(sorted(OP_REGISTRY))}")
+    cls = OP_REGISTRY[str(kind)]
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "kind"}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise PolicyError(f"bad parameters for op {kind!r}: {e}") from e
+
+
+@dataclass(frozen=True)
+class CropOp(Op):
+    """An op that cuts a view of the output size out of a source image; always first."""
+
+    @property
+    def pad(self) -> int:
+        return 0
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, n: int, height: int, width: int, size: int) -> dict[str, np.ndarray]:
+        """Sample ``n`` views' parameters for one ``height x width`` image and output ``size``."""
+
+    def apply(
+        self,
+        images: torch.Tensor | list[torch.Tensor],
+        params: Mapping[str, torch.Tensor],
+        image_index: torch.Tensor,
+        size: int,
+    ) -> torch.Tensor:
+        """Replay on a batch of views; returns float ``[B,3,size,size]`` in ``[0, 255]``."""
+        return kernels.crop_resize(images, params["crop_box"], image_index, (size, size), pad=self.pad)
+
+
+@dataclass(frozen=True)
+class ViewOp(Op):
+    """An op from views to views."""
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+        """Sample ``n`` views' parameters at output ``size``."""
+
+    @abstractmethod
+    def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Replay on ``[B,3,S,S]`` float views in ``[0, 255]``."""
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop(CropOp):
+    """torchvision's ``RandomResizedCrop`` sampling (10 tries, then a centre fallback).
+
+    Stores ``crop_box`` = (top, left, height, width) in source pixels (uint16).
+    """
+
+    kind: ClassVar[str] = "random_resized_crop"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    attempts: int = 10
+
+    def __post_init__(self) -> None:
+        if not (0 < self.scale[0] <= self.scale[1] <= 1):
+            raise PolicyError(f"random_resized_crop scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
+        if not (0 < self.ratio[0] <= self.ratio[1]):
+            raise PolicyError(f"random_resized_crop ratio must satisfy 0 < lo <= hi, got {self.ratio}")
+
+    def fields(self) -> tuple[ParamField, ...]:
+        return (ParamField("crop_box", "uint16", (4,), "top, left, height, width in source pixels"),)
+
+    def sample(self, rng: np.random.Generator, n: int, height: int, width: int, size: int) -> dict[str, np.ndarray]:
+        if max(height, width) > 65535:
+            raise PolicyError(f"image of {height}x{width} pixels is too large for uint16 crop boxes (max 65535)")
+        a = self.attempts
+        area = float(height * width)
+        target = area * rng.uniform(self.scale[0], self.scale[1], size=(n, a))
+        log_r = rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), size=(n, a))
+        u = rng.random(size=(n, 2))
+        aspect = np.exp(log_r)
+        w = np.rint(np.sqrt(target * aspect)).astype(np.int64)
+        h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = ok.argmax(axis=1)
+        rows = np.arange(n)
+        hh, ww = h[rows, first], w[rows, first]
+        found = ok[rows, first]
+        # Fallback: whole image, clipped to the ratio range, centred (torchvision's rule).
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            fw, fh = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            fh, fw = height, int(round(height * self.ratio[1]))
+        else:
+            fw, fh = width, height
+        hh = np.where(found, hh, fh)
+        ww = np.where(found, ww, fw)
+        top = np.where(found, np.floor(u[:, 0] * (height - hh + 1)), (height - fh) // 2)
+        left = np.where(found, np.floor(u[:, 1] * (width - ww + 1)), (width - fw) // 2)
+        box = np.stack([top, left, hh, ww], axis=1).astype(np.uint16)
+        return {"crop_box": box}
+
+
+@dataclass(frozen=True)
+class PadCrop(CropOp):
+    """CIFAR-style crop: zero-pad by ``padding`` and cut an output-sized window.
+
+    Stores ``crop_box`` = (top, left, height, width) in source pixels (int16); top/left may be
+    negative (inside the padding). With a source of the output size the crop is an exact copy.
+    """
+
+    kind: ClassVar[str] = "pad_crop"
+    padding: int = 4
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.padding <= 1024):
+            raise PolicyError(f"pad_crop padding must be in [0, 1024], got {self.padding}")
+
+    @property
+    def pad(self) -> int:
+        return self.padding
+
+    def fields(self) -> tuple[ParamField, ...]:
+        return (ParamField("crop_box", "int16", (4,), "top, left, height, width in source pixels (may be negative: padding)"),)
+
+    def sample(self, rng: np.random.Generator, n: int, height: int, width: int, size: int) -> dict[str, np.ndarray]:
+        p = self.padding
+        if height + 2 * p < size or width + 2 * p < size:
+            raise PolicyError(
+                f"pad_crop cannot cut {size}x{size} views from a {height}x{width} image padded by {p}: "
+                "use --policy rrc for images of other sizes, or a smaller --output-size"
+            )
+        if max(height, width) + p > 32767:
+            raise PolicyError(f"image of {height}x{width} pixels is too large for int16 crop boxes")
+        u = rng.random(size=(n, 2))
+        top = -p + np.floor(u[:, 0] * (height + 2 * p - size + 1))
+        left = -p + np.floor(u[:, 1] * (width + 2 * p - size + 1))
+        box = np.stack([top, left, np.full(n, size), np.full(n, size)], axis=1).astype(np.int16)
+        return {"crop_box": box}
+
+
+@dataclass(frozen=True)
+class HorizontalFlip(ViewOp):
+    """Mirror left-right with probability ``p``; stores ``flip`` (uint8 0/1)."""
+
+    kind: ClassVar[str] = "hflip"
+    p: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.p <= 1.0):
+            raise PolicyError(f"hflip p must be in [0, 1], got {self.p}")
+
+    def fields(self) -> tuple[ParamField, ...]:
+        return (ParamField("flip", "uint8", (), "1 if mirrored left-right"),)
+
+    def sample(self, rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+        return {"flip": (rng.random(size=n) < self.p).astype(np.uint8)}
+
+    def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return kernels.hflip(views, params["flip"])
+
+

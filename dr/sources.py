@@ -1,0 +1,292 @@
+"""Input datasets for a build and for training.
+
+A *source* is an indexed, labelled collection of images. Two kinds exist:
+
+* :class:`ImageFolderSource` -- a directory in the ImageFolder layout
+  (``root/<class>/<image>``, the ImageNet layout); ordering is identical to
+  ``torchvision.datasets.ImageFolder`` (sorted classes, sorted files);
+* :class:`TorchDatasetSource` -- any map-style dataset returning ``(image, label)`` where
+  the image is a PIL image, an ``HxWxC`` uint8 array or a ``CxHxW`` uint8 tensor.
+
+Every pixel that enters the build or the training loader goes through :func:`decode_image`
+(PIL / libjpeg on CPU), so build-time and train-time views come from identical pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dr.errors import BadImageError, SourceError
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "Source",
+    "ImageFolderSource",
+    "TorchDatasetSource",
+    "SourceFingerprint",
+    "decode_image",
+    "to_rgb_array",
+    "open_source",
+    "content_digest",
+]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# Guard against decompression bombs while still allowing very large real photos.
+Image.MAX_IMAGE_PIXELS = 30_000 * 30_000
+
+
+def content_digest(data: bytes) -> bytes:
+    """The 16-byte content hash used in fingerprints (BLAKE2b-128)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert any PIL image (palette, alpha, grayscale, CMYK, 16-bit) to ``HxWx3`` uint8."""
+    if img.mode == "RGB":
+        return np.array(img, dtype=np.uint8)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.uint32)
+        arr = (arr >> 8) if arr.max(initial=0) > 255 else arr
+        return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black, like dropping alpha after premultiplication; deterministic.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_image(data: bytes, where: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to an ``HxWx3`` uint8 RGB array (PIL, CPU).
+
+    This is *the* decoder of the project: builds and training loaders both call it.
+
+    Raises:
+        BadImageError: the bytes are not a decodable image (names ``where`` and the reason).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            arr = to_rgb_array(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImageError(where, f"{type(e).__name__}: {e}") from e
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise BadImageError(where, f"unexpected decoded shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+@dataclass(frozen=True)
+class SourceFingerprint:
+    """What identifies a dataset: count, class names, a hash of the labels.
+
+    Per-image content hashes are computed by the build workers (they read every file anyway)
+    and stored in the store's ``source/digests`` array.
+    """
+
+    kind: str
+    count: int
+    classes: tuple[str, ...]
+    labels_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "count": self.count,
+            "classes": list(self.classes),
+            "labels_sha256": self.labels_sha256,
+        }
+
+
+class Source(Protocol):
+    """What the build and the Dataset need from an input dataset."""
+
+    @property
+    def classes(self) -> Sequence[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def labels(self) -> np.ndarray:
+        """All labels as an ``int64`` array, without decoding images."""
+        ...
+
+    def read(self, index: int) -> tuple[np.ndarray, bytes]:
+        """Decoded ``HxWx3`` uint8 image and its content digest (see :func:`content_digest`)."""
+        ...
+
+    def describe(self, index: int) -> str:
+        """Human-readable location of one image (for error messages)."""
+        ...
+
+    def fingerprint(self) -> SourceFingerprint: ...
+
+
+def _labels_hash(labels: np.ndarray, classes: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    h.update("\x1f".join(classes).encode())
+    h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+class ImageFolderSource:
+    """A directory in the ImageFolder layout: ``root/<class>/<image file>``.
+
+    Args:
+        root: the directory whose sub-folders are the classes.
+        extensions: accepted file suffixes (case-insensitive).
+
+    Raises:
+        SourceError: the path is missing, not a directory, or holds no class with images.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, extensions: Sequence[str] = IMG_EXTENSIONS) -> None:
+        self.root = Path(root)
+        if not self.root.exists():
+            raise SourceError(f"source folder {str(self.root)!r} does not exist: pass an ImageFolder-layout directory (root/<class>/<image>)")
+        if not self.root.is_dir():
+            raise SourceError(f"source {str(self.root)!r} is not a directory: pass an ImageFolder-layout directory (root/<class>/<image>)")
+        exts = tuple(e.lower() for e in extensions)
+        class_dirs = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
+        if not class_dirs:
+            raise SourceError(f"source folder {str(self.root)!r} has no class sub-folders: expected root/<class>/<image>")
+        files: list[str] = []
+        labels: list[int] = []
+        for label, cls in enumerate(class_dirs):
+            for dirpath, dirnames, filenames in os.walk(self.root / cls, followlinks=True):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if name.lower().endswith(exts) and not name.startswith("."):
+                        files.append(os.path.relpath(os.path.join(dirpath, name), self.root))
+                        labels.append(label)
+        if not files:
+            raise SourceError(f"source folder {str(self.root)!r} has class folders but no images with extensions {', '.join(exts)}")
+        self._classes = tuple(class_dirs)
+        self.files = files
+        self._labels = np.asarray(labels, dtype=np.int64)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self._classes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def describe(self, index: int) -> str:
+        return str(self.root / self.files[index])
+
+    def read_bytes(self, index: int) -> bytes:
+        path = self.root / self.files[index]
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise BadImageError(str(path), f"cannot read file: {e}") from e
+
+    def read(self, index: int) -> tuple[np.ndarray, bytes]:
+        data = self.read_bytes(index)
+        return decode_image(data, self.describe(index)), content_digest(data)
+
+    def fingerprint(self) -> SourceFingerprint:
+        return SourceFingerprint("image_folder", len(self), self.classes, _labels_hash(self._labels, self.classes))
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource({str(self.root)!r}, images={len(self)}, classes={len(self.classes)})"
+
+
+class TorchDatasetSource:
+    """Wrap a map-style dataset (e.g. ``torchvision.datasets.CIFAR10``) returning ``(image, label)``.
+
+    The image may be a PIL image, an ``HxWxC`` uint8 numpy array, or a ``CxHxW`` uint8 tensor.
+    The dataset must not apply random transforms (its pixels are hashed and replayed).
+
+    Args:
+        dataset: the dataset object; it travels to Ray workers, so it must pickle for transport.
+        classes: class names; defaults to ``dataset.classes``.
+        labels: all labels; defaults to ``dataset.targets`` or reading every item once.
+    """
+
+    def __init__(self, dataset: Any, *, classes: Sequence[str] | None = None, labels: Sequence[int] | None = None) -> None:
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise SourceError(f"{type(dataset).__name__} is not a map-style dataset (needs __len__ and __getitem__)")
+        self.dataset = dataset
+        if labels is None:
+            labels = getattr(dataset, "targets", None)
+        if labels is None:
+            labels = [int(dataset[i][1]) for i in range(len(dataset))]
+        self._labels = np.asarray(labels, dtype=np.int64)
+        if len(self._labels) != len(dataset):
+            raise SourceError(f"{len(self._labels)} labels for a dataset of {len(dataset)} items")
+        if classes is None:
+            classes = getattr(dataset, "classes", None)
+        if classes is None:
+            classes = [str(i) for i in range(int(self._labels.max(initial=-1)) + 1)]
+        self._classes = tuple(str(c) for c in classes)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self._classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def describe(self, index: int) -> str:
+        return f"{type(self.dataset).__name__}[{index}]"
+
+    def read(self, index: int) -> tuple[np.ndarray, bytes]:
+        item = self.dataset[index]
+        img = item[0] if isinstance(item, (tuple, list)) else item
+        arr = self._to_array(img, index)
+        return arr, content_digest(arr.tobytes() + np.asarray(arr.shape, dtype="<i8").tobytes())
+
+    def _to_array(self, img: Any, index: int) -> np.ndarray:
+        if isinstance(img, Image.Image):
+            return to_rgb_array(img)
+        if hasattr(img, "numpy") and hasattr(img, "dim"):  # torch tensor, CxHxW
+            if img.dim() == 2:
+                img = img[None]
+            if img.dim() != 3:
+                raise BadImageError(self.describe(index), f"tensor image must be CxHxW, got shape {tuple(img.shape)}")
+            img = img.permute(1, 2, 0).numpy()
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8:
+            raise BadImageError(self.describe(index), f"image dtype must be uint8, got {arr.dtype}")
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+            raise BadImageError(self.describe(index), f"image must be HxWxC with C in (1, 3, 4), got {arr.shape}")
+        if arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        return np.ascontiguousarray(arr[..., :3])
+
+    def fingerprint(self) -> SourceFingerprint:
+        return SourceFingerprint(f"dataset:{type(self.dataset).__name__}", len(self), self.classes, _labels_hash(self._labels, self.classes))
+
+    def __repr__(self) -> str:
+        return f"TorchDatasetSource({type(self.dataset).__name__}, images={len(self)})"
+
+
+def open_source(source: Any) -> Source:
+    """Turn a path or a dataset object into a :class:`Source`.
+
+    Strings and paths name an ImageFolder-layout directory; a :class:`Source` passes through;
+    any other map-style dataset is wrapped in :class:`TorchDatasetSource`.
+    """
+    if isinstance(source, (ImageFolderSource, TorchDatasetSource)):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return ImageFolderSource(source)
+    return TorchDatasetSource(source)

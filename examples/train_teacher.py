@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Train a CIFAR-10 teacher on the JPEG split and save it as safetensors plus a JSON card.
+
+Example (the demo teacher bundled in examples/assets/teacher/ was made by)::
+
+    python examples/train_teacher.py --data ../shared/data/cifar10 \
+        --arch cifar_resnet --depth 20 --width 16 --epochs 10 --seed 0 \
+        --out examples/assets/teacher/cifar_resnet20
+
+Writes ``OUT.safetensors`` (weights only, no pickle) and ``OUT.json`` (architecture, the
+command, test accuracy, time). Use the result as a teacher spec::
+
+    --teacher python:teachers.zoo:cifar_resnet@OUT.safetensors?depth=20&width=16
+
+Runs on a GPU when one is present, else on CPU (set --threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cifar_data import load_split  # noqa: E402
+
+from teachers import zoo  # noqa: E402
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Pad-and-crop + horizontal flip on a uint8 batch [B,3,32,32], per-sample offsets."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # [B,H]
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # [B,W]
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    bidx = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: str) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images), 1000):
+            x = (images[i : i + 1000].to(device).float() / 255 - mean) / std
+            correct += int((model(x).argmax(1).cpu() == labels[i : i + 1000]).sum())
+    return correct / len(images)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder with train.tar.gz/test.tar.gz or train/ test/")
+    p.add_argument("--arch", default="cifar_resnet", choices=["cifar_resnet", "tiny_cnn"])
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--wd", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--limit", type=int, default=0, help="train on the first N images only (smoke tests)")
+    p.add_argument("--out", required=True, help="output path without suffix")
+    args = p.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.time()
+    xtr, ytr, classes = load_split(args.data, "train")
+    xte, yte, _ = load_split(args.data, "test")
+    if args.limit:
+        order = np.random.default_rng(args.seed).permutation(len(xtr))[: args.limit]
+        xtr, ytr = xtr[order], ytr[order]
+    print(f"decoded {len(xtr)} train / {len(xte)} test images in {time.time() - t0:.1f}s", flush=True)
+    xtr_t = torch.from_numpy(xtr).permute(0, 3, 1, 2).contiguous()
+    xte_t = torch.from_numpy(xte).permute(0, 3, 1, 2).contiguous()
+    ytr_t, yte_t = torch.from_numpy(ytr), torch.from_numpy(yte)
+
+    kwargs = {"num_classes": len(classes)}
+    if args.arch == "cifar_resnet":
+        kwargs.update(depth=args.depth, width=args.width)
+    model = getattr(zoo, args.arch)(**kwargs).to(device).to(memory_format=torch.channels_last)
+    mean = torch.tensor(zoo.CIFAR_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(zoo.CIFAR_STD, device=device).view(1, 3, 1, 1)
+    decay = [p_ for n, p_ in model.named_parameters() if p_.ndim > 1]
+    no_decay = [p_ for n, p_ in model.named_parameters() if p_.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}], lr=args.lr, momentum=0.9, nesterov=True)
+    steps_per_epoch = math.ceil(len(xtr_t) / args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25)
+    gen = torch.Generator().manual_seed(args.seed)
+    t_train = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(xtr_t), generator=gen)
+        tot, n = 0.0, 0
+        for s in range(steps_per_epoch):
+            idx = perm[s * args.batch_size : (s + 1) * args.batch_size]
+            x = augment(xtr_t[idx], gen).to(device, non_blocking=True).float().div_(255)
+            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), ytr_t[idx].to(device), label_smoothing=args.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss.detach()) * len(idx)
+            n += len(idx)
+        acc = evaluate(model, xte_t, yte_t, mean, std, device)
+        print(f"epoch {epoch + 1}/{args.epochs} loss {tot / n:.4f} test top-1 {acc:.4f} ({time.time() - t_train:.0f}s)", flush=True)
+    train_s = time.time() - t_train
+    acc = evaluate(model, xte_t, yte_t, mean, std, device)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out.with_suffix(".safetensors")))
+    digest = hashlib.sha256(out.with_suffix(".safetensors").read_bytes()).hexdigest()
+    spec_query = "&".join(f"{k}={v}" for k, v in kwargs.items())
+    card = {
+        "architecture": f"teachers.zoo.{args.arch}",
+        "kwargs": kwargs,
+        "params": sum(p_.numel() for p_ in model.parameters()),
+        "classes": classes,
+        "teacher_spec": f"python:teachers.zoo:{args.arch}@{out.with_suffix('.safetensors')}?{spec_query}",
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "train_images": len(xtr_t),
+        "test_images": len(xte_t),
+        "test_top1": round(acc, 4),
+        "epochs": args.epochs,
+        "train_seconds": round(train_s, 1),
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "weights_sha256": digest,
+    }
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps({"test_top1": acc, "train_seconds": round(train_s, 1), "out": str(out)}))
+
+
+if __name__ == "__main__":
+    main()

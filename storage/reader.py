@@ -1,0 +1,110 @@
+"""Open a store, check its format and schema version, and read its arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zarr
+from pydantic import ValidationError
+
+from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError
+from storage.schema import FORMAT, SCHEMA_VERSION, StoreHeader
+
+__all__ = ["StoreReader", "open_group", "store_exists", "read_header"]
+
+
+def _is_url(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def open_group(url: str, *, mode: str = "r", storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
+    """Open a Zarr v3 group at a local path or an fsspec URL (``s3://...``)."""
+    kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
+    if _is_url(url):
+        kwargs["storage_options"] = dict(storage_options or {})
+    try:
+        return zarr.open_group(url, **kwargs)
+    except FileNotFoundError as e:
+        raise StoreError(f"no store at {url!r}: check the path (build one with `dr-build reinforce`)") from e
+    except (zarr.errors.BaseZarrError, ValueError, TypeError) as e:
+        raise StoreError(f"{url!r} is not a Zarr v3 group: {e}") from e
+
+
+def store_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    try:
+        open_group(url, mode="r", storage_options=storage_options)
+    except StoreError:
+        return False
+    return True
+
+
+def read_header(attrs: Mapping[str, Any], url: str = "<store>") -> StoreHeader:
+    """Validate raw attributes into a :class:`StoreHeader`, with typed errors."""
+    if not isinstance(attrs, Mapping) or attrs.get("format") != FORMAT:
+        got = attrs.get("format") if isinstance(attrs, Mapping) else type(attrs).__name__
+        raise StoreError(f"{url!r} is not a dr store (format attribute is {got!r}, expected {FORMAT!r})")
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(f"store {url!r} has schema version {version!r}; this dr reads version {SCHEMA_VERSION}. Rebuild the store or install the dr release that wrote it")
+    try:
+        return StoreHeader.model_validate(dict(attrs))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise StoreError(f"store {url!r} has a malformed header: {where}: {first['msg']} ({e.error_count()} problem(s))") from None
+
+
+class StoreReader:
+    """Read-only access to a store.
+
+    Args:
+        url: local path or fsspec URL.
+        allow_incomplete: open a store whose build has not finished (status ``building``).
+        storage_options: fsspec options for remote stores.
+        writable: open read-write (used by :class:`storage.StoreWriter` to resume).
+
+    Raises:
+        StoreError: missing store or not a dr store; SchemaVersionError: another schema
+        version; StoreIncompleteError: still building and ``allow_incomplete`` is false.
+    """
+
+    def __init__(self, url: str, *, allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None, writable: bool = False) -> None:
+        self.url = str(url)
+        self.group = open_group(self.url, mode="r+" if writable else "r", storage_options=storage_options)
+        self.header = read_header(dict(self.group.attrs), self.url)
+        if self.header.status != "complete" and not allow_incomplete:
+            raise StoreIncompleteError(f"store {self.url!r} is still building (status {self.header.status!r}): finish it with `dr-build reinforce ... --resume`, or open with allow_incomplete=True")
+
+    def array(self, path: str) -> zarr.Array:
+        try:
+            node = self.group[path]
+        except KeyError as e:
+            raise StoreError(f"store {self.url!r} has no array {path!r}") from e
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{path!r} in {self.url!r} is not an array")
+        return node
+
+    def load(self, path: str) -> np.ndarray:
+        """Read a whole array into memory (contiguous reads are fast; see DESIGN.md)."""
+        return np.asarray(self.array(path)[:])
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {f.name: self.load(f"params/{f.name}") for f in self.header.param_fields}
+
+    def arrays(self) -> dict[str, zarr.Array]:
+        """Every array in the store by path."""
+        out: dict[str, zarr.Array] = {}
+        for group_name in ("params", "targets", "source", "build"):
+            g = self.group[group_name]
+            for name, node in g.members():  # type: ignore[union-attr]
+                if isinstance(node, zarr.Array):
+                    out[f"{group_name}/{name}"] = node
+        return out
+
+    def nbytes_stored(self) -> int:
+        return int(sum(a.nbytes_stored() for a in self.arrays().values()))
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.array("build/done")[:], dtype=bool)

@@ -1,0 +1,97 @@
+"""The store schema (version 1): header model, array layout, version checks.
+
+A store is a Zarr v3 group. Its attributes are the header (:class:`StoreHeader`, JSON), so
+``zarr.open_group(path).attrs`` explains the store without this package. Arrays, with
+``N`` images, ``V`` views, ``k`` top-k entries::
+
+    params/<field>    [N, V, *shape]  per-view augmentation parameters (see header.param_fields)
+    targets/ids       [N, V, k]       uint16 (uint32 if > 65535 classes) class ids, by prob desc
+    targets/probs     [N, V, k]       float16 ensemble probabilities, sorted descending
+    source/labels     [N]             int32 dataset label of each image
+    source/sizes      [N, 2]          uint32 decoded (height, width)
+    source/digests    [N, 16]         uint8 BLAKE2b-128 of each image's bytes (or pixels)
+    build/done        [n_chunks]      uint8 1 once the chunk's rows are written and flushed
+
+Chunks run along N with ``chunk_size`` images; a work unit is one chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_VERSION",
+    "ParamFieldSpec",
+    "DatasetInfo",
+    "StoreHeader",
+    "ids_dtype",
+    "TARGET_ARRAYS",
+    "SOURCE_ARRAYS",
+]
+
+FORMAT = "dr-store"
+SCHEMA_VERSION = 1
+DIGEST_BYTES = 16
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamFieldSpec(_Strict):
+    """One parameter array: ``params/<name>`` of shape ``[N, V, *shape]`` and ``dtype``."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    dtype: Literal["uint8", "int8", "uint16", "int16", "uint32", "int32", "float16", "float32"]
+    shape: tuple[int, ...] = ()
+    doc: str = ""
+
+
+class DatasetInfo(_Strict):
+    """What the store was built from."""
+
+    kind: str
+    count: int = Field(ge=1, le=2**40)
+    classes: tuple[str, ...]
+    labels_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    digests_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    location: str | None = None
+
+
+class StoreHeader(_Strict):
+    """The store's root attributes."""
+
+    format: Literal["dr-store"] = FORMAT
+    schema_version: int
+    status: Literal["building", "complete"]
+    tool_version: str
+    created_at: str
+    completed_at: str | None = None
+    dataset: DatasetInfo
+    num_classes: int = Field(ge=1, le=2**31)
+    views: int = Field(ge=1, le=100_000)
+    topk: int = Field(ge=1, le=100_000)
+    seed: int = Field(ge=0, le=2**63 - 1)
+    chunk_size: int = Field(ge=1, le=2**24)
+    forward_group: int = Field(ge=1, le=2**24)
+    output_size: int = Field(ge=1, le=8192)
+    policy: dict[str, Any]
+    param_fields: tuple[ParamFieldSpec, ...]
+    ensemble: dict[str, Any]
+    build: dict[str, Any] = Field(default_factory=dict)
+
+    def config_key(self) -> dict[str, Any]:
+        """The fields that must match for a resume to continue a build (no timestamps)."""
+        return self.model_dump(include={"schema_version", "dataset", "num_classes", "views", "topk", "seed", "chunk_size", "forward_group", "output_size", "policy", "param_fields", "ensemble"}, exclude={"dataset": {"digests_sha256", "location"}}, mode="json")
+
+
+def ids_dtype(num_classes: int) -> str:
+    """Smallest unsigned dtype holding class ids."""
+    return "uint16" if num_classes <= 65535 else "uint32"
+
+
+TARGET_ARRAYS = ("targets/ids", "targets/probs")
+SOURCE_ARRAYS = ("source/labels", "source/sizes", "source/digests")

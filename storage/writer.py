@@ -1,0 +1,132 @@
+"""Create, fill and finalise a store. One writer per store (the build driver)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from dr.errors import StoreError, StoreMismatchError
+from storage.reader import StoreReader, open_group, store_exists
+from storage.schema import DIGEST_BYTES, StoreHeader, ids_dtype
+
+__all__ = ["StoreWriter", "now_iso"]
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _compressors() -> list[Any]:
+    return [zarr.codecs.ZstdCodec(level=5)]
+
+
+class StoreWriter:
+    """Writes one build's arrays chunk by chunk, with an explicit done map.
+
+    Use :meth:`create` for a new store or :meth:`resume` to continue one whose header matches.
+    Each :meth:`write_chunk` writes the rows of one chunk in every array, reads them back to
+    verify, then marks the chunk done. :meth:`finalize` flips the status to ``complete`` only
+    when every chunk is done.
+    """
+
+    def __init__(self, group: zarr.Group, header: StoreHeader, url: str) -> None:
+        self.group = group
+        self.header = header
+        self.url = url
+        n = header.dataset.count
+        self.n_chunks = -(-n // header.chunk_size)
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, url: str, header: StoreHeader, labels: np.ndarray, *, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None) -> StoreWriter:
+        """Create a new store at ``url`` (a path or an fsspec URL) with empty arrays."""
+        if store_exists(url, storage_options) and not overwrite:
+            raise StoreError(f"store {url!r} already exists: pass --resume to continue that build, or --overwrite to replace it")
+        h = header
+        n, v, k, cs = h.dataset.count, h.views, h.topk, h.chunk_size
+        if len(labels) != n:
+            raise StoreError(f"{len(labels)} labels for {n} images")
+        group = open_group(url, mode="w", storage_options=storage_options)
+        group.update_attributes(h.model_dump(mode="json"))
+
+        def arr(path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> zarr.Array:
+            parent, name = path.rsplit("/", 1)
+            return group.require_group(parent).create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=_compressors(), fill_value=0)
+
+        for f in h.param_fields:
+            arr(f"params/{f.name}", (n, v, *f.shape), f.dtype, (cs, v, *f.shape))
+        arr("targets/ids", (n, v, k), ids_dtype(h.num_classes), (cs, v, k))
+        arr("targets/probs", (n, v, k), "float16", (cs, v, k))
+        lab = arr("source/labels", (n,), "int32", (cs,))
+        arr("source/sizes", (n, 2), "uint32", (cs, 2))
+        arr("source/digests", (n, DIGEST_BYTES), "uint8", (cs, DIGEST_BYTES))
+        arr("build/done", (-(-n // cs),), "uint8", (1,))
+        lab[:] = labels.astype(np.int32)
+        return cls(group, h, url)
+
+    @classmethod
+    def resume(cls, url: str, header: StoreHeader, *, storage_options: Mapping[str, Any] | None = None) -> StoreWriter:
+        """Reopen a ``building`` store whose configuration equals ``header``'s."""
+        reader = StoreReader(url, allow_incomplete=True, storage_options=storage_options, writable=True)
+        old = reader.header
+        if old.config_key() != header.config_key():
+            a, b = old.config_key(), header.config_key()
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise StoreMismatchError(f"cannot resume {url!r}: the existing store was built with different settings ({', '.join(diff)}); use the original settings or --overwrite")
+        if old.status == "complete":
+            log.info("store %s is already complete", url)
+        return cls(reader.group, old, url)
+
+    # -- writing -------------------------------------------------------------------------
+    def done(self) -> np.ndarray:
+        """Boolean done map, one entry per chunk."""
+        return np.asarray(self.group["build/done"][:], dtype=bool)
+
+    def chunk_rows(self, chunk: int) -> tuple[int, int]:
+        cs = self.header.chunk_size
+        return chunk * cs, min((chunk + 1) * cs, self.header.dataset.count)
+
+    def write_chunk(self, chunk: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write every array's rows of ``chunk``, verify them by reading back, mark it done.
+
+        ``arrays`` maps array paths (``params/<f>``, ``targets/ids``, ``targets/probs``,
+        ``source/sizes``, ``source/digests``) to the chunk's rows.
+        """
+        if not (0 <= chunk < self.n_chunks):
+            raise StoreError(f"chunk {chunk} out of range [0, {self.n_chunks})")
+        start, stop = self.chunk_rows(chunk)
+        expected = {f"params/{f.name}" for f in self.header.param_fields} | {"targets/ids", "targets/probs", "source/sizes", "source/digests"}
+        if set(arrays) != expected:
+            raise StoreError(f"chunk {chunk}: arrays {sorted(arrays)} do not match the schema {sorted(expected)}")
+        for path, data in arrays.items():
+            target = self.group[path]
+            if data.shape != (stop - start, *target.shape[1:]):
+                raise StoreError(f"chunk {chunk}: {path} has shape {data.shape}, expected {(stop - start, *target.shape[1:])}")
+            target[start:stop] = data.astype(target.dtype, copy=False)
+        for path, data in arrays.items():
+            back = self.group[path][start:stop]
+            if not np.array_equal(back, data.astype(back.dtype, copy=False)):
+                raise StoreError(f"chunk {chunk}: {path} read back differently from what was written; the store's medium is faulty")
+        self.group["build/done"][chunk] = 1
+
+    def finalize(self) -> StoreHeader:
+        """Mark the store complete after checking every chunk is done; returns the header."""
+        done = self.done()
+        if not done.all():
+            missing = np.flatnonzero(~done)
+            raise StoreError(f"cannot finalize: {len(missing)} of {len(done)} chunks are not written (first: {missing[:5].tolist()}); run the build again with --resume")
+        digests = np.asarray(self.group["source/digests"][:])
+        ds = self.header.dataset.model_copy(update={"digests_sha256": hashlib.sha256(digests.tobytes()).hexdigest()})
+        header = self.header.model_copy(update={"status": "complete", "completed_at": now_iso(), "dataset": ds})
+        self.group.update_attributes(header.model_dump(mode="json"))
+        self.header = header
+        return header

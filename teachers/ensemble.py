@@ -1,0 +1,63 @@
+"""Ensembles of teachers and sparse top-k soft labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dr.errors import TeacherError
+from teachers.load import Teacher, load_teacher
+from teachers.spec import TeacherSpec
+
+__all__ = ["Ensemble", "topk"]
+
+
+class Ensemble(nn.Module):
+    """Average the teachers' probabilities (weighted), each at ``temperature``.
+
+    ``p = sum_i w_i softmax(z_i / T) / sum_i w_i`` -- the paper's ensemble rule.
+    """
+
+    def __init__(self, teachers: Sequence[Teacher], temperature: float = 1.0) -> None:
+        super().__init__()
+        if not teachers:
+            raise TeacherError("an ensemble needs at least one teacher: pass --teacher SPEC")
+        if not temperature > 0:
+            raise TeacherError(f"temperature must be > 0, got {temperature}")
+        self.teachers = nn.ModuleList(teachers)
+        self.temperature = float(temperature)
+        w = torch.tensor([t.spec.weight for t in teachers], dtype=torch.float32)
+        self.register_buffer("weights", w / w.sum(), persistent=False)
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[str | TeacherSpec], temperature: float = 1.0) -> Ensemble:
+        return cls([load_teacher(s) for s in specs], temperature)
+
+    @torch.inference_mode()
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        """uint8 views ``[B,3,H,W]`` -> ensemble probabilities ``[B,C]`` (float32)."""
+        probs: torch.Tensor | None = None
+        for i, teacher in enumerate(self.teachers):
+            logits = teacher(views).float()
+            p = torch.softmax(logits / self.temperature, dim=1) * self.weights[i]
+            if probs is not None and p.shape != probs.shape:
+                raise TeacherError(f"teacher {teacher.spec} predicts {p.shape[1]} classes but {self.teachers[0].spec} predicts {probs.shape[1]}: all teachers must share the label space")
+            probs = p if probs is None else probs + p
+        if probs is None:
+            raise TeacherError("empty ensemble")
+        return probs
+
+    def describe(self) -> dict[str, Any]:
+        return {"rule": "weighted_mean_of_probabilities", "temperature": self.temperature, "teachers": [t.describe() for t in self.teachers]}  # type: ignore[operator]
+
+
+def topk(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` class ids and probabilities, sorted descending (ties: lower id first)."""
+    if k < 1 or k > probs.shape[1]:
+        raise TeacherError(f"top-k must be in [1, {probs.shape[1]}] (number of classes), got {k}")
+    # Stable order for ties: sort by (-prob, id) via a stable descending sort.
+    values, ids = torch.sort(probs, dim=1, descending=True, stable=True)
+    return ids[:, :k], values[:, :k]

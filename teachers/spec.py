@@ -1,0 +1,131 @@
+"""Teacher spec strings.
+
+Grammar::
+
+    KIND:NAME[@WEIGHTS][?key=value&key=value...]
+
+    timm:resnet50                              timm architecture, random init (pass weights!)
+    timm:resnet50?pretrained=true              timm hub weights (downloads; only when asked)
+    timm:resnet50@/w/resnet50.safetensors      local weights (.safetensors, .pth/.pt/.bin)
+    torchvision:resnet18@/w/r18.pth            torchvision architecture + local weights
+    torchscript:/models/teacher.pt             a TorchScript program (torch.jit.save)
+    export:/models/teacher.pt2                 a torch.export program (torch.export.save)
+    python:teachers.zoo:cifar_resnet@w.safetensors?depth=20   any factory returning nn.Module
+
+Options (after ``?``): ``input_size`` (``224`` or ``3x224x224``/``224x224``), ``mean`` and
+``std`` (three comma-separated floats), ``interpolation`` (bilinear|bicubic|nearest),
+``weight`` (ensemble weight, default 1), ``pretrained`` (true|false). Any other key is passed
+to the model factory (``num_classes=10``, ``depth=20``); values parse as int, float, bool or str.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dr.errors import TeacherError
+
+__all__ = ["TeacherSpec", "parse_teacher_spec", "KINDS"]
+
+KINDS = ("timm", "torchvision", "torchscript", "export", "python")
+_OPTION_KEYS = {"input_size", "mean", "std", "interpolation", "weight", "pretrained"}
+
+
+class TeacherSpec(BaseModel):
+    """A parsed teacher spec (see the module docstring for the string form)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["timm", "torchvision", "torchscript", "export", "python"]
+    name: str
+    weights: str | None = None
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    weight: float = Field(1.0, gt=0)
+    pretrained: bool = False
+    kwargs: dict[str, int | float | bool | str] = Field(default_factory=dict)
+    text: str = ""
+
+    def __str__(self) -> str:
+        return self.text or f"{self.kind}:{self.name}"
+
+
+def _scalar(value: str) -> int | float | bool | str:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _floats3(key: str, value: str, spec: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise TeacherError(f"teacher spec {spec!r}: {key}={value!r} must be three comma-separated numbers, e.g. {key}=0.485,0.456,0.406")
+    return parts  # type: ignore[return-value]
+
+
+def _size(value: str, spec: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in value.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 3:
+        parts = parts[1:]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise TeacherError(f"teacher spec {spec!r}: input_size={value!r} must look like 224, 224x224 or 3x224x224")
+    return parts[0], parts[1]
+
+
+def parse_teacher_spec(spec: str) -> TeacherSpec:
+    """Parse ``KIND:NAME[@WEIGHTS][?options]`` into a :class:`TeacherSpec`.
+
+    Raises:
+        TeacherError: unknown kind, empty name, or a malformed option -- naming the bad part.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise TeacherError(f"teacher spec {spec!r} must look like KIND:NAME[@WEIGHTS][?opts] with KIND one of {', '.join(KINDS)} (e.g. timm:resnet50@weights.safetensors)")
+    kind, rest = spec.split(":", 1)
+    if kind not in KINDS:
+        raise TeacherError(f"teacher spec {spec!r}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    rest, _, query = rest.partition("?")
+    name, _, weights = rest.partition("@")
+    if kind in ("torchscript", "export"):
+        if weights:
+            raise TeacherError(f"teacher spec {spec!r}: {kind} programs carry their weights; write {kind}:/path/to/file")
+        name, weights = name, name
+    if not name:
+        raise TeacherError(f"teacher spec {spec!r}: missing model name after '{kind}:'")
+    if kind == "python" and name.count(":") != 1:
+        raise TeacherError(f"teacher spec {spec!r}: python teachers are python:MODULE:FACTORY, e.g. python:teachers.zoo:cifar_resnet")
+    fields: dict[str, Any] = {"kind": kind, "name": name, "weights": weights or None, "text": spec}
+    kwargs: dict[str, int | float | bool | str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key == "input_size":
+            fields["input_size"] = _size(value, spec)
+        elif key in ("mean", "std"):
+            fields[key] = _floats3(key, value, spec)
+        elif key in _OPTION_KEYS:
+            fields[key] = value
+        elif not key.isidentifier():
+            raise TeacherError(f"teacher spec {spec!r}: option name {key!r} is not a valid identifier")
+        else:
+            kwargs[key] = _scalar(value)
+    fields["kwargs"] = kwargs
+    try:
+        return TeacherSpec(**fields)
+    except ValueError as e:
+        raise TeacherError(f"teacher spec {spec!r}: {e}") from e
