@@ -73,7 +73,15 @@ def cli(verbose: int) -> None:
 
 @cli.command(epilog=EPILOG_REINFORCE)
 @click.argument("source")
-@click.option("--teacher", "teachers", multiple=True, required=True, callback=_check_teacher, metavar="SPEC", help="Teacher spec; repeat for an ensemble.")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    required=True,
+    callback=_check_teacher,
+    metavar="SPEC",
+    help="Teacher spec; repeat for an ensemble.",
+)
 @click.option("--policy", default="rrc", show_default=True, help="Augmentation preset: rrc (ImageNet) or cifar; see `dr-build policies`.")
 @click.option("--views", "-V", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Augmented views per image.")
 @click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Soft-label entries kept per view.")
@@ -100,7 +108,8 @@ def reinforce(source: str, teachers: tuple[str, ...], as_json: bool, quiet: bool
     store is identical for any number of workers); the teacher ensemble labels every view and
     the top --topk probabilities are stored with the view's parameters.
     """
-    from dr.build import BuildConfig, reinforce as run_build
+    from dr.build import BuildConfig
+    from dr.build import reinforce as run_build
     from dr.build.inspect import format_summary, store_summary
 
     try:

@@ -55,9 +55,9 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     if img.mode == "RGB":
         return np.array(img, dtype=np.uint8)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.uint32)
-        arr = (arr >> 8) if arr.max(initial=0) > 255 else arr
-        return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=2)
+        wide = np.asarray(img, dtype=np.uint32)
+        narrow = (wide >> 8) if wide.max(initial=0) > 255 else wide
+        return np.repeat(narrow.astype(np.uint8)[..., None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on black, like dropping alpha after premultiplication; deterministic.
         rgba = img.convert("RGBA")
@@ -151,7 +151,9 @@ class ImageFolderSource:
     def __init__(self, root: str | os.PathLike[str], *, extensions: Sequence[str] = IMG_EXTENSIONS) -> None:
         self.root = Path(root)
         if not self.root.exists():
-            raise SourceError(f"source folder {str(self.root)!r} does not exist: pass an ImageFolder-layout directory (root/<class>/<image>)")
+            raise SourceError(
+                f"source folder {str(self.root)!r} does not exist: pass an ImageFolder-layout directory (root/<class>/<image>)"
+            )
         if not self.root.is_dir():
             raise SourceError(f"source {str(self.root)!r} is not a directory: pass an ImageFolder-layout directory (root/<class>/<image>)")
         exts = tuple(e.lower() for e in extensions)
@@ -273,7 +275,9 @@ class TorchDatasetSource:
         return np.ascontiguousarray(arr[..., :3])
 
     def fingerprint(self) -> SourceFingerprint:
-        return SourceFingerprint(f"dataset:{type(self.dataset).__name__}", len(self), self.classes, _labels_hash(self._labels, self.classes))
+        return SourceFingerprint(
+            f"dataset:{type(self.dataset).__name__}", len(self), self.classes, _labels_hash(self._labels, self.classes)
+        )
 
     def __repr__(self) -> str:
         return f"TorchDatasetSource({type(self.dataset).__name__}, images={len(self)})"

@@ -35,9 +35,9 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar_data import load_split  # noqa: E402
+from cifar_data import load_split
 
-from teachers import zoo  # noqa: E402
+from teachers import zoo
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -55,7 +55,9 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor
     return out.permute(0, 3, 1, 2)
 
 
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: str) -> float:
+def evaluate(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: str
+) -> float:
     model.eval()
     correct = 0
     with torch.no_grad():
@@ -105,7 +107,9 @@ def main() -> None:
     std = torch.tensor(zoo.CIFAR_STD, device=device).view(1, 3, 1, 1)
     decay = [p_ for n, p_ in model.named_parameters() if p_.ndim > 1]
     no_decay = [p_ for n, p_ in model.named_parameters() if p_.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}], lr=args.lr, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}], lr=args.lr, momentum=0.9, nesterov=True
+    )
     steps_per_epoch = math.ceil(len(xtr_t) / args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25)
     gen = torch.Generator().manual_seed(args.seed)
@@ -148,7 +152,9 @@ def main() -> None:
         "test_top1": round(acc, 4),
         "epochs": args.epochs,
         "train_seconds": round(train_s, 1),
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "weights_sha256": digest,
     }

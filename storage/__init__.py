@@ -4,4 +4,17 @@ from storage.reader import StoreReader, open_group, read_header, store_exists
 from storage.schema import FORMAT, SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, ids_dtype
 from storage.writer import StoreWriter, now_iso
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "DatasetInfo", "ParamFieldSpec", "StoreHeader", "StoreReader", "StoreWriter", "ids_dtype", "now_iso", "open_group", "read_header", "store_exists"]
+__all__ = [
+    "FORMAT",
+    "SCHEMA_VERSION",
+    "DatasetInfo",
+    "ParamFieldSpec",
+    "StoreHeader",
+    "StoreReader",
+    "StoreWriter",
+    "ids_dtype",
+    "now_iso",
+    "open_group",
+    "read_header",
+    "store_exists",
+]

@@ -47,7 +47,9 @@ def read_header(attrs: Mapping[str, Any], url: str = "<store>") -> StoreHeader:
         raise StoreError(f"{url!r} is not a dr store (format attribute is {got!r}, expected {FORMAT!r})")
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise SchemaVersionError(f"store {url!r} has schema version {version!r}; this dr reads version {SCHEMA_VERSION}. Rebuild the store or install the dr release that wrote it")
+        raise SchemaVersionError(
+            f"store {url!r} has schema version {version!r}; this dr reads version {SCHEMA_VERSION}. Rebuild the store or install the dr release that wrote it"
+        )
     try:
         return StoreHeader.model_validate(dict(attrs))
     except ValidationError as e:
@@ -70,12 +72,16 @@ class StoreReader:
         version; StoreIncompleteError: still building and ``allow_incomplete`` is false.
     """
 
-    def __init__(self, url: str, *, allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None, writable: bool = False) -> None:
+    def __init__(
+        self, url: str, *, allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None, writable: bool = False
+    ) -> None:
         self.url = str(url)
         self.group = open_group(self.url, mode="r+" if writable else "r", storage_options=storage_options)
         self.header = read_header(dict(self.group.attrs), self.url)
         if self.header.status != "complete" and not allow_incomplete:
-            raise StoreIncompleteError(f"store {self.url!r} is still building (status {self.header.status!r}): finish it with `dr-build reinforce ... --resume`, or open with allow_incomplete=True")
+            raise StoreIncompleteError(
+                f"store {self.url!r} is still building (status {self.header.status!r}): finish it with `dr-build reinforce ... --resume`, or open with allow_incomplete=True"
+            )
 
     def array(self, path: str) -> zarr.Array:
         try:

@@ -64,7 +64,7 @@ class DatasetInfo(_Strict):
 class StoreHeader(_Strict):
     """The store's root attributes."""
 
-    format: Literal["dr-store"] = FORMAT
+    format: Literal["dr-store"] = "dr-store"
     schema_version: int
     status: Literal["building", "complete"]
     tool_version: str
@@ -85,7 +85,24 @@ class StoreHeader(_Strict):
 
     def config_key(self) -> dict[str, Any]:
         """The fields that must match for a resume to continue a build (no timestamps)."""
-        return self.model_dump(include={"schema_version", "dataset", "num_classes", "views", "topk", "seed", "chunk_size", "forward_group", "output_size", "policy", "param_fields", "ensemble"}, exclude={"dataset": {"digests_sha256", "location"}}, mode="json")
+        return self.model_dump(
+            include={
+                "schema_version",
+                "dataset",
+                "num_classes",
+                "views",
+                "topk",
+                "seed",
+                "chunk_size",
+                "forward_group",
+                "output_size",
+                "policy",
+                "param_fields",
+                "ensemble",
+            },
+            exclude={"dataset": {"digests_sha256", "location"}},
+            mode="json",
+        )
 
 
 def ids_dtype(num_classes: int) -> str:

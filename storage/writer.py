@@ -47,7 +47,9 @@ class StoreWriter:
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
-    def create(cls, url: str, header: StoreHeader, labels: np.ndarray, *, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None) -> StoreWriter:
+    def create(
+        cls, url: str, header: StoreHeader, labels: np.ndarray, *, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
+    ) -> StoreWriter:
         """Create a new store at ``url`` (a path or an fsspec URL) with empty arrays."""
         if store_exists(url, storage_options) and not overwrite:
             raise StoreError(f"store {url!r} already exists: pass --resume to continue that build, or --overwrite to replace it")
@@ -60,7 +62,9 @@ class StoreWriter:
 
         def arr(path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> zarr.Array:
             parent, name = path.rsplit("/", 1)
-            return group.require_group(parent).create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=_compressors(), fill_value=0)
+            return group.require_group(parent).create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, compressors=_compressors(), fill_value=0
+            )
 
         for f in h.param_fields:
             arr(f"params/{f.name}", (n, v, *f.shape), f.dtype, (cs, v, *f.shape))
@@ -81,15 +85,23 @@ class StoreWriter:
         if old.config_key() != header.config_key():
             a, b = old.config_key(), header.config_key()
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise StoreMismatchError(f"cannot resume {url!r}: the existing store was built with different settings ({', '.join(diff)}); use the original settings or --overwrite")
+            raise StoreMismatchError(
+                f"cannot resume {url!r}: the existing store was built with different settings ({', '.join(diff)}); use the original settings or --overwrite"
+            )
         if old.status == "complete":
             log.info("store %s is already complete", url)
         return cls(reader.group, old, url)
 
     # -- writing -------------------------------------------------------------------------
+    def _array(self, path: str) -> zarr.Array:
+        node = self.group.get(path)
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"store {self.url!r} has no array {path!r}; it is damaged or not a dr store")
+        return node
+
     def done(self) -> np.ndarray:
         """Boolean done map, one entry per chunk."""
-        return np.asarray(self.group["build/done"][:], dtype=bool)
+        return np.asarray(self._array("build/done")[:], dtype=bool)
 
     def chunk_rows(self, chunk: int) -> tuple[int, int]:
         cs = self.header.chunk_size
@@ -104,27 +116,34 @@ class StoreWriter:
         if not (0 <= chunk < self.n_chunks):
             raise StoreError(f"chunk {chunk} out of range [0, {self.n_chunks})")
         start, stop = self.chunk_rows(chunk)
-        expected = {f"params/{f.name}" for f in self.header.param_fields} | {"targets/ids", "targets/probs", "source/sizes", "source/digests"}
+        expected = {f"params/{f.name}" for f in self.header.param_fields} | {
+            "targets/ids",
+            "targets/probs",
+            "source/sizes",
+            "source/digests",
+        }
         if set(arrays) != expected:
             raise StoreError(f"chunk {chunk}: arrays {sorted(arrays)} do not match the schema {sorted(expected)}")
         for path, data in arrays.items():
-            target = self.group[path]
+            target = self._array(path)
             if data.shape != (stop - start, *target.shape[1:]):
                 raise StoreError(f"chunk {chunk}: {path} has shape {data.shape}, expected {(stop - start, *target.shape[1:])}")
             target[start:stop] = data.astype(target.dtype, copy=False)
         for path, data in arrays.items():
-            back = self.group[path][start:stop]
+            back = np.asarray(self._array(path)[start:stop])
             if not np.array_equal(back, data.astype(back.dtype, copy=False)):
                 raise StoreError(f"chunk {chunk}: {path} read back differently from what was written; the store's medium is faulty")
-        self.group["build/done"][chunk] = 1
+        self._array("build/done")[chunk] = 1
 
     def finalize(self) -> StoreHeader:
         """Mark the store complete after checking every chunk is done; returns the header."""
         done = self.done()
         if not done.all():
             missing = np.flatnonzero(~done)
-            raise StoreError(f"cannot finalize: {len(missing)} of {len(done)} chunks are not written (first: {missing[:5].tolist()}); run the build again with --resume")
-        digests = np.asarray(self.group["source/digests"][:])
+            raise StoreError(
+                f"cannot finalize: {len(missing)} of {len(done)} chunks are not written (first: {missing[:5].tolist()}); run the build again with --resume"
+            )
+        digests = np.asarray(self._array("source/digests")[:])
         ds = self.header.dataset.model_copy(update={"digests_sha256": hashlib.sha256(digests.tobytes()).hexdigest()})
         header = self.header.model_copy(update={"status": "complete", "completed_at": now_iso(), "dataset": ds})
         self.group.update_attributes(header.model_dump(mode="json"))

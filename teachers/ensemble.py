@@ -21,12 +21,15 @@ class Ensemble(nn.Module):
     ``p = sum_i w_i softmax(z_i / T) / sum_i w_i`` -- the paper's ensemble rule.
     """
 
+    weights: torch.Tensor
+
     def __init__(self, teachers: Sequence[Teacher], temperature: float = 1.0) -> None:
         super().__init__()
         if not teachers:
             raise TeacherError("an ensemble needs at least one teacher: pass --teacher SPEC")
         if not temperature > 0:
             raise TeacherError(f"temperature must be > 0, got {temperature}")
+        self.members: list[Teacher] = list(teachers)
         self.teachers = nn.ModuleList(teachers)
         self.temperature = float(temperature)
         w = torch.tensor([t.spec.weight for t in teachers], dtype=torch.float32)
@@ -40,18 +43,24 @@ class Ensemble(nn.Module):
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 views ``[B,3,H,W]`` -> ensemble probabilities ``[B,C]`` (float32)."""
         probs: torch.Tensor | None = None
-        for i, teacher in enumerate(self.teachers):
+        for i, teacher in enumerate(self.members):
             logits = teacher(views).float()
             p = torch.softmax(logits / self.temperature, dim=1) * self.weights[i]
             if probs is not None and p.shape != probs.shape:
-                raise TeacherError(f"teacher {teacher.spec} predicts {p.shape[1]} classes but {self.teachers[0].spec} predicts {probs.shape[1]}: all teachers must share the label space")
+                raise TeacherError(
+                    f"teacher {teacher.spec} predicts {p.shape[1]} classes but {self.members[0].spec} predicts {probs.shape[1]}: all teachers must share the label space"
+                )
             probs = p if probs is None else probs + p
         if probs is None:
             raise TeacherError("empty ensemble")
         return probs
 
     def describe(self) -> dict[str, Any]:
-        return {"rule": "weighted_mean_of_probabilities", "temperature": self.temperature, "teachers": [t.describe() for t in self.teachers]}  # type: ignore[operator]
+        return {
+            "rule": "weighted_mean_of_probabilities",
+            "temperature": self.temperature,
+            "teachers": [t.describe() for t in self.members],
+        }  # type: ignore[operator]
 
 
 def topk(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

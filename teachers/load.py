@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,10 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             state: Any = load_file(str(p))
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure becomes a TeacherError
-        raise TeacherError(f"cannot read teacher weights {str(p)!r}: {type(e).__name__}: {e}. Use .safetensors or a plain state_dict saved with torch.save") from e
+    except Exception as e:
+        raise TeacherError(
+            f"cannot read teacher weights {str(p)!r}: {type(e).__name__}: {e}. Use .safetensors or a plain state_dict saved with torch.save"
+        ) from e
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -86,14 +89,17 @@ def _apply_weights(model: nn.Module, spec: TeacherSpec) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise TeacherError(f"weights {spec.weights!r} do not fit {spec.kind}:{spec.name}: {str(e).splitlines()[0]} -- check the architecture name and its options (num_classes, ...)") from e
+        raise TeacherError(
+            f"weights {spec.weights!r} do not fit {spec.kind}:{spec.name}: {str(e).splitlines()[0]} -- check the architecture name and its options (num_classes, ...)"
+        ) from e
 
 
 def _build_timm(spec: TeacherSpec) -> nn.Module:
     import timm
 
     try:
-        model = timm.create_model(spec.name, pretrained=spec.pretrained and spec.weights is None, **spec.kwargs)
+        kwargs: dict[str, Any] = dict(spec.kwargs)
+        model = timm.create_model(spec.name, pretrained=spec.pretrained and spec.weights is None, **kwargs)
     except RuntimeError as e:
         raise TeacherError(f"timm cannot create {spec.name!r}: {e}. List names with timm.list_models()") from e
     _apply_weights(model, spec)
@@ -117,9 +123,11 @@ def _build_program(spec: TeacherSpec) -> nn.Module:
         raise TeacherError(f"{spec.kind} teacher file {str(path)!r} not found")
     try:
         if spec.kind == "torchscript":
-            return torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # deprecated, still supported for existing files
+                return torch.jit.load(str(path), map_location="cpu")
         return torch.export.load(str(path)).module()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise TeacherError(f"cannot load {spec.kind} program {str(path)!r}: {type(e).__name__}: {e}") from e
 
 
@@ -128,7 +136,9 @@ def _build_python(spec: TeacherSpec) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise TeacherError(f"teacher spec python:{spec.name}: cannot import module {module_name!r} ({e}); is it installed on every worker?") from e
+        raise TeacherError(
+            f"teacher spec python:{spec.name}: cannot import module {module_name!r} ({e}); is it installed on every worker?"
+        ) from e
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise TeacherError(f"teacher spec python:{spec.name}: {module_name} has no callable {factory_name!r}")
@@ -139,7 +149,13 @@ def _build_python(spec: TeacherSpec) -> nn.Module:
     return model
 
 
-_BUILDERS = {"timm": _build_timm, "torchvision": _build_torchvision, "torchscript": _build_program, "export": _build_program, "python": _build_python}
+_BUILDERS = {
+    "timm": _build_timm,
+    "torchvision": _build_torchvision,
+    "torchscript": _build_program,
+    "export": _build_program,
+    "python": _build_python,
+}
 
 
 def _resolve_preprocess(model: nn.Module, spec: TeacherSpec) -> Preprocess:
@@ -171,9 +187,16 @@ class Teacher(nn.Module):
     normalises with the teacher's mean/std (buffers, so ``.to(device)`` moves them).
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, preprocess: Preprocess, spec: TeacherSpec, weights_sha256: str | None) -> None:
         super().__init__()
-        self.model = model.eval()
+        try:
+            model.eval()
+        except NotImplementedError:  # torch.export programs are exported in eval mode already
+            pass
+        self.model = model
         self.preprocess = preprocess
         self.spec = spec
         self.weights_sha256 = weights_sha256

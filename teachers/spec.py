@@ -97,7 +97,9 @@ def parse_teacher_spec(spec: str) -> TeacherSpec:
         TeacherError: unknown kind, empty name, or a malformed option -- naming the bad part.
     """
     if not isinstance(spec, str) or ":" not in spec:
-        raise TeacherError(f"teacher spec {spec!r} must look like KIND:NAME[@WEIGHTS][?opts] with KIND one of {', '.join(KINDS)} (e.g. timm:resnet50@weights.safetensors)")
+        raise TeacherError(
+            f"teacher spec {spec!r} must look like KIND:NAME[@WEIGHTS][?opts] with KIND one of {', '.join(KINDS)} (e.g. timm:resnet50@weights.safetensors)"
+        )
     kind, rest = spec.split(":", 1)
     if kind not in KINDS:
         raise TeacherError(f"teacher spec {spec!r}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")

@@ -39,9 +39,7 @@ class _Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -63,9 +61,7 @@ class CifarResNet(nn.Module):
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CifarResNet depth must be 6n+2 (8, 14, 20, ...), got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         layers: list[nn.Module] = []
         cin = width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):

@@ -74,7 +74,7 @@ class Op(ABC):
         """The parameter fields this op stores per view."""
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"kind": self.kind}
+        d: dict[str, Any] = {"kind": self.kind}
         for k, v in asdict(self).items():
             d[k] = list(v) if isinstance(v, tuple) else v
         return d
@@ -239,5 +239,3 @@ class HorizontalFlip(ViewOp):
 
     def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return kernels.hflip(views, params["flip"])
-
-

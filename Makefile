@@ -1,0 +1,40 @@
+# dr -- set-up and everyday commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/demo.zarr
+DEMO_TEACHER := python:teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16
+
+.PHONY: venv demo test lint format clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dr-build reinforce examples/assets/cifar10-sample --policy cifar \
+		--teacher '$(DEMO_TEACHER)' --views 8 --topk 5 --chunk-size 128 \
+		--out $(DEMO_OUT) --overwrite
+	$(VENV)/bin/dr-build info $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q --durations=10
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dr teachers storage cli tests examples bench
+	$(VENV)/bin/ruff format --check dr teachers storage cli tests examples bench
+	$(VENV)/bin/mypy dr teachers storage cli
+	$(VENV)/bin/hadolint Dockerfile
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix dr teachers storage cli tests examples bench
+	$(VENV)/bin/ruff format dr teachers storage cli tests examples bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError, StoreMismatchError
+from storage import DatasetInfo, ParamFieldSpec, StoreHeader, StoreReader, StoreWriter, now_iso
+
+
+def _header(**kw) -> StoreHeader:
+    base = dict(
+        schema_version=1,
+        status="building",
+        tool_version="test",
+        created_at=now_iso(),
+        dataset=DatasetInfo(kind="image_folder", count=10, classes=("a", "b", "c"), labels_sha256="0" * 64),
+        num_classes=3,
+        views=2,
+        topk=2,
+        seed=0,
+        chunk_size=4,
+        forward_group=1,
+        output_size=32,
+        policy={"name": "cifar"},
+        param_fields=(ParamFieldSpec(name="flip", dtype="uint8"),),
+        ensemble={"teachers": []},
+    )
+    base.update(kw)
+    return StoreHeader(**base)
+
+
+def _chunk(w: StoreWriter, c: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    a, b = w.chunk_rows(c)
+    n = b - a
+    probs = np.sort(rng.random((n, 2, 2)), axis=-1)[..., ::-1].astype(np.float16)
+    return {
+        "params/flip": rng.integers(0, 2, (n, 2)).astype(np.uint8),
+        "targets/ids": rng.integers(0, 3, (n, 2, 2)).astype(np.uint16),
+        "targets/probs": probs,
+        "source/sizes": np.full((n, 2), 32, dtype=np.uint32),
+        "source/digests": rng.integers(0, 256, (n, 16)).astype(np.uint8),
+    }
+
+
+def test_write_finalize_read_round_trip(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.zarr")
+    labels = np.arange(10) % 3
+    w = StoreWriter.create(url, _header(), labels)
+    rng = np.random.default_rng(0)
+    chunks = {c: _chunk(w, c, rng) for c in range(3)}
+    for c in (2, 0):
+        w.write_chunk(c, chunks[c])
+    with pytest.raises(StoreError, match="1 of 3 chunks are not written"):
+        w.finalize()
+    with pytest.raises(StoreIncompleteError, match="--resume"):
+        StoreReader(url)
+    assert StoreReader(url, allow_incomplete=True).done().tolist() == [True, False, True]
+    w.write_chunk(1, chunks[1])
+    h = w.finalize()
+    assert h.status == "complete" and h.dataset.digests_sha256 is not None
+    r = StoreReader(url)
+    np.testing.assert_array_equal(r.load("source/labels"), labels)
+    np.testing.assert_array_equal(r.load("targets/probs"), np.concatenate([chunks[c]["targets/probs"] for c in range(3)]))
+    # plain zarr explains the store
+    g = zarr.open_group(url, mode="r")
+    assert g.attrs["format"] == "dr-store" and g.attrs["schema_version"] == 1 and g.attrs["status"] == "complete"
+    assert g["targets/ids"].shape == (10, 2, 2) and g["targets/ids"].chunks == (4, 2, 2)
+
+
+def test_refuses_existing_store_and_wrong_shapes(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.zarr")
+    w = StoreWriter.create(url, _header(), np.zeros(10, dtype=int))
+    with pytest.raises(StoreError, match="already exists"):
+        StoreWriter.create(url, _header(), np.zeros(10, dtype=int))
+    bad = _chunk(w, 0, np.random.default_rng(0))
+    bad["targets/ids"] = bad["targets/ids"][:, :1]
+    with pytest.raises(StoreError, match="targets/ids has shape"):
+        w.write_chunk(0, bad)
+    del bad["params/flip"]
+    with pytest.raises(StoreError, match="do not match the schema"):
+        w.write_chunk(0, bad)
+
+
+def test_resume_requires_same_config(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.zarr")
+    StoreWriter.create(url, _header(), np.zeros(10, dtype=int))
+    StoreWriter.resume(url, _header(created_at="2000-01-01T00:00:00+00:00"))  # timestamps don't matter
+    with pytest.raises(StoreMismatchError, match="seed"):
+        StoreWriter.resume(url, _header(seed=1))
+
+
+def test_version_and_format_checks(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.zarr")
+    StoreWriter.create(url, _header(), np.zeros(10, dtype=int))
+    g = zarr.open_group(url, mode="r+")
+    g.update_attributes({"schema_version": 99})
+    with pytest.raises(SchemaVersionError, match="99.*version 1"):
+        StoreReader(url, allow_incomplete=True)
+    g.update_attributes({"schema_version": 1, "views": "many"})
+    with pytest.raises(StoreError, match="views"):
+        StoreReader(url, allow_incomplete=True)
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    with pytest.raises(StoreError, match="not a dr store"):
+        StoreReader(str(tmp_path / "other.zarr"))
+    with pytest.raises(StoreError, match="no store"):
+        StoreReader(str(tmp_path / "missing.zarr"))
