@@ -110,7 +110,6 @@ def reinforce(source: str, teachers: tuple[str, ...], as_json: bool, quiet: bool
     """
     from dr.build import BuildConfig
     from dr.build import reinforce as run_build
-    from dr.build.inspect import format_summary, store_summary
 
     try:
         config = BuildConfig(source=source, teachers=teachers, **options)
@@ -127,7 +126,7 @@ def reinforce(source: str, teachers: tuple[str, ...], as_json: bool, quiet: bool
         f"{r['views_computed']} views in {r['seconds']:.1f}s ({r['views_per_second']:.0f} views/s) on {len(r['workers'])} worker(s)"
     )
     if result.complete:
-        click.echo(format_summary(store_summary(result.out, storage_options=config.storage_options)))
+        click.echo(f"inspect it with: dr-build info {result.out}")
     else:
         click.echo("the store is not complete yet: run the same command with --resume to finish it")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -12,8 +13,8 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from dr.errors import StoreError, StoreMismatchError
-from storage.reader import StoreReader, open_group, store_exists
+from dr.errors import SchemaVersionError, StoreError, StoreMismatchError
+from storage.reader import StoreReader, open_group, read_header, store_exists
 from storage.schema import DIGEST_BYTES, StoreHeader, ids_dtype
 
 __all__ = ["StoreWriter", "now_iso"]
@@ -51,8 +52,17 @@ class StoreWriter:
         cls, url: str, header: StoreHeader, labels: np.ndarray, *, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
     ) -> StoreWriter:
         """Create a new store at ``url`` (a path or an fsspec URL) with empty arrays."""
-        if store_exists(url, storage_options) and not overwrite:
-            raise StoreError(f"store {url!r} already exists: pass --resume to continue that build, or --overwrite to replace it")
+        if store_exists(url, storage_options):
+            if not overwrite:
+                raise StoreError(f"store {url!r} already exists: pass --resume to continue that build, or --overwrite to replace it")
+            try:
+                read_header(dict(open_group(url, storage_options=storage_options).attrs), url)
+            except SchemaVersionError:
+                pass  # an older/newer dr store: replacing it is what --overwrite means
+            except StoreError as e:
+                raise StoreError(f"refusing to overwrite {url!r}: it is not a dr store ({e})") from None
+        elif "://" not in url and os.path.exists(url) and (not os.path.isdir(url) or os.listdir(url)):
+            raise StoreError(f"refusing to write a store at {url!r}: the path exists and is not a Zarr store; choose a new --out path")
         h = header
         n, v, k, cs = h.dataset.count, h.views, h.topk, h.chunk_size
         if len(labels) != n:

@@ -67,9 +67,10 @@ def test_reinforce_then_info(cifar64: Path, tiny_teacher: str, ray_session, tmp_
     ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    assert "complete" in r.output and "views/s" in r.output and "top-1 agreement" in r.output
+    assert "complete" in r.output and "views/s" in r.output and "dr-build info" in r.output
     r = CliRunner().invoke(cli, ["info", str(out), "--json"])
     s = json.loads(r.output)
+    assert "top-1 agreement" in CliRunner().invoke(cli, ["info", str(out)]).output
     assert s["status"] == "complete" and s["dataset"]["images"] == 64 and s["views"] == 2
     assert 0 <= s["teacher_top1_agreement"] <= 1 and s["bytes_per_view"] > 0
     r = CliRunner().invoke(cli, args)

@@ -105,3 +105,16 @@ def test_version_and_format_checks(tmp_path: Path) -> None:
         StoreReader(str(tmp_path / "other.zarr"))
     with pytest.raises(StoreError, match="no store"):
         StoreReader(str(tmp_path / "missing.zarr"))
+
+
+def test_never_overwrites_something_that_is_not_a_store(tmp_path: Path) -> None:
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(StoreError, match="not a Zarr store"):
+        StoreWriter.create(str(precious), _header(), np.zeros(10, dtype=int), overwrite=True)
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").update_attributes({"mine": 1})
+    with pytest.raises(StoreError, match="not a dr store"):
+        StoreWriter.create(str(tmp_path / "other.zarr"), _header(), np.zeros(10, dtype=int), overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert zarr.open_group(str(tmp_path / "other.zarr")).attrs["mine"] == 1
