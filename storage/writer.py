@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
