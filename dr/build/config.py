@@ -1,0 +1,56 @@
+"""Build configuration: one pydantic model, validated at the edge (CLI or Python)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["BuildConfig"]
+
+
+class BuildConfig(BaseModel):
+    """Everything that defines a reinforcement build.
+
+    The fields that change the store's bytes (source, teachers, policy, output size, views,
+    topk, seed, temperature, chunk size, forward group) are recorded in the store header; the
+    rest (Ray address, workers, resume) only change how fast it is made.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="ImageFolder-layout directory (root/<class>/<image>)")
+    teachers: tuple[str, ...] = Field(min_length=1, description="teacher specs, e.g. timm:resnet50@w.safetensors")
+    policy: str = Field("rrc", description="augmentation preset (see `dr-build policies`)")
+    out: str = Field(description="store path or fsspec URL (.zarr)")
+    views: int = Field(8, ge=1, le=10_000, description="augmented views per image (V)")
+    topk: int = Field(5, ge=1, le=1000, description="soft-label entries kept per view (k)")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    output_size: int | None = Field(None, ge=1, le=8192, description="view size in pixels (default: the preset's)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature applied to every teacher")
+    chunk_size: int = Field(256, ge=1, le=1 << 20, description="images per store chunk = per work unit")
+    forward_group: int | None = Field(None, ge=1, description="images per teacher forward batch (default: auto, divides chunk_size)")
+    address: str | None = Field(None, description="Ray address (ray://host:10001, auto); default: start a local Ray")
+    workers: int | None = Field(None, ge=1, description="teacher actors (default: one per GPU, else 1)")
+    cpus_per_worker: float | None = Field(None, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    decode_threads: int = Field(4, ge=1, le=256)
+    resume: bool = False
+    overwrite: bool = False
+    max_chunks: int | None = Field(None, ge=1, description="stop after writing this many chunks (staged builds)")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+    def resolved_forward_group(self) -> int:
+        """Images per teacher forward pass: explicit, else the largest power of two with
+        ``group * views <= 512`` that divides ``chunk_size``."""
+        if self.forward_group is not None:
+            return self.forward_group
+        g = 1
+        while g * 2 * self.views <= 512 and self.chunk_size % (g * 2) == 0:
+            g *= 2
+        return g

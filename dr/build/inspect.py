@@ -1,0 +1,92 @@
+"""Summaries of a store for ``dr-build info`` (and anyone who wants the numbers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from storage import StoreReader
+
+__all__ = ["store_summary", "format_summary"]
+
+
+def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Header fields, array shapes/dtypes/stored bytes, bytes per view and label agreement."""
+    r = StoreReader(url, allow_incomplete=allow_incomplete, storage_options=storage_options)
+    h = r.header
+    n, v = h.dataset.count, h.views
+    done = r.done()
+    arrays: dict[str, dict[str, Any]] = {
+        path: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks), "stored_bytes": int(a.nbytes_stored())}
+        for path, a in sorted(r.arrays().items())
+    }
+    per_view = sum(a["stored_bytes"] for p, a in arrays.items() if p.startswith(("params/", "targets/")))
+    rows = done.repeat(h.chunk_size)[:n]
+    summary: dict[str, Any] = {
+        "store": url,
+        "format": h.format,
+        "schema_version": h.schema_version,
+        "status": h.status,
+        "tool_version": h.tool_version,
+        "created_at": h.created_at,
+        "completed_at": h.completed_at,
+        "dataset": {"kind": h.dataset.kind, "location": h.dataset.location, "images": n, "classes": len(h.dataset.classes)},
+        "policy": h.policy["name"],
+        "output_size": h.output_size,
+        "views": v,
+        "topk": h.topk,
+        "seed": h.seed,
+        "teachers": [t["spec"] for t in h.ensemble.get("teachers", [])],
+        "temperature": h.ensemble.get("temperature"),
+        "chunks": {"done": int(done.sum()), "total": int(done.size), "chunk_size": h.chunk_size},
+        "arrays": arrays,
+        "stored_bytes": int(sum(a["stored_bytes"] for a in arrays.values())),
+        "bytes_per_view": round(per_view / max(1, int(rows.sum()) * v), 2),
+    }
+    if rows.any():
+        labels = r.load("source/labels")[rows]
+        ids = r.array("targets/ids")
+        probs = r.array("targets/probs")
+        top1 = np.asarray(ids[..., 0])[rows]
+        p = np.asarray(probs[:]).astype(np.float32)[rows]
+        summary["teacher_top1_agreement"] = round(float((top1 == labels[:, None]).mean()), 4)
+        summary["teacher_top1_agreement_per_image_majority"] = round(
+            float((np.apply_along_axis(lambda r_: np.bincount(r_).argmax(), 1, top1.astype(np.int64)) == labels).mean()), 4
+        )
+        summary["mean_top1_prob"] = round(float(p[..., 0].mean()), 4)
+        summary["mean_topk_mass"] = round(float(p.sum(-1).mean()), 4)
+    return summary
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return f"{nbytes} B"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """Human-readable rendering of :func:`store_summary`."""
+    ds = s["dataset"]
+    lines = [
+        f"store        {s['store']}",
+        f"format       {s['format']} v{s['schema_version']}  status={s['status']}  (dr {s['tool_version']}, created {s['created_at']}, completed {s['completed_at'] or '-'})",
+        f"dataset      {ds['images']} images, {ds['classes']} classes  [{ds['kind']}] {ds['location'] or ''}",
+        f"policy       {s['policy']} at {s['output_size']}px, V={s['views']} views/image, top-k={s['topk']}, seed={s['seed']}",
+        f"teachers     {', '.join(s['teachers'])}  (T={s['temperature']})",
+        f"chunks       {s['chunks']['done']}/{s['chunks']['total']} done ({s['chunks']['chunk_size']} images each)",
+        f"size         {_human(s['stored_bytes'])} stored; {s['bytes_per_view']} B/view (params + targets)",
+    ]
+    if "teacher_top1_agreement" in s:
+        lines.append(
+            f"teachers vs labels  top-1 agreement {100 * s['teacher_top1_agreement']:.2f}% of views "
+            f"({100 * s['teacher_top1_agreement_per_image_majority']:.2f}% of images by majority view); "
+            f"mean top-1 prob {s['mean_top1_prob']:.3f}, mean top-k mass {s['mean_topk_mass']:.3f}"
+        )
+    lines.append("arrays")
+    for path, a in s["arrays"].items():
+        shape = "x".join(str(d) for d in a["shape"])
+        lines.append(f"  {path:<20} {a['dtype']:<8} {shape:<16} {_human(a['stored_bytes']):>10}")
+    return "\n".join(lines)

@@ -1,0 +1,253 @@
+"""The build driver: plan, fan units out to teacher actors on Ray, write, finalise.
+
+The driver is the only writer of the store (one writer per chunk is a hard rule); actors
+receive chunk ranges and return small arrays. Ray is imported here, never by ``import dr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dr import __version__
+from dr.build.config import BuildConfig
+from dr.build.plan import Unit, plan_units
+from dr.build.worker import SourceRef, UnitWorker
+from dr.errors import ConfigError
+from dr.policy import get_policy
+from dr.sources import Source, open_source
+from storage import DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
+
+__all__ = ["BuildResult", "reinforce", "make_header"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildResult:
+    """What a build did: the final header, chunks computed and skipped, speed."""
+
+    header: StoreHeader
+    out: str
+    chunks_total: int
+    chunks_computed: int
+    chunks_skipped: int
+    views_computed: int
+    seconds: float
+    workers: list[str] = field(default_factory=list)
+
+    @property
+    def views_per_second(self) -> float:
+        return self.views_computed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.header.status == "complete"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": self.out,
+            "status": self.header.status,
+            "images": self.header.dataset.count,
+            "views": self.header.views,
+            "chunks_total": self.chunks_total,
+            "chunks_computed": self.chunks_computed,
+            "chunks_skipped": self.chunks_skipped,
+            "views_computed": self.views_computed,
+            "seconds": round(self.seconds, 3),
+            "views_per_second": round(self.views_per_second, 1),
+            "workers": self.workers,
+        }
+
+
+def make_header(config: BuildConfig, source: Source, ensemble_desc: dict[str, Any], num_classes: int) -> StoreHeader:
+    """The store header a build with ``config`` on ``source`` writes (status ``building``)."""
+    policy = get_policy(config.policy, config.output_size)
+    group = config.resolved_forward_group()
+    if config.chunk_size % group:
+        raise ConfigError(
+            f"chunk_size {config.chunk_size} must be a multiple of forward_group {group} (teacher batches must not straddle chunks)"
+        )
+    fp = source.fingerprint()
+    if config.topk > num_classes:
+        raise ConfigError(f"--topk {config.topk} exceeds the teachers' {num_classes} classes: use --topk {num_classes} or less")
+    if len(fp.classes) > num_classes:
+        raise ConfigError(
+            f"the source has {len(fp.classes)} classes but the teachers predict {num_classes}: use teachers trained on this label space"
+        )
+    return StoreHeader(
+        schema_version=1,
+        status="building",
+        tool_version=__version__,
+        created_at=now_iso(),
+        dataset=DatasetInfo(kind=fp.kind, count=fp.count, classes=fp.classes, labels_sha256=fp.labels_sha256, location=config.source),
+        num_classes=num_classes,
+        views=config.views,
+        topk=config.topk,
+        seed=config.seed,
+        chunk_size=config.chunk_size,
+        forward_group=group,
+        output_size=policy.output_size,
+        policy=policy.to_dict(),
+        param_fields=tuple(ParamFieldSpec(**f.to_dict()) for f in policy.fields()),
+        ensemble=ensemble_desc,
+        build={"config": config.model_dump(mode="json", exclude={"storage_options"})},
+    )
+
+
+def _probe_teachers(config: BuildConfig) -> tuple[dict[str, Any], int]:
+    """Load the ensemble once on the driver: fail fast on bad specs, learn the class count."""
+    from teachers import Ensemble
+
+    ensemble = Ensemble.from_specs(list(config.teachers), config.temperature)
+    size = get_policy(config.policy, config.output_size).output_size
+    with torch.inference_mode():
+        num_classes = int(ensemble(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1])
+    return ensemble.describe(), num_classes
+
+
+def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray) -> StoreWriter:
+    if config.resume and not config.overwrite and store_exists(config.out, config.storage_options):
+        return StoreWriter.resume(config.out, header, storage_options=config.storage_options)
+    return StoreWriter.create(config.out, header, labels, overwrite=config.overwrite, storage_options=config.storage_options)
+
+
+def _init_ray(address: str | None) -> Any:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+    return ray
+
+
+def reinforce(
+    config: BuildConfig,
+    *,
+    source: Source | Any | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> BuildResult:
+    """Run (or resume) a build; returns a :class:`BuildResult`.
+
+    Args:
+        config: the build configuration.
+        source: a dataset object to use instead of ``config.source`` (a path).
+        progress: show a tqdm bar (views/s and ETA).
+        on_chunk: called with each chunk index after it is written (monitoring, tests).
+    """
+    t0 = time.perf_counter()
+    src = open_source(source if source is not None else config.source)
+    ensemble_desc, num_classes = _probe_teachers(config)
+    header = make_header(config, src, ensemble_desc, num_classes)
+    writer = _open_writer(config, header, src.labels())
+    header = writer.header
+    units = plan_units(header.dataset.count, header.chunk_size, writer.done())
+    total_chunks = writer.n_chunks
+    skipped = total_chunks - len(units)
+    if config.max_chunks is not None:
+        units = units[: config.max_chunks]
+    computed, views_done, worker_names = 0, 0, list[str]()
+    if units:
+        computed, views_done, worker_names = _run_units(config, header, src, units, writer, progress, on_chunk)
+    if writer.done().all():
+        header = writer.finalize()
+    result = BuildResult(header, config.out, total_chunks, computed, skipped, views_done, time.perf_counter() - t0, worker_names)
+    log.info("build %s: %s", config.out, result.to_dict())
+    return result
+
+
+def _worker_resources(ray: Any, config: BuildConfig) -> tuple[int, float, float, str]:
+    cluster = ray.cluster_resources()
+    cpus = float(cluster.get("CPU", 1))
+    gpus = int(cluster.get("GPU", 0)) if config.device != "cpu" else 0
+    if config.device == "cuda" and gpus == 0:
+        raise ConfigError("--device cuda but the Ray cluster has no GPUs: use --device auto or cpu, or join GPU workers")
+    if gpus:
+        workers = config.workers or gpus
+        per_cpu = config.cpus_per_worker or max(1.0, math.floor(cpus / workers))
+        return workers, per_cpu, 1.0, "cuda"
+    workers = config.workers or 1
+    per_cpu = config.cpus_per_worker or max(0.01, cpus / workers)
+    return workers, per_cpu, 0.0, "cpu"
+
+
+def _run_units(
+    config: BuildConfig,
+    header: StoreHeader,
+    src: Source,
+    units: list[Unit],
+    writer: StoreWriter,
+    progress: bool,
+    on_chunk: Callable[[int], None] | None,
+) -> tuple[int, int, list[str]]:
+    from tqdm.auto import tqdm
+
+    ray = _init_ray(config.address)
+    workers, per_cpu, per_gpu, device = _worker_resources(ray, config)
+    workers = min(workers, len(units))
+    actor_cls = ray.remote(UnitWorker).options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=-1, max_task_retries=-1)
+    source_ref = SourceRef(ray.put(src))
+    actors = [
+        actor_cls.remote(
+            source_ref,
+            header.policy,
+            list(config.teachers),
+            temperature=config.temperature,
+            views=header.views,
+            topk=header.topk,
+            seed=header.seed,
+            forward_group=header.forward_group,
+            device=device,
+            threads=max(1, int(per_cpu)),
+            decode_threads=config.decode_threads,
+        )
+        for _ in range(workers)
+    ]
+    names = ray.get([a.ping.remote() for a in actors])
+    pending = list(reversed(units))
+    in_flight: dict[Any, tuple[Unit, Any]] = {}
+
+    def submit(actor: Any) -> None:
+        if pending:
+            unit = pending.pop()
+            in_flight[actor.compute.remote(unit.start, unit.stop)] = (unit, actor)
+
+    for actor in actors:
+        for _ in range(2):  # two units in flight per actor: the next is ready when one returns
+            submit(actor)
+    computed = views = 0
+    bar = tqdm(
+        total=sum(u.size for u in units) * header.views,
+        unit="view",
+        unit_scale=True,
+        desc=f"reinforce {len(units)} chunks",
+        disable=not progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+    try:
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            unit, actor = in_flight.pop(ready[0])
+            arrays = ray.get(ready[0])
+            writer.write_chunk(unit.index, arrays)
+            computed += 1
+            views += unit.size * header.views
+            bar.update(unit.size * header.views)
+            if on_chunk is not None:
+                on_chunk(unit.index)
+            submit(actor)
+    finally:
+        bar.close()
+        for ref in in_flight:
+            ray.cancel(ref, force=False)
+        for actor in actors:
+            ray.kill(actor)
+    return computed, views, names
