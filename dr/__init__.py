@@ -1,8 +1,19 @@
 """dr -- dataset reinforcement: build reinforced datasets once, train on them cheaply.
 
-Importing ``dr`` is light: it imports neither Ray nor the build machinery.
+Importing ``dr`` is light: it imports neither Ray, nor torch, nor the build machinery;
+``dr.ReinforcedDataset`` is loaded on first use.
 """
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "ReinforcedDataset", "ChunkAwareSampler"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ReinforcedDataset", "ChunkAwareSampler"):
+        from dr import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'dr' has no attribute {name!r}")

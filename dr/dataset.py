@@ -1,0 +1,273 @@
+"""``ReinforcedDataset``: the drop-in torch Dataset that replays stored views with soft labels.
+
+Every epoch each image yields one of its V stored views, chosen by a seeded permutation per
+image and *cycle* of V epochs, so each view is used exactly once per V epochs. The view is
+re-created from the original image with the same kernels the build used, and comes with the
+teachers' top-k soft label.
+
+Metadata (parameters and targets) is loaded into numpy once, before DataLoader workers fork
+(copy-on-write shared), when it fits ``memory_budget``; otherwise rows are read per store chunk
+through a small per-process cache -- pair that mode with :class:`ChunkAwareSampler`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from dr.errors import StoreMismatchError
+from dr.loss import densify
+from dr.policy import Policy
+from dr.sources import Source, open_source
+from storage import StoreReader
+
+__all__ = ["ReinforcedDataset", "ChunkAwareSampler", "to_float"]
+
+log = logging.getLogger(__name__)
+
+ARRAYS = ("targets/ids", "targets/probs")
+
+
+def to_float(view: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[3,H,W]`` -> float32 in ``[0, 1]`` (what ``ToTensor`` gives)."""
+    return view.to(torch.float32).div_(255)
+
+
+class ReinforcedDataset(Dataset):
+    """A map-style Dataset over a reinforced store and its source images.
+
+    Args:
+        store: path or fsspec URL of a complete store.
+        source: the dataset the store was built from (a path or a dataset object); default:
+            the location recorded in the store.
+        output_size: replay at this size (default: the build's); boxes are in source pixels.
+        transform: applied to the replayed uint8 ``[3,S,S]`` view (default :func:`to_float`).
+        p_original: probability of returning a freshly sampled view of the original image with
+            a one-hot target instead of a stored view (ml-dr trains with ``1 - 0.99``).
+        original_transform: used instead of a fresh policy sample when ``p_original`` fires;
+            gets the decoded uint8 ``[3,H,W]`` image and must return what ``transform`` does.
+        dense: ``False`` -> sparse ``(ids [k] int64, probs [k] float32)`` targets; ``"smooth"``
+            or ``True`` -> ``[C]`` with the missing mass spread over other classes; ``"zeros"``
+            -> ``[C]`` with zeros outside the top-k.
+        seed: seeds the view choice and ``p_original`` draws (not the stored views).
+        memory_budget: bytes of metadata to load into RAM; above it, read by chunk.
+        verify_source: ``"sample"`` (hash 32 seeded images), ``"all"`` or ``"none"``.
+        storage_options: fsspec options for a remote store.
+
+    Raises:
+        StoreMismatchError: the source is not the dataset the store was built from.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str],
+        source: Any = None,
+        *,
+        output_size: int | None = None,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        p_original: float = 0.0,
+        original_transform: Callable[[torch.Tensor], Any] | None = None,
+        dense: bool | Literal["smooth", "zeros"] = False,
+        seed: int = 0,
+        memory_budget: int = 4 << 30,
+        verify_source: Literal["sample", "all", "none"] = "sample",
+        storage_options: Mapping[str, Any] | None = None,
+        cache_chunks: int = 8,
+    ) -> None:
+        if not 0.0 <= p_original <= 1.0:
+            raise ValueError(f"p_original must be in [0, 1], got {p_original}")
+        self.store = str(store)
+        self.storage_options = dict(storage_options or {})
+        reader = StoreReader(self.store, storage_options=self.storage_options)
+        self.header = reader.header
+        if source is None:
+            source = self.header.dataset.location
+            if source is None:
+                raise StoreMismatchError(f"store {self.store!r} records no source location: pass source=")
+        self.source: Source = open_source(source)
+        self.policy = Policy.from_dict(self.header.policy)
+        self.output_size = output_size or self.header.output_size
+        self.transform = transform or to_float
+        self.p_original = float(p_original)
+        self.original_transform = original_transform
+        self.dense: Literal["smooth", "zeros"] | None = ("smooth" if dense is True else dense) or None
+        self.seed = int(seed)
+        self.views = self.header.views
+        self.num_classes = self.header.num_classes
+        self.labels = reader.load("source/labels").astype(np.int64)
+        self._check_source(reader, verify_source)
+        self._fields = [f"params/{f.name}" for f in self.header.param_fields]
+        need = sum(int(np.prod(reader.array(p).shape)) * reader.array(p).dtype.itemsize for p in (*self._fields, *ARRAYS))
+        self.in_memory = need <= memory_budget
+        self._meta: dict[str, np.ndarray] | None = None
+        if self.in_memory:
+            self._meta = {p: reader.load(p) for p in (*self._fields, *ARRAYS)}
+        else:
+            log.info("store metadata (%d MB) exceeds memory_budget: reading by chunk", need >> 20)
+        self.cache_chunks = cache_chunks
+        self._reader: StoreReader | None = None
+        self._reader_pid = -1
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_source(self, reader: StoreReader, mode: str) -> None:
+        fp, ds = self.source.fingerprint(), self.header.dataset
+        problems = []
+        if fp.count != ds.count:
+            problems.append(f"{fp.count} images vs {ds.count} in the store")
+        if tuple(fp.classes) != tuple(ds.classes):
+            problems.append(f"classes {list(fp.classes)[:5]}... vs {list(ds.classes)[:5]}...")
+        elif fp.labels_sha256 != ds.labels_sha256:
+            problems.append("labels differ (same classes, different per-image labels or order)")
+        if not problems and mode != "none":
+            digests = reader.load("source/digests")
+            idx = np.arange(fp.count) if mode == "all" else np.random.default_rng(0).choice(fp.count, size=min(32, fp.count), replace=False)
+            bad = [int(i) for i in idx if self.source.read(int(i))[1] != digests[i].tobytes()]
+            if bad:
+                problems.append(f"content of {len(bad)} of {len(idx)} checked images differs, e.g. {self.source.describe(bad[0])}")
+        if problems:
+            raise StoreMismatchError(
+                f"source {self.source!r} is not the dataset store {self.store!r} was built from: " + "; ".join(problems)
+            )
+
+    # -- epochs and views --------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the views of ``epoch`` (shared with DataLoader workers, persistent or not)."""
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def view_index(self, index: int, epoch: int | None = None) -> int:
+        """Stored view used for image ``index`` at ``epoch``: each view once per V epochs."""
+        e = self.epoch if epoch is None else epoch
+        cycle, pos = divmod(e, self.views)
+        return int(np.random.default_rng([self.seed, index, cycle]).permutation(self.views)[pos])
+
+    # -- metadata -----------------------------------------------------------------------------
+    def _chunk(self, c: int) -> dict[str, np.ndarray]:
+        if self._reader is None or self._reader_pid != os.getpid():
+            self._reader = StoreReader(self.store, storage_options=self.storage_options)
+            self._reader_pid = os.getpid()
+            self._cache.clear()
+        hit = self._cache.get(c)
+        if hit is not None:
+            self._cache.move_to_end(c)
+            return hit
+        cs = self.header.chunk_size
+        rows = slice(c * cs, (c + 1) * cs)
+        data = {p: np.asarray(self._reader.array(p)[rows]) for p in (*self._fields, *ARRAYS)}
+        self._cache[c] = data
+        if len(self._cache) > self.cache_chunks:
+            self._cache.popitem(last=False)
+        return data
+
+    def record(self, index: int, view: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Parameters (field -> ``[1, ...]``), top-k ids and probs of one stored view."""
+        if self._meta is not None:
+            meta, row = self._meta, index
+        else:
+            meta, row = self._chunk(index // self.header.chunk_size), index % self.header.chunk_size
+        params = {p.split("/", 1)[1]: meta[p][row, view][None] for p in self._fields}
+        return params, meta["targets/ids"][row, view], meta["targets/probs"][row, view]
+
+    # -- items --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.header.dataset.count
+
+    def image(self, index: int) -> torch.Tensor:
+        """The decoded source image, uint8 ``[3,H,W]`` (the build's decoder)."""
+        return torch.from_numpy(self.source.read(index)[0]).permute(2, 0, 1)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        epoch = self.epoch
+        img = self.image(index)
+        if self.p_original and np.random.default_rng([self.seed, index, epoch, 1]).random() < self.p_original:
+            return self._original(index, epoch, img)
+        params, ids, probs = self.record(index, self.view_index(index, epoch))
+        view = self.policy.replay(img[None], params, output_size=self.output_size)[0]
+        return self.transform(view), self._target(ids, probs)
+
+    def _original(self, index: int, epoch: int, img: torch.Tensor) -> tuple[Any, Any]:
+        label = int(self.labels[index])
+        k = self.header.topk
+        ids = np.array([label] + [c for c in range(k) if c != label][: k - 1], dtype=np.int64)
+        probs = np.zeros(k, dtype=np.float32)
+        probs[0] = 1.0
+        if self.original_transform is not None:
+            return self.original_transform(img), self._target(ids, probs)
+        # a fresh view from the store's policy, seeded apart from every stored view
+        fresh = self.policy.sample(self.seed + 1_000_003, index * 100_003 + epoch, int(img.shape[1]), int(img.shape[2]), 1)
+        view = self.policy.replay(img[None], fresh, output_size=self.output_size)[0]
+        return self.transform(view), self._target(ids, probs)
+
+    def _target(self, ids: np.ndarray, probs: np.ndarray) -> Any:
+        t_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        t_probs = torch.from_numpy(np.asarray(probs, dtype=np.float32))
+        if self.dense is None:
+            return t_ids, t_probs
+        rest: Literal["smooth", "drop"] = "smooth" if self.dense == "smooth" else "drop"
+        return densify((t_ids[None], t_probs[None]), self.num_classes, rest)[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_reader"], state["_reader_pid"], state["_cache"] = None, -1, OrderedDict()
+        return state
+
+
+class ChunkAwareSampler(Sampler[int]):
+    """An epoch permutation that reads the store chunk by chunk.
+
+    Shuffles the chunk order, then the rows inside windows of ``window`` consecutive (shuffled)
+    chunks, so a per-process cache of ``window`` chunks serves every read. Still a permutation
+    of all indices. With ``num_replicas``/``rank`` it splits each epoch like
+    ``DistributedSampler`` (every rank gets ``ceil(N / replicas)`` indices).
+    """
+
+    def __init__(
+        self, dataset: ReinforcedDataset, *, window: int = 4, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} must be in [0, {num_replicas})")
+        self.n = len(dataset)
+        self.chunk_size = dataset.header.chunk_size
+        self.window, self.shuffle, self.seed = window, shuffle, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        n_chunks = -(-self.n // self.chunk_size)
+        if not self.shuffle:
+            return np.arange(self.n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chunks = rng.permutation(n_chunks)
+        out = []
+        for w in range(0, n_chunks, self.window):
+            rows = np.concatenate(
+                [np.arange(c * self.chunk_size, min((c + 1) * self.chunk_size, self.n)) for c in chunks[w : w + self.window]]
+            )
+            out.append(rng.permutation(rows))
+        return np.concatenate(out)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order()
+        per = -(-self.n // self.num_replicas)
+        padded = np.concatenate([order, order[: per * self.num_replicas - self.n]])
+        return iter(padded[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return -(-self.n // self.num_replicas)
