@@ -28,11 +28,32 @@ from dr.policy import Policy
 from dr.sources import Source, open_source
 from storage import StoreReader
 
-__all__ = ["ReinforcedDataset", "ChunkAwareSampler", "to_float"]
+__all__ = ["ReinforcedDataset", "ChunkAwareSampler", "to_float", "view_permutation"]
 
 log = logging.getLogger(__name__)
 
 ARRAYS = ("targets/ids", "targets/probs")
+
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a fast, good integer hash."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+        return x ^ (x >> np.uint64(31))
+
+
+def view_permutation(seed: int, index: int, cycle: int, views: int) -> np.ndarray:
+    """The order in which image ``index`` uses its ``views`` stored views during ``cycle``
+    (a block of ``views`` epochs): a seeded permutation, a pure function of its arguments."""
+    key = _splitmix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+    key = _splitmix64(key ^ np.uint64(int(index) & 0xFFFFFFFFFFFFFFFF))
+    key = _splitmix64(key ^ np.uint64(int(cycle) & 0xFFFFFFFFFFFFFFFF))
+    return np.argsort(_splitmix64(key ^ np.arange(views, dtype=np.uint64)), kind="stable")
 
 
 def to_float(view: torch.Tensor) -> torch.Tensor:
@@ -151,7 +172,7 @@ class ReinforcedDataset(Dataset):
         """Stored view used for image ``index`` at ``epoch``: each view once per V epochs."""
         e = self.epoch if epoch is None else epoch
         cycle, pos = divmod(e, self.views)
-        return int(np.random.default_rng([self.seed, index, cycle]).permutation(self.views)[pos])
+        return int(view_permutation(self.seed, index, cycle, self.views)[pos])
 
     # -- metadata -----------------------------------------------------------------------------
     def _chunk(self, c: int) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from torch import nn
 from dr.errors import TeacherError
 from teachers.spec import TeacherSpec, parse_teacher_spec
 
-__all__ = ["Preprocess", "Teacher", "load_teacher", "load_state_dict", "file_sha256"]
+__all__ = ["Preprocess", "Teacher", "build_model", "load_teacher", "load_state_dict", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -235,12 +235,19 @@ class Teacher(nn.Module):
         }
 
 
+def build_model(spec: str | TeacherSpec) -> nn.Module:
+    """The bare ``nn.Module`` of a spec (weights loaded if given), e.g. to train a student."""
+    if isinstance(spec, str):
+        spec = parse_teacher_spec(spec)
+    return _BUILDERS[spec.kind](spec)
+
+
 def load_teacher(spec: str | TeacherSpec) -> Teacher:
     """Build the model of a spec, load its weights, resolve preprocessing; eval mode, CPU."""
     if isinstance(spec, str):
         spec = parse_teacher_spec(spec)
     if spec.weights is None and not spec.pretrained and spec.kind in ("timm", "torchvision"):
         log.warning("teacher %s has no weights and pretrained=false: it is randomly initialised", spec)
-    model = _BUILDERS[spec.kind](spec)
+    model = build_model(spec)
     digest = file_sha256(spec.weights) if spec.weights else None
     return Teacher(model, _resolve_preprocess(model, spec), spec, digest)

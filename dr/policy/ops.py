@@ -97,10 +97,6 @@ def op_from_dict(d: Mapping[str, Any]) -> Op:
 class CropOp(Op):
     """An op that cuts a view of the output size out of a source image; always first."""
 
-    @property
-    def pad(self) -> int:
-        return 0
-
     @abstractmethod
     def sample(self, rng: np.random.Generator, n: int, height: int, width: int, size: int) -> dict[str, np.ndarray]:
         """Sample ``n`` views' parameters for one ``height x width`` image and output ``size``."""
@@ -112,8 +108,8 @@ class CropOp(Op):
         image_index: torch.Tensor,
         size: int,
     ) -> torch.Tensor:
-        """Replay on a batch of views; returns float ``[B,3,size,size]`` in ``[0, 255]``."""
-        return kernels.crop_resize(images, params["crop_box"], image_index, (size, size), pad=self.pad)
+        """Replay on a batch of views; returns uint8 ``[B,3,size,size]``."""
+        return kernels.crop_resize(images, params["crop_box"], image_index, (size, size))
 
 
 @dataclass(frozen=True)
@@ -126,7 +122,7 @@ class ViewOp(Op):
 
     @abstractmethod
     def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Replay on ``[B,3,S,S]`` float views in ``[0, 255]``."""
+        """Replay on ``[B,3,S,S]`` uint8 views (convert inside the op if it needs floats)."""
 
 
 @dataclass(frozen=True)
@@ -196,10 +192,6 @@ class PadCrop(CropOp):
     def __post_init__(self) -> None:
         if not (0 <= self.padding <= 1024):
             raise PolicyError(f"pad_crop padding must be in [0, 1024], got {self.padding}")
-
-    @property
-    def pad(self) -> int:
-        return self.padding
 
     def fields(self) -> tuple[ParamField, ...]:
         return (ParamField("crop_box", "int16", (4,), "top, left, height, width in source pixels (may be negative: padding)"),)

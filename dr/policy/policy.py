@@ -21,6 +21,23 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
+_NARROW_INTS = (np.int8, np.uint8, np.int16, np.uint16, np.uint32)
+
+
+def _as_tensor(value: torch.Tensor | np.ndarray, device: torch.device, *, widen: bool) -> torch.Tensor:
+    """Parameters as tensors on ``device``; narrow integer fields widened to int64 (not every
+    torch op supports uint16/int16)."""
+    if isinstance(value, torch.Tensor):
+        t = value
+        if widen and t.dtype in (torch.int8, torch.uint8, torch.int16, torch.uint16, torch.uint32):
+            t = t.to(torch.int64)
+        return t.to(device)
+    arr = np.asarray(value)
+    if widen and arr.dtype.type in _NARROW_INTS:
+        arr = arr.astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+
+
 @dataclass(frozen=True)
 class Policy:
     """An augmentation policy: ``crop`` then ``ops``, producing ``output_size`` square views.
@@ -81,14 +98,10 @@ class Policy:
         """
         first = images if isinstance(images, torch.Tensor) else images[0]
         device = first.device
-        tp = {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).to(device) for k, v in params.items()}
+        # crop boxes stay on the CPU: the crop kernel reads them as Python ints
+        tp = {k: _as_tensor(v, torch.device("cpu") if k == "crop_box" else device, widen=k != "flip") for k, v in params.items()}
         n = next(iter(tp.values())).shape[0]
-        if image_index is None:
-            idx = torch.arange(n, device=device)
-        else:
-            idx = torch.as_tensor(np.asarray(image_index) if not isinstance(image_index, torch.Tensor) else image_index).to(device)
-        # int16/uint16 are not supported by every torch op: widen once.
-        tp = {k: v.to(torch.int64) if v.dtype in (torch.int16, torch.uint16, torch.uint8) and k != "flip" else v for k, v in tp.items()}
+        idx = torch.arange(n) if image_index is None else _as_tensor(image_index, torch.device("cpu"), widen=True)
         size = output_size or self.output_size
         views = self.crop.apply(images if isinstance(images, torch.Tensor) else list(images), tp, idx, size)
         for op in self.ops:
