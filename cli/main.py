@@ -148,6 +148,27 @@ def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
 
 
 @cli.command()
+@click.argument("store")
+@click.option("--source", help="The store's source (default: the location recorded in the store).")
+@click.option("--index", "-i", default=0, show_default=True, type=click.IntRange(0), help="Image to show.")
+@click.option("--out", "-o", default="views.png", show_default=True, help="PNG to write.")
+@click.option("--max-views", default=31, show_default=True, type=click.IntRange(1))
+def show(store: str, source: str | None, index: int, out: str, max_views: int) -> None:
+    """Draw image --index's stored views (replayed) with their top-3 soft labels into a PNG.
+
+    Check this picture before spending GPU hours: the views are exactly what the teachers saw.
+    """
+    from dr.show import draw_views
+
+    try:
+        path = draw_views(store, source, index, out, max_views=max_views)
+    except (DRError, IndexError) as e:
+        _fail(e)
+        return
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def policies(as_json: bool) -> None:
     """List the augmentation presets and their parameters."""

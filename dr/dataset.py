@@ -217,7 +217,11 @@ class ReinforcedDataset(Dataset):
         if self.p_original and np.random.default_rng([self.seed, index, epoch, 1]).random() < self.p_original:
             return self._original(index, epoch, img)
         params, ids, probs = self.record(index, self.view_index(index, epoch))
-        view = self.policy.replay(img[None], params, output_size=self.output_size)[0]
+        images, partner_index = [img], None
+        if "mix_kind" in params and int(params["mix_kind"][0]):
+            images.append(self.image(int(params["mix_partner"][0])))
+            partner_index = np.ones(1, dtype=np.int64)
+        view = self.policy.replay(images, params, np.zeros(1, dtype=np.int64), partner_index=partner_index, output_size=self.output_size)[0]
         return self.transform(view), self._target(ids, probs)
 
     def _original(self, index: int, epoch: int, img: torch.Tensor) -> tuple[Any, Any]:
@@ -229,7 +233,17 @@ class ReinforcedDataset(Dataset):
         if self.original_transform is not None:
             return self.original_transform(img), self._target(ids, probs)
         # a fresh view from the store's policy, seeded apart from every stored view
-        fresh = self.policy.sample(self.seed + 1_000_003, index * 100_003 + epoch, int(img.shape[1]), int(img.shape[2]), 1)
+        fresh = self.policy.sample(
+            self.seed + 1_000_003,
+            index * 100_003 + epoch,
+            int(img.shape[1]),
+            int(img.shape[2]),
+            1,
+            partners=np.zeros(1, dtype=np.int64),
+            partner_sizes=np.asarray([img.shape[1:]]),
+        )
+        if "mix_kind" in fresh:
+            fresh["mix_kind"][:] = 0  # an original sample is never mixed
         view = self.policy.replay(img[None], fresh, output_size=self.output_size)[0]
         return self.transform(view), self._target(ids, probs)
 

@@ -27,7 +27,7 @@ def now_iso() -> str:
 
 
 def _compressors() -> list[Any]:
-    return [zarr.codecs.ZstdCodec(level=5)]
+    return [zarr.codecs.ZstdCodec(level=19)]
 
 
 class StoreWriter:

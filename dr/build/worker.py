@@ -100,18 +100,23 @@ class UnitWorker:
         n, v = stop - start, self.views
         sizes = np.asarray([img.shape[:2] for img, _ in decoded], dtype=np.uint32)
         digests = np.frombuffer(b"".join(d for _, d in decoded), dtype=np.uint8).reshape(n, -1)
-        per_image = [self.policy.sample(self.seed, start + i, int(h), int(w), v) for i, (h, w) in enumerate(sizes)]
+        per_image = []
+        for i, (h, w) in enumerate(sizes):
+            # mixing partners come from this unit (the store chunk): no image is decoded twice
+            partners = self.policy.partners(self.seed, start + i, v, (start, stop))
+            partner_sizes = None if partners is None else sizes[partners - start]
+            per_image.append(self.policy.sample(self.seed, start + i, int(h), int(w), v, partners=partners, partner_sizes=partner_sizes))
         params = {name: np.stack([p[name] for p in per_image]) for name in per_image[0]}
+        images = [torch.from_numpy(img).permute(2, 0, 1).to(self.device, non_blocking=True) for img, _ in decoded]
         ids = np.empty((n, v, self.topk), dtype=np.int64)
         probs = np.empty((n, v, self.topk), dtype=np.float32)
         with torch.inference_mode():
             for g0 in range(0, n, self.group):
                 g1 = min(g0 + self.group, n)
-                imgs = [torch.from_numpy(decoded[i][0]).permute(2, 0, 1).to(self.device, non_blocking=True) for i in range(g0, g1)]
-                batch: torch.Tensor | list[torch.Tensor] = torch.stack(imgs) if len({t.shape for t in imgs}) == 1 else imgs
-                flat = {k: torch.from_numpy(a[g0:g1].reshape(-1, *a.shape[2:])) for k, a in params.items()}
-                index = torch.arange(g1 - g0).repeat_interleave(v)
-                views = self.policy.replay(batch, flat, index)
+                flat = {k: a[g0:g1].reshape(-1, *a.shape[2:]) for k, a in params.items()}
+                index = np.repeat(np.arange(g0, g1), v)
+                partner_index = flat["mix_partner"].astype(np.int64) - start if "mix_partner" in flat else None
+                views = self.policy.replay(images, flat, index, partner_index=partner_index)
                 p = self.ensemble(views)
                 top_ids, top_p = topk(p, self.topk)
                 ids[g0:g1] = top_ids.cpu().numpy().reshape(g1 - g0, v, -1)

@@ -77,7 +77,7 @@ def crop_resize(
 
 def hflip(views: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mirror the views whose ``mask`` entry is non-zero (``[B,C,H,W]``, ``[B]``); in place."""
-    sel = mask.to(device=views.device).nonzero().flatten()
+    sel = mask.nonzero().flatten().to(views.device)
     if sel.numel() == views.shape[0]:
         return views.flip(-1)
     if sel.numel():

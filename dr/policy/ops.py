@@ -50,6 +50,7 @@ class ParamField:
     dtype: str
     shape: tuple[int, ...] = ()
     doc: str = ""
+    output_pixels: bool = False  # a box in output pixels: rescaled when replayed at another size
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "doc": self.doc}

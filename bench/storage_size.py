@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Stored bytes per view (params + targets, zstd) for every preset, k = 10, on real builds.
+
+Two image sets, built in one run:
+
+* CIFAR-10: 512 images of the bundled sample, the demo teacher (10 classes, so k = 10 keeps
+  every class), V = 32, cifar* presets;
+* ImageNet-sized: 64 sample images upscaled to 500x375, a 1000-class timm ``test_resnet``
+  (random init: its soft labels are flatter than a trained teacher's), V = 32, rrc* presets.
+
+Printed beside ml-dr's published ImageNet+ size (about 73-104 B/view). The last line is JSON:
+``{"cifar+mix+ra/re": {"bytes_per_view": ..., "params": ..., "targets": ...}, ...}``.
+
+    python bench/storage_size.py
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from dr.build import BuildConfig, reinforce
+from dr.policy import list_policies
+from storage import StoreReader
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"
+CIFAR_TEACHER = f"python:teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
+MLDR = "73-104"
+
+
+def subset(dest: Path, per_class: int, size: tuple[int, int] | None) -> Path:
+    from PIL import Image
+
+    for cls in sorted(SAMPLE.iterdir()):
+        (dest / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            img = Image.open(f).convert("RGB")
+            if size:
+                img = img.resize(size, Image.Resampling.BICUBIC)
+            img.save(dest / cls.name / f.name, quality=90)
+    return dest
+
+
+def measure(store: str) -> dict[str, float]:
+    r = StoreReader(store)
+    n_views = r.header.dataset.count * r.header.views
+    params = sum(a.nbytes_stored() for p, a in r.arrays().items() if p.startswith("params/"))
+    targets = sum(a.nbytes_stored() for p, a in r.arrays().items() if p.startswith("targets/"))
+    biggest = max(((p, a.nbytes_stored()) for p, a in r.arrays().items() if p.startswith(("params/", "targets/"))), key=lambda t: t[1])
+    return {
+        "bytes_per_view": round((params + targets) / n_views, 2),
+        "params": round(params / n_views, 2),
+        "targets": round(targets / n_views, 2),
+        "largest": biggest[0],
+    }
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        cifar = subset(t / "cifar", 52, None)
+        large = subset(t / "large", 7, (500, 375))
+        import timm
+
+        save_file(timm.create_model("test_resnet").state_dict(), str(t / "tr.safetensors"))
+        inet_teacher = f"timm:test_resnet@{t / 'tr.safetensors'}"
+        for name in list_policies():
+            is_cifar = name.startswith("cifar")
+            src, teacher = (cifar, CIFAR_TEACHER) if is_cifar else (large, inet_teacher)
+            out = str(t / f"{name.replace('/', '_')}.zarr")
+            reinforce(
+                BuildConfig(source=str(src), teachers=[teacher], policy=name, views=32, topk=10, chunk_size=64, out=out), progress=False
+            )
+            results[name] = measure(out)
+    print(f"{'preset':<18}{'images':>8}{'B/view':>9}{'params':>9}{'targets':>9}  largest array      (ml-dr ImageNet+: {MLDR} B/view)")
+    for name, r in results.items():
+        images = "CIFAR" if name.startswith("cifar") else "500x375"
+        print(f"{name:<18}{images:>8}{r['bytes_per_view']:>9}{r['params']:>9}{r['targets']:>9}  {r['largest']}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
