@@ -99,6 +99,14 @@ def cli(verbose: int) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted build of OUT (same settings): done chunks are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--max-chunks", type=click.IntRange(1), help="Stop after writing this many chunks (finish later with --resume).")
+@click.option(
+    "--on-bad-image",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="fail: stop naming the file (finished chunks are kept); skip: record it as skipped in the store.",
+)
+@click.option("--force", is_flag=True, help="Take over the store's writer lock (a build that died on another host, or a stale lock).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def reinforce(source: str, teachers: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
@@ -166,6 +174,52 @@ def show(store: str, source: str | None, index: int, out: str, max_views: int) -
         _fail(e)
         return
     click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--source", help="The store's source (default: the location recorded in the store).")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    callback=_check_teacher,
+    metavar="SPEC",
+    help="Teachers for the replay audit (default: the store's).",
+)
+@click.option(
+    "--fraction",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of views re-labelled (at least 64, at most 4096).",
+)
+@click.option(
+    "--content",
+    type=click.Choice(["sample", "all", "none"]),
+    default="sample",
+    show_default=True,
+    help="Re-hash 32 seeded source files, all of them, or none.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(store: str, source: str | None, teachers: tuple[str, ...], fraction: float, content: str, as_json: bool) -> None:
+    """Prove STORE: integrity (chunks, shapes, dtypes, sorted probabilities, ids, parameter
+    bounds, mixing partners, source fingerprint) and a replay audit (teachers re-run on
+    replayed views vs the stored top-k). Exits non-zero on any failure.
+    """
+    from dr.build.verify import format_report, verify_store
+
+    try:
+        checks = verify_store(store, source, teachers=list(teachers) or None, fraction=fraction, content=content)
+    except DRError as e:
+        _fail(e)
+        return
+    if as_json:
+        click.echo(json.dumps({"store": store, "ok": all(c.ok for c in checks), "checks": [c.__dict__ for c in checks]}, indent=2))
+    else:
+        click.echo(format_report(store, checks))
+    if not all(c.ok for c in checks):
+        sys.exit(1)
 
 
 @cli.command()

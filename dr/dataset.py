@@ -123,6 +123,9 @@ class ReinforcedDataset(Dataset):
         self.views = self.header.views
         self.num_classes = self.header.num_classes
         self.labels = reader.load("source/labels").astype(np.int64)
+        self.skipped = reader.load("source/skipped").astype(bool)
+        #: source index of each dataset item (images skipped by the build are never returned)
+        self.indices = np.flatnonzero(~self.skipped)
         self._check_source(reader, verify_source)
         self._fields = [f"params/{f.name}" for f in self.header.param_fields]
         need = sum(int(np.prod(reader.array(p).shape)) * reader.array(p).dtype.itemsize for p in (*self._fields, *ARRAYS))
@@ -150,7 +153,8 @@ class ReinforcedDataset(Dataset):
             problems.append("labels differ (same classes, different per-image labels or order)")
         if not problems and mode != "none":
             digests = reader.load("source/digests")
-            idx = np.arange(fp.count) if mode == "all" else np.random.default_rng(0).choice(fp.count, size=min(32, fp.count), replace=False)
+            usable = np.flatnonzero(~self.skipped)
+            idx = usable if mode == "all" else np.random.default_rng(0).choice(usable, size=min(32, len(usable)), replace=False)
             bad = [int(i) for i in idx if self.source.read(int(i))[1] != digests[i].tobytes()]
             if bad:
                 problems.append(f"content of {len(bad)} of {len(idx)} checked images differs, e.g. {self.source.describe(bad[0])}")
@@ -193,7 +197,8 @@ class ReinforcedDataset(Dataset):
         return data
 
     def record(self, index: int, view: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Parameters (field -> ``[1, ...]``), top-k ids and probs of one stored view."""
+        """Parameters (field -> ``[1, ...]``), top-k ids and probs of one stored view of source
+        image ``index``."""
         if self._meta is not None:
             meta, row = self._meta, index
         else:
@@ -203,15 +208,16 @@ class ReinforcedDataset(Dataset):
 
     # -- items --------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self.header.dataset.count
+        return len(self.indices)
 
     def image(self, index: int) -> torch.Tensor:
-        """The decoded source image, uint8 ``[3,H,W]`` (the build's decoder)."""
+        """The decoded source image ``index`` (a *source* index), uint8 ``[3,H,W]``."""
         return torch.from_numpy(self.source.read(index)[0]).permute(2, 0, 1)
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} images")
+    def __getitem__(self, item: int) -> tuple[Any, Any]:
+        if not 0 <= item < len(self):
+            raise IndexError(f"index {item} out of range for {len(self)} images")
+        index = int(self.indices[item])
         epoch = self.epoch
         img = self.image(index)
         if self.p_original and np.random.default_rng([self.seed, index, epoch, 1]).random() < self.p_original:

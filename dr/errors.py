@@ -40,6 +40,9 @@ class BadImageError(SourceError):
         self.where = where
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # survives pickling (Ray task errors)
+        return (type(self), (self.where, self.reason))
+
 
 class TeacherError(DRError):
     """A teacher spec is malformed or the model/weights cannot be loaded."""

@@ -10,6 +10,7 @@ A store is a Zarr v3 group. Its attributes are the header (:class:`StoreHeader`,
     source/labels     [N]             int32 dataset label of each image
     source/sizes      [N, 2]          uint32 decoded (height, width)
     source/digests    [N, 16]         uint8 BLAKE2b-128 of each image's bytes (or pixels)
+    source/skipped    [N]             uint8 1 if the image could not be used (reason in header.skipped)
     build/done        [n_chunks]      uint8 1 once the chunk's rows are written and flushed
 
 Chunks run along N with ``chunk_size`` images; a work unit is one chunk.
@@ -17,9 +18,9 @@ Chunks run along N with ``chunk_size`` images; a work unit is one chunk.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "FORMAT",
@@ -82,6 +83,9 @@ class StoreHeader(_Strict):
     param_fields: tuple[ParamFieldSpec, ...]
     ensemble: dict[str, Any]
     build: dict[str, Any] = Field(default_factory=dict)
+    skipped: dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}$")], Annotated[str, StringConstraints(max_length=4096)]] = Field(
+        default_factory=dict
+    )
 
     def config_key(self) -> dict[str, Any]:
         """The fields that must match for a resume to continue a build (no timestamps)."""
@@ -111,4 +115,4 @@ def ids_dtype(num_classes: int) -> str:
 
 
 TARGET_ARRAYS = ("targets/ids", "targets/probs")
-SOURCE_ARRAYS = ("source/labels", "source/sizes", "source/digests")
+SOURCE_ARRAYS = ("source/labels", "source/sizes", "source/digests", "source/skipped")

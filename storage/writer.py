@@ -83,6 +83,7 @@ class StoreWriter:
         lab = arr("source/labels", (n,), "int32", (cs,))
         arr("source/sizes", (n, 2), "uint32", (cs, 2))
         arr("source/digests", (n, DIGEST_BYTES), "uint8", (cs, DIGEST_BYTES))
+        arr("source/skipped", (n,), "uint8", (cs,))
         arr("build/done", (-(-n // cs),), "uint8", (1,))
         lab[:] = labels.astype(np.int32)
         return cls(group, h, url)
@@ -110,18 +111,30 @@ class StoreWriter:
         return node
 
     def done(self) -> np.ndarray:
-        """Boolean done map, one entry per chunk."""
-        return np.asarray(self._array("build/done")[:], dtype=bool)
+        """Boolean done map, one entry per chunk. An unreadable entry (a write cut short by a
+        crash) counts as not done, so its chunk is recomputed."""
+        arr = self._array("build/done")
+        try:
+            return np.asarray(arr[:], dtype=bool)
+        except Exception:  # noqa: BLE001 - fall back to one entry at a time
+            out = np.zeros(arr.shape[0], dtype=bool)
+            for i in range(arr.shape[0]):
+                try:
+                    out[i] = bool(arr[i])
+                except Exception:  # noqa: BLE001
+                    log.warning("done-map entry %d of %s is unreadable: recomputing that chunk", i, self.url)
+            return out
 
     def chunk_rows(self, chunk: int) -> tuple[int, int]:
         cs = self.header.chunk_size
         return chunk * cs, min((chunk + 1) * cs, self.header.dataset.count)
 
-    def write_chunk(self, chunk: int, arrays: Mapping[str, np.ndarray]) -> None:
+    def write_chunk(self, chunk: int, arrays: Mapping[str, np.ndarray], skipped: Mapping[int, str] | None = None) -> None:
         """Write every array's rows of ``chunk``, verify them by reading back, mark it done.
 
         ``arrays`` maps array paths (``params/<f>``, ``targets/ids``, ``targets/probs``,
-        ``source/sizes``, ``source/digests``) to the chunk's rows.
+        ``source/sizes``, ``source/digests``, ``source/skipped``) to the chunk's rows;
+        ``skipped`` maps skipped image indices to reasons (recorded in the header first).
         """
         if not (0 <= chunk < self.n_chunks):
             raise StoreError(f"chunk {chunk} out of range [0, {self.n_chunks})")
@@ -131,9 +144,14 @@ class StoreWriter:
             "targets/probs",
             "source/sizes",
             "source/digests",
+            "source/skipped",
         }
         if set(arrays) != expected:
             raise StoreError(f"chunk {chunk}: arrays {sorted(arrays)} do not match the schema {sorted(expected)}")
+        if skipped:
+            merged = {**self.header.skipped, **{str(int(i)): str(r)[:4096] for i, r in skipped.items()}}
+            self.header = self.header.model_copy(update={"skipped": merged})
+            self.group.update_attributes({"skipped": merged})
         for path, data in arrays.items():
             target = self._array(path)
             if data.shape != (stop - start, *target.shape[1:]):

@@ -37,6 +37,9 @@ class BuildConfig(BaseModel):
     decode_threads: int = Field(4, ge=1, le=256)
     resume: bool = False
     overwrite: bool = False
+    force: bool = False
+    on_bad_image: Literal["fail", "skip"] = Field("fail", description="fail: stop naming the file; skip: record it as skipped")
+    max_retries: int = Field(3, ge=0, le=100, description="times a unit is retried after its worker died")
     max_chunks: int | None = Field(None, ge=1, description="stop after writing this many chunks (staged builds)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
 

@@ -20,10 +20,11 @@ from dr import __version__
 from dr.build.config import BuildConfig
 from dr.build.plan import Unit, plan_units
 from dr.build.worker import SourceRef, UnitWorker
-from dr.errors import ConfigError
+from dr.errors import ConfigError, DRError
 from dr.policy import get_policy
 from dr.sources import Source, open_source
 from storage import DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
+from storage.lock import StoreLock
 
 __all__ = ["BuildResult", "reinforce", "make_header"]
 
@@ -113,10 +114,16 @@ def _probe_teachers(config: BuildConfig) -> tuple[dict[str, Any], int]:
     return ensemble.describe(), num_classes
 
 
-def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray) -> StoreWriter:
-    if config.resume and not config.overwrite and store_exists(config.out, config.storage_options):
+def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray, lock: StoreLock) -> StoreWriter:
+    exists = store_exists(config.out, config.storage_options)
+    if exists:
+        lock.check(force=config.force)  # never touch a store another build is writing
+    if config.resume and not config.overwrite and exists:
+        lock.acquire(force=config.force)
         return StoreWriter.resume(config.out, header, storage_options=config.storage_options)
-    return StoreWriter.create(config.out, header, labels, overwrite=config.overwrite, storage_options=config.storage_options)
+    writer = StoreWriter.create(config.out, header, labels, overwrite=config.overwrite, storage_options=config.storage_options)
+    lock.acquire(force=True)  # the store was just created by us
+    return writer
 
 
 def _init_ray(address: str | None) -> Any:
@@ -146,18 +153,24 @@ def reinforce(
     src = open_source(source if source is not None else config.source)
     ensemble_desc, num_classes = _probe_teachers(config)
     header = make_header(config, src, ensemble_desc, num_classes)
-    writer = _open_writer(config, header, src.labels())
-    header = writer.header
-    units = plan_units(header.dataset.count, header.chunk_size, writer.done())
-    total_chunks = writer.n_chunks
-    skipped = total_chunks - len(units)
-    if config.max_chunks is not None:
-        units = units[: config.max_chunks]
-    computed, views_done, worker_names = 0, 0, list[str]()
-    if units:
-        computed, views_done, worker_names = _run_units(config, header, src, units, writer, progress, on_chunk)
-    if writer.done().all():
-        header = writer.finalize()
+    lock = StoreLock(config.out, config.storage_options)
+    try:
+        writer = _open_writer(config, header, src.labels(), lock)
+        header = writer.header
+        units = plan_units(header.dataset.count, header.chunk_size, writer.done())
+        total_chunks = writer.n_chunks
+        skipped = total_chunks - len(units)
+        if config.max_chunks is not None:
+            units = units[: config.max_chunks]
+        computed, views_done, worker_names = 0, 0, list[str]()
+        if units:
+            computed, views_done, worker_names = _run_units(config, header, src, units, writer, progress, on_chunk)
+        if writer.done().all():
+            header = writer.finalize()
+        else:
+            header = writer.header
+    finally:
+        lock.release()
     result = BuildResult(header, config.out, total_chunks, computed, skipped, views_done, time.perf_counter() - t0, worker_names)
     log.info("build %s: %s", config.out, result.to_dict())
     return result
@@ -192,10 +205,12 @@ def _run_units(
     ray = _init_ray(config.address)
     workers, per_cpu, per_gpu, device = _worker_resources(ray, config)
     workers = min(workers, len(units))
-    actor_cls = ray.remote(UnitWorker).options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=-1, max_task_retries=-1)
+    # Restarts are ours, not Ray's: a dead actor is replaced and its units resubmitted.
+    actor_cls = ray.remote(UnitWorker).options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=0, max_task_retries=0)
     source_ref = SourceRef(ray.put(src))
-    actors = [
-        actor_cls.remote(
+
+    def new_actor() -> Any:
+        return actor_cls.remote(
             source_ref,
             header.policy,
             list(config.teachers),
@@ -207,15 +222,18 @@ def _run_units(
             device=device,
             threads=max(1, int(per_cpu)),
             decode_threads=config.decode_threads,
+            on_bad_image=config.on_bad_image,
         )
-        for _ in range(workers)
-    ]
-    names = ray.get([a.ping.remote() for a in actors])
+
+    actors = [new_actor() for _ in range(workers)]
+    names = [f"{p['host']}:{p['device']}" for p in ray.get([a.ping.remote() for a in actors])]
     pending = list(reversed(units))
     in_flight: dict[Any, tuple[Unit, Any]] = {}
+    retries: dict[int, int] = {}
+    failure: BaseException | None = None
 
     def submit(actor: Any) -> None:
-        if pending:
+        if pending and failure is None:
             unit = pending.pop()
             in_flight[actor.compute.remote(unit.start, unit.stop)] = (unit, actor)
 
@@ -236,8 +254,30 @@ def _run_units(
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             unit, actor = in_flight.pop(ready[0])
-            arrays = ray.get(ready[0])
-            writer.write_chunk(unit.index, arrays)
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayActorError as e:
+                retries[unit.index] = retries.get(unit.index, 0) + 1
+                if retries[unit.index] > config.max_retries:
+                    failure = failure or DRError(
+                        f"chunk {unit.index} failed {retries[unit.index]} times: its worker died ({e}); see the Ray logs"
+                    )
+                    continue
+                log.warning("worker for chunk %d died (%s): retrying on a new worker", unit.index, type(e).__name__)
+                pending.append(unit)
+                if actor in actors:
+                    actors[actors.index(actor)] = replacement = new_actor()
+                    submit(replacement)
+                    submit(replacement)
+                else:
+                    replacements = [a for a in actors if not any(a is act for _, act in in_flight.values())]
+                    submit(replacements[0] if replacements else actors[0])
+                continue
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
+                failure = failure or cause  # stop submitting; finish and write what is in flight
+                continue
+            writer.write_chunk(unit.index, result.arrays, result.skipped)
             computed += 1
             views += unit.size * header.views
             bar.update(unit.size * header.views)
@@ -247,7 +287,9 @@ def _run_units(
     finally:
         bar.close()
         for ref in in_flight:
-            ray.cancel(ref, force=False)
+            ray.cancel(ref)
         for actor in actors:
             ray.kill(actor)
+    if failure is not None:
+        raise failure
     return computed, views, names

@@ -9,17 +9,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from dr.errors import BadImageError, PolicyError
 from dr.policy import Policy
 from dr.sources import Source
 
-__all__ = ["SourceRef", "UnitWorker", "resolve_device"]
+__all__ = ["SourceRef", "UnitResult", "UnitWorker", "resolve_device"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnitResult:
+    """One unit's arrays (rows ``[start, stop)``) and the images skipped as unreadable."""
+
+    arrays: dict[str, np.ndarray]
+    skipped: dict[int, str] = field(default_factory=dict)
 
 
 class SourceRef:
@@ -58,6 +68,8 @@ class UnitWorker:
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: torch intra-op threads (0: leave torch's default).
         decode_threads: threads decoding images.
+        on_bad_image: ``fail`` raises :class:`BadImageError` naming the file; ``skip`` marks the
+            image skipped (zero rows, ``source/skipped`` = 1, reason recorded).
     """
 
     def __init__(
@@ -74,6 +86,7 @@ class UnitWorker:
         device: str = "auto",
         threads: int = 0,
         decode_threads: int = 4,
+        on_bad_image: str = "fail",
     ) -> None:
         from teachers import Ensemble
 
@@ -84,29 +97,60 @@ class UnitWorker:
         self.device = resolve_device(device)
         self.ensemble = Ensemble.from_specs(list(teachers), temperature).to(self.device)
         self.views, self.topk, self.seed, self.group = views, topk, seed, forward_group
+        self.on_bad_image = on_bad_image
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="dr-decode")
 
-    def ping(self) -> str:
+    def ping(self) -> dict[str, Any]:
+        import os
         import socket
 
-        return f"{socket.gethostname()}:{self.device}"
+        return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device)}
 
-    def compute(self, start: int, stop: int) -> dict[str, np.ndarray]:
+    def _read(self, index: int) -> tuple[np.ndarray, bytes] | BadImageError:
+        try:
+            return self.source.read(index)
+        except BadImageError as e:
+            return e
+
+    def compute(self, start: int, stop: int) -> UnitResult:
         """Rows ``[start, stop)``: ``params/<field>``, ``targets/ids``, ``targets/probs``,
-        ``source/sizes``, ``source/digests`` -- ready for :meth:`storage.StoreWriter.write_chunk`."""
+        ``source/sizes``, ``source/digests``, ``source/skipped`` -- ready for
+        :meth:`storage.StoreWriter.write_chunk` -- and the skipped images' reasons."""
         from teachers import topk
 
-        decoded = list(self.pool.map(self.source.read, range(start, stop)))
-        n, v = stop - start, self.views
+        n, v, size = stop - start, self.views, self.policy.output_size
+        skipped: dict[int, str] = {}
+        decoded: list[tuple[np.ndarray, bytes]] = []
+        placeholder = (np.zeros((size, size, 3), dtype=np.uint8), bytes(16))
+        for i, got in enumerate(self.pool.map(self._read, range(start, stop))):
+            if isinstance(got, BadImageError):
+                self._bad(skipped, start + i, got.reason)
+                decoded.append(placeholder)
+            else:
+                decoded.append(got)
         sizes = np.asarray([img.shape[:2] for img, _ in decoded], dtype=np.uint32)
-        digests = np.frombuffer(b"".join(d for _, d in decoded), dtype=np.uint8).reshape(n, -1)
+        digests = np.frombuffer(b"".join(d for _, d in decoded), dtype=np.uint8).reshape(n, -1).copy()
         per_image = []
         for i, (h, w) in enumerate(sizes):
             # mixing partners come from this unit (the store chunk): no image is decoded twice
             partners = self.policy.partners(self.seed, start + i, v, (start, stop))
             partner_sizes = None if partners is None else sizes[partners - start]
-            per_image.append(self.policy.sample(self.seed, start + i, int(h), int(w), v, partners=partners, partner_sizes=partner_sizes))
+            try:
+                params = self.policy.sample(self.seed, start + i, int(h), int(w), v, partners=partners, partner_sizes=partner_sizes)
+            except PolicyError as e:
+                self._bad(skipped, start + i, str(e))
+                decoded[i], sizes[i] = placeholder, (size, size)
+                params = self.policy.sample(self.seed, start + i, size, size, v, partners=partners, partner_sizes=partner_sizes)
+            per_image.append(params)
         params = {name: np.stack([p[name] for p in per_image]) for name in per_image[0]}
+        bad = np.zeros(n, dtype=bool)
+        bad[[i - start for i in skipped]] = True
+        if "mix_kind" in params and bad.any():
+            # a view whose partner was skipped is not mixed
+            hit = bad[np.clip(params["mix_partner"].astype(np.int64) - start, 0, n - 1)] & (params["mix_kind"] > 0)
+            for name in params:
+                if name.startswith(("mix_", "partner_")):
+                    params[name][hit] = 1 if name == "mix_lambda" else 0
         images = [torch.from_numpy(img).permute(2, 0, 1).to(self.device, non_blocking=True) for img, _ in decoded]
         ids = np.empty((n, v, self.topk), dtype=np.int64)
         probs = np.empty((n, v, self.topk), dtype=np.float32)
@@ -123,4 +167,14 @@ class UnitWorker:
                 probs[g0:g1] = top_p.cpu().numpy().reshape(g1 - g0, v, -1)
         out = {f"params/{k}": a for k, a in params.items()}
         out.update({"targets/ids": ids, "targets/probs": probs.astype(np.float16), "source/sizes": sizes, "source/digests": digests})
-        return out
+        for arr in out.values():
+            arr[bad] = 0
+        out["source/skipped"] = bad.astype(np.uint8)
+        return UnitResult(out, skipped)
+
+    def _bad(self, skipped: dict[int, str], index: int, reason: str) -> None:
+        where = self.source.describe(index)
+        if self.on_bad_image == "fail":
+            raise BadImageError(where, f"{reason} -- fix or remove the file, or rerun with --on-bad-image skip (and --resume)")
+        log.warning("skipping image %s: %s", where, reason)
+        skipped[index] = f"{where}: {reason}"

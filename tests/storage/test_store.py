@@ -40,6 +40,7 @@ def _chunk(w: StoreWriter, c: int, rng: np.random.Generator) -> dict[str, np.nda
         "targets/probs": probs,
         "source/sizes": np.full((n, 2), 32, dtype=np.uint32),
         "source/digests": rng.integers(0, 256, (n, 16)).astype(np.uint8),
+        "source/skipped": np.zeros(n, dtype=np.uint8),
     }
 
 

@@ -1,0 +1,197 @@
+"""``dr-build verify``: prove a store is whole and that its labels are what the teachers say.
+
+Integrity: every chunk done, arrays present with the header's shapes and dtypes, soft labels
+sorted and within [0, 1], ids in range, parameters inside image bounds, mixing partners in
+the same chunk, the source's fingerprint and content hashes. Replay audit: re-run the teachers
+on replayed views of a seeded sample and compare with the stored top-k (top-1 agreement, KL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dr.errors import DRError
+from dr.policy import RA_OPS, Policy
+from storage import StoreReader, ids_dtype
+
+__all__ = ["Check", "verify_store", "format_report"]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _integrity(r: StoreReader) -> list[Check]:
+    h = r.header
+    n, v, k = h.dataset.count, h.views, h.topk
+    out: list[Check] = []
+    done = r.done()
+    out.append(
+        Check("complete", h.status == "complete" and bool(done.all()), f"status {h.status!r}, {int(done.sum())}/{done.size} chunks done")
+    )
+    expected: dict[str, tuple[tuple[int, ...], str]] = {f"params/{f.name}": ((n, v, *f.shape), f.dtype) for f in h.param_fields}
+    expected.update(
+        {
+            "targets/ids": ((n, v, k), ids_dtype(h.num_classes)),
+            "targets/probs": ((n, v, k), "float16"),
+            "source/labels": ((n,), "int32"),
+            "source/sizes": ((n, 2), "uint32"),
+            "source/digests": ((n, 16), "uint8"),
+            "source/skipped": ((n,), "uint8"),
+        }
+    )
+    arrays = r.arrays()
+    bad = [
+        f"{p}: {'missing' if p not in arrays else f'{tuple(arrays[p].shape)} {arrays[p].dtype}'} (expected {s} {d})"
+        for p, (s, d) in expected.items()
+        if p not in arrays or tuple(arrays[p].shape) != s or str(arrays[p].dtype) != d
+    ]
+    out.append(Check("schema", not bad, "; ".join(bad) or f"{len(expected)} arrays with the header's shapes and dtypes"))
+    if bad:
+        return out
+    skipped = r.load("source/skipped").astype(bool)
+    probs = r.load("targets/probs").astype(np.float32)[~skipped]
+    ids = r.load("targets/ids")[~skipped]
+    problems = []
+    if not np.isfinite(probs).all():
+        problems.append("non-finite probabilities")
+    if (probs < 0).any() or (probs > 1).any():
+        problems.append("probabilities outside [0, 1]")
+    if (np.diff(probs, axis=-1) > 0).any():
+        problems.append(f"{int((np.diff(probs, axis=-1) > 0).any(-1).sum())} views with unsorted probabilities")
+    if (probs.sum(-1) > 1.01).any():
+        problems.append("top-k mass above 1")
+    if (ids >= h.num_classes).any():
+        problems.append(f"class ids >= {h.num_classes}")
+    out.append(
+        Check("targets", not problems, "; ".join(problems) or f"{probs.shape[0] * v} views: sorted, in [0, 1], ids < {h.num_classes}")
+    )
+    out.append(_param_bounds(r, skipped))
+    return out
+
+
+def _param_bounds(r: StoreReader, skipped: np.ndarray) -> Check:
+    h = r.header
+    policy = Policy.from_dict(h.policy)
+    params = {k: a.astype(np.int64) if a.dtype != np.float16 else a for k, a in r.params().items()}
+    sizes = r.load("source/sizes").astype(np.int64)
+    ok = ~skipped
+    problems = []
+    pad = int(h.policy["crop"].get("padding", 0))
+    hh, ww = sizes[:, 0][:, None], sizes[:, 1][:, None]
+    for prefix in ("", "partner_") if policy.mix else ("",):
+        box = params.get(prefix + "crop_box")
+        if box is None:
+            continue
+        if prefix:
+            partner = params["mix_partner"]
+            hh, ww = sizes[partner, 0], sizes[partner, 1]
+            used = (params["mix_kind"] > 0) & ok[:, None]
+        else:
+            used = np.broadcast_to(ok[:, None], box.shape[:2])
+        top, left, bh, bw = np.moveaxis(box, -1, 0)
+        inside = (top >= -pad) & (left >= -pad) & (top + bh <= hh + pad) & (left + bw <= ww + pad) & (bh > 0) & (bw > 0)
+        if (~inside & used).any():
+            problems.append(f"{int((~inside & used).sum())} {prefix}crop boxes outside their image")
+    for name in ("erase_box", "mix_box", "partner_erase_box"):
+        if name in params:
+            t, left_, bh, bw = np.moveaxis(params[name], -1, 0)
+            if ((t + bh > h.output_size) | (left_ + bw > h.output_size)).any():
+                problems.append(f"{name} outside the {h.output_size}px view")
+    for name in ("ra_ops", "partner_ra_ops"):
+        if name in params and (params[name] >= len(RA_OPS)).any():
+            problems.append(f"{name} has unknown op ids")
+    if policy.mix:
+        kind, partner = params["mix_kind"], params["mix_partner"]
+        if (kind > 2).any():
+            problems.append("mix_kind outside {0, 1, 2}")
+        rows = np.arange(h.dataset.count)[:, None] // h.chunk_size
+        mixed = kind > 0
+        if ((partner >= h.dataset.count) & mixed).any() or ((partner // h.chunk_size != rows) & mixed).any():
+            problems.append("mixing partners outside the image's chunk")
+        if (skipped[np.clip(partner, 0, h.dataset.count - 1)] & mixed).any():
+            problems.append("mixed with a skipped image")
+    return Check("params", not problems, "; ".join(problems) or "crop, erase and mix boxes inside their images; op ids and partners valid")
+
+
+def verify_store(
+    url: str,
+    source: Any = None,
+    *,
+    teachers: list[str] | None = None,
+    fraction: float = 0.01,
+    min_views: int = 64,
+    max_views: int = 4096,
+    content: str = "sample",
+    seed: int = 0,
+    storage_options: dict[str, Any] | None = None,
+) -> list[Check]:
+    """Run every check; returns them (``all(c.ok for c in checks)`` means the store is sound)."""
+    r = StoreReader(url, allow_incomplete=True, storage_options=storage_options)
+    checks = _integrity(r)
+    if not all(c.ok for c in checks):
+        return checks
+    from dr.dataset import ReinforcedDataset
+    from teachers import Ensemble
+
+    h = r.header
+    try:
+        ds = ReinforcedDataset(url, source, transform=lambda v: v, verify_source=content, storage_options=storage_options)  # type: ignore[arg-type]
+        checks.append(Check("source", True, f"{h.dataset.count} images; count, classes, labels and content hashes ({content}) match"))
+    except DRError as e:
+        checks.append(Check("source", False, str(e)))
+        return checks
+    specs = teachers or [t["spec"] for t in h.ensemble.get("teachers", [])]
+    try:
+        ensemble = Ensemble.from_specs(specs, float(h.ensemble.get("temperature", 1.0)))
+    except DRError as e:
+        checks.append(Check("replay", False, f"cannot load the teachers for the audit ({e}); pass --teacher SPEC"))
+        return checks
+    rng = np.random.default_rng(seed)
+    total = len(ds) * h.views
+    count = int(min(max(min_views, round(fraction * total)), max_views, total))
+    picks = rng.choice(total, size=count, replace=False)
+    agree, kls, max_abs = 0, [], 0.0
+    for flat in picks:
+        item, view = divmod(int(flat), h.views)
+        index = int(ds.indices[item])
+        params, ids, probs = ds.record(index, view)
+        images, partner = [ds.image(index)], None
+        if "mix_kind" in params and int(params["mix_kind"][0]):
+            images.append(ds.image(int(params["mix_partner"][0])))
+            partner = np.ones(1, dtype=np.int64)
+        replayed = ds.policy.replay(images, params, np.zeros(1, dtype=np.int64), partner_index=partner)
+        with torch.inference_mode():
+            q = ensemble(replayed)[0].double()
+        p = torch.from_numpy(probs.astype(np.float64))
+        t_ids = torch.from_numpy(ids.astype(np.int64))
+        agree += int(int(q.argmax()) == int(t_ids[0]))
+        kls.append(float((p * (p.clamp_min(1e-12).log() - q[t_ids].clamp_min(1e-12).log())).sum()))
+        max_abs = max(max_abs, float((p - q[t_ids]).abs().max()))
+    agreement = agree / count
+    mean_kl = float(np.mean(kls))
+    ok = agreement >= 0.98 and mean_kl <= 0.01
+    checks.append(
+        Check(
+            "replay",
+            ok,
+            f"{count} views re-labelled: top-1 agreement {100 * agreement:.2f}%, mean KL {mean_kl:.2e}, max |dp| {max_abs:.3g}",
+            {"views": count, "top1_agreement": agreement, "mean_kl": mean_kl, "max_abs_prob_diff": max_abs},
+        )
+    )
+    return checks
+
+
+def format_report(url: str, checks: list[Check]) -> str:
+    lines = [f"verify {url}"]
+    lines += [f"  {'PASS' if c.ok else 'FAIL'}  {c.name:<9} {c.detail}" for c in checks]
+    lines.append("OK: the store is complete and sound" if all(c.ok for c in checks) else "FAILED: see the lines marked FAIL")
+    return "\n".join(lines)
