@@ -1,24 +1,32 @@
-# GPU worker image for dr builds: PyTorch + CUDA runtime, Ray, and dr with `dr-build`.
-# Build:  docker build -t dr:0.1 .
-# Run:    docker run --gpus all --shm-size=16g -v /data:/data dr:0.1 reinforce /data/train ...
-# (Ray keeps its object store in /dev/shm: give the container a large --shm-size.)
+# GPU worker image for dr builds: PyTorch + CUDA runtime, Ray, and dr (`dr-build`, `ray`).
+#   docker build -t dr:0.1 .
+#   docker run --gpus all --shm-size=16g -v /data:/data dr:0.1 reinforce /data/train ...
+# Ray keeps its object store in /dev/shm: give every container a large --shm-size.
+# The base image pins CUDA and torch; docker/constraints.txt pins every other dependency to
+# the versions the test suite ran with.
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
-FROM ${BASE_IMAGE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1
-
-WORKDIR /opt/dr
+FROM ${BASE_IMAGE} AS build
+WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY dr ./dr
 COPY teachers ./teachers
 COPY storage ./storage
 COPY cli ./cli
-# torch/torchvision come from the base image; the ranges in setup.cfg admit them.
-# DL3013: this installs the local package (its ranges live in setup.cfg), not a PyPI name.
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[remote]"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+COPY docker/constraints.txt /tmp/constraints.txt
+COPY --from=build /wheels /tmp/wheels
+# DL3013: the constraints file pins every version; the wheel is this repository's package.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir -c /tmp/constraints.txt /tmp/wheels/*.whl "ray[data]" fsspec s3fs \
+    && rm -rf /tmp/wheels /tmp/constraints.txt \
+    && useradd --create-home --uid 1000 --shell /bin/bash dr
+USER 1000:1000
+WORKDIR /home/dr
 ENTRYPOINT ["dr-build"]
 CMD ["--help"]

@@ -39,6 +39,16 @@ Teacher specs: KIND:NAME[@WEIGHTS][?key=value&...] with KIND one of
 """
 
 
+def yaml_scalar(value: str) -> Any:
+    """Parse a command-line value the way YAML would (numbers, booleans, strings)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
 def _fail(e: Exception) -> None:
     if isinstance(e, ValidationError):
         first = e.errors()[0]
@@ -72,20 +82,25 @@ def cli(verbose: int) -> None:
 
 
 @cli.command(epilog=EPILOG_REINFORCE)
-@click.argument("source")
+@click.argument("source", required=False)
 @click.option(
-    "--teacher",
-    "teachers",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML build config (see `dr-build config --example`); flags override it.",
+)
+@click.option("--teacher", "teachers", multiple=True, callback=_check_teacher, metavar="SPEC", help="Teacher spec; repeat for an ensemble.")
+@click.option(
+    "--storage-option",
+    "storage_options",
     multiple=True,
-    required=True,
-    callback=_check_teacher,
-    metavar="SPEC",
-    help="Teacher spec; repeat for an ensemble.",
+    metavar="KEY=VALUE",
+    help="fsspec option for a remote --out (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.",
 )
 @click.option("--policy", default="rrc", show_default=True, help="Augmentation preset: rrc (ImageNet) or cifar; see `dr-build policies`.")
 @click.option("--views", "-V", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Augmented views per image.")
 @click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Soft-label entries kept per view.")
-@click.option("--out", "-o", required=True, help="Output store (.zarr path or fsspec URL).")
+@click.option("--out", "-o", help="Output store (.zarr path or fsspec URL such as s3://bucket/x.zarr).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of all augmentation sampling.")
 @click.option("--output-size", type=click.IntRange(1, 8192), help="View size in pixels (default: the preset's, 224 rrc / 32 cifar).")
 @click.option("--temperature", default=1.0, show_default=True, type=float, help="Softmax temperature for every teacher.")
@@ -109,18 +124,47 @@ def cli(verbose: int) -> None:
 @click.option("--force", is_flag=True, help="Take over the store's writer lock (a build that died on another host, or a stale lock).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def reinforce(source: str, teachers: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
+def reinforce(
+    source: str | None,
+    config_file: str | None,
+    teachers: tuple[str, ...],
+    storage_options: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+    **options: Any,
+) -> None:
     """Reinforce SOURCE (an ImageFolder-layout directory: SOURCE/<class>/<image>) into --out.
 
     Each image gets --views augmented views sampled with --policy (seeded per image, so the
     store is identical for any number of workers); the teacher ensemble labels every view and
-    the top --topk probabilities are stored with the view's parameters.
+    the top --topk probabilities are stored with the view's parameters. Settings may come
+    from --config build.yaml; flags given on the command line override the file.
     """
-    from dr.build import BuildConfig
+    from click.core import ParameterSource
+
+    from dr.build import BuildConfig, load_config_file
     from dr.build import reinforce as run_build
 
+    ctx = click.get_current_context()
+    given: dict[str, Any] = {k: v for k, v in options.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if source:
+        given["source"] = source
+    if teachers:
+        given["teachers"] = teachers
+    if storage_options:
+        pairs = [o.split("=", 1) for o in storage_options]
+        if any(len(p) != 2 for p in pairs):
+            raise click.BadParameter(f"--storage-option takes KEY=VALUE, got {storage_options!r}")
+        given["storage_options"] = {k: yaml_scalar(v) for k, v in pairs}
     try:
-        config = BuildConfig(source=source, teachers=teachers, **options)
+        if config_file:
+            config = load_config_file(config_file, given)
+        else:
+            need = {"source": "SOURCE", "teachers": "--teacher SPEC", "out": "--out STORE"}
+            missing = [flag for name, flag in need.items() if not given.get(name) and not options.get(name)]
+            if missing:
+                raise click.UsageError(f"missing {', '.join(missing)} (or pass --config build.yaml)")
+            config = BuildConfig(**{**options, **given})
         result = run_build(config, progress=not quiet)
     except (DRError, ValidationError) as e:
         _fail(e)
@@ -220,6 +264,15 @@ def verify(store: str, source: str | None, teachers: tuple[str, ...], fraction: 
         click.echo(format_report(store, checks))
     if not all(c.ok for c in checks):
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--example", is_flag=True, required=True, help="Print a commented example build.yaml.")
+def config(example: bool) -> None:
+    """Print a commented example build config for `dr-build reinforce --config`."""
+    from dr.build.config import EXAMPLE_CONFIG
+
+    click.echo(EXAMPLE_CONFIG, nl=False)
 
 
 @cli.command()

@@ -112,7 +112,7 @@ class ReinforcedDataset(Dataset):
             source = self.header.dataset.location
             if source is None:
                 raise StoreMismatchError(f"store {self.store!r} records no source location: pass source=")
-        self.source: Source = open_source(source)
+        self.source: Source = open_source(source, self.storage_options)
         self.policy = Policy.from_dict(self.header.policy)
         self.output_size = output_size or self.header.output_size
         self.transform = transform or to_float

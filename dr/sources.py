@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,18 +148,33 @@ class ImageFolderSource:
         SourceError: the path is missing, not a directory, or holds no class with images.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, extensions: Sequence[str] = IMG_EXTENSIONS) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, extensions: Sequence[str] = IMG_EXTENSIONS, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        self.location = str(root)
         self.root = Path(root)
+        self._fs: Any = None
+        exts = tuple(e.lower() for e in extensions)
+        if _is_url(self.location):
+            files, labels, class_dirs = self._scan_remote(exts, dict(storage_options or {}))
+        else:
+            files, labels, class_dirs = self._scan_local(exts)
+        if not files:
+            raise SourceError(f"source folder {self.location!r} has class folders but no images with extensions {', '.join(exts)}")
+        self._classes = tuple(class_dirs)
+        self.files = files
+        self._labels = np.asarray(labels, dtype=np.int64)
+
+    def _scan_local(self, exts: tuple[str, ...]) -> tuple[list[str], list[int], list[str]]:
         if not self.root.exists():
             raise SourceError(
-                f"source folder {str(self.root)!r} does not exist: pass an ImageFolder-layout directory (root/<class>/<image>)"
+                f"source folder {self.location!r} does not exist: pass an ImageFolder-layout directory (root/<class>/<image>)"
             )
         if not self.root.is_dir():
-            raise SourceError(f"source {str(self.root)!r} is not a directory: pass an ImageFolder-layout directory (root/<class>/<image>)")
-        exts = tuple(e.lower() for e in extensions)
+            raise SourceError(f"source {self.location!r} is not a directory: pass an ImageFolder-layout directory (root/<class>/<image>)")
         class_dirs = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
         if not class_dirs:
-            raise SourceError(f"source folder {str(self.root)!r} has no class sub-folders: expected root/<class>/<image>")
+            raise SourceError(f"source folder {self.location!r} has no class sub-folders: expected root/<class>/<image>")
         files: list[str] = []
         labels: list[int] = []
         for label, cls in enumerate(class_dirs):
@@ -169,11 +184,28 @@ class ImageFolderSource:
                     if name.lower().endswith(exts) and not name.startswith("."):
                         files.append(os.path.relpath(os.path.join(dirpath, name), self.root))
                         labels.append(label)
-        if not files:
-            raise SourceError(f"source folder {str(self.root)!r} has class folders but no images with extensions {', '.join(exts)}")
-        self._classes = tuple(class_dirs)
-        self.files = files
-        self._labels = np.asarray(labels, dtype=np.int64)
+        return files, labels, class_dirs
+
+    def _scan_remote(self, exts: tuple[str, ...], options: dict[str, Any]) -> tuple[list[str], list[int], list[str]]:
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(self.location, **options)
+            found = fs.find(root)
+        except (OSError, ValueError, ImportError) as e:
+            raise SourceError(
+                f"cannot list source {self.location!r}: {type(e).__name__}: {e} (install dr[remote] for s3://, check credentials and endpoint)"
+            ) from e
+        root = root.rstrip("/")
+        rel = sorted(f[len(root) + 1 :] for f in found if f.startswith(root + "/"))
+        rel = [r for r in rel if "/" in r and r.lower().endswith(exts) and not any(part.startswith(".") for part in r.split("/"))]
+        if not rel:
+            raise SourceError(f"source {self.location!r} holds no images in class folders: expected root/<class>/<image>")
+        class_dirs = sorted({r.split("/", 1)[0] for r in rel})
+        index = {c: i for i, c in enumerate(class_dirs)}
+        rel.sort(key=lambda r: (index[r.split("/", 1)[0]], r))
+        self._fs, self._fs_root = fs, root
+        return rel, [index[r.split("/", 1)[0]] for r in rel], class_dirs
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -186,14 +218,17 @@ class ImageFolderSource:
         return self._labels
 
     def describe(self, index: int) -> str:
+        if self._fs is not None:
+            return f"{self.location.rstrip('/')}/{self.files[index]}"
         return str(self.root / self.files[index])
 
     def read_bytes(self, index: int) -> bytes:
-        path = self.root / self.files[index]
         try:
-            return path.read_bytes()
+            if self._fs is not None:
+                return bytes(self._fs.cat_file(f"{self._fs_root}/{self.files[index]}"))
+            return (self.root / self.files[index]).read_bytes()
         except OSError as e:
-            raise BadImageError(str(path), f"cannot read file: {e}") from e
+            raise BadImageError(self.describe(index), f"cannot read file: {e}") from e
 
     def read(self, index: int) -> tuple[np.ndarray, bytes]:
         data = self.read_bytes(index)
@@ -203,7 +238,7 @@ class ImageFolderSource:
         return SourceFingerprint("image_folder", len(self), self.classes, _labels_hash(self._labels, self.classes))
 
     def __repr__(self) -> str:
-        return f"ImageFolderSource({str(self.root)!r}, images={len(self)}, classes={len(self.classes)})"
+        return f"ImageFolderSource({self.location!r}, images={len(self)}, classes={len(self.classes)})"
 
 
 class TorchDatasetSource:
@@ -283,14 +318,19 @@ class TorchDatasetSource:
         return f"TorchDatasetSource({type(self.dataset).__name__}, images={len(self)})"
 
 
-def open_source(source: Any) -> Source:
-    """Turn a path or a dataset object into a :class:`Source`.
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
 
-    Strings and paths name an ImageFolder-layout directory; a :class:`Source` passes through;
-    any other map-style dataset is wrapped in :class:`TorchDatasetSource`.
+
+def open_source(source: Any, storage_options: Mapping[str, Any] | None = None) -> Source:
+    """Turn a path, an fsspec URL or a dataset object into a :class:`Source`.
+
+    Strings and paths name an ImageFolder-layout directory (local, or ``s3://...`` etc. with
+    ``storage_options``); a :class:`Source` passes through; any other map-style dataset is
+    wrapped in :class:`TorchDatasetSource`.
     """
     if isinstance(source, (ImageFolderSource, TorchDatasetSource)):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return ImageFolderSource(source)
+        return ImageFolderSource(source, storage_options=storage_options)
     return TorchDatasetSource(source)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["BuildConfig"]
+from dr.errors import ConfigError
+
+__all__ = ["BuildConfig", "load_config_file", "EXAMPLE_CONFIG"]
 
 
 class BuildConfig(BaseModel):
@@ -40,6 +44,7 @@ class BuildConfig(BaseModel):
     force: bool = False
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="fail: stop naming the file; skip: record it as skipped")
     max_retries: int = Field(3, ge=0, le=100, description="times a unit is retried after its worker died")
+    start_timeout: float = Field(600.0, gt=0, description="seconds to wait for a worker when none is running")
     max_chunks: int | None = Field(None, ge=1, description="stop after writing this many chunks (staged builds)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -57,3 +62,58 @@ class BuildConfig(BaseModel):
         while g * 2 * self.views <= 512 and self.chunk_size % (g * 2) == 0:
             g *= 2
         return g
+
+
+def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    """Read a YAML build config, apply ``overrides`` (command-line flags), validate.
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key (named, with the allowed keys) or a bad
+            value (the key, the value and the rule).
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    allowed = sorted(BuildConfig.model_fields)
+    unknown = sorted(set(map(str, data)) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in {str(path)!r}; allowed keys: {', '.join(allowed)}")
+    merged = {**data, **(overrides or {})}
+    try:
+        return BuildConfig(**merged)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{str(path)!r}: {key}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+EXAMPLE_CONFIG = """\
+# dr-build reinforce --config build.yaml   (command-line flags override these keys)
+source: /data/imagenet/train          # ImageFolder layout: <source>/<class>/<image>
+out: /shared/stores/imagenet+.zarr    # or s3://bucket/prefix/imagenet+.zarr
+teachers:                             # KIND:NAME[@WEIGHTS][?options]; an ensemble averages probabilities
+  - timm:resnet50@/weights/resnet50.safetensors
+  - timm:vit_base_patch16_224@/weights/vit_b16.safetensors?weight=1
+policy: rrc+mix+ra/re                 # see `dr-build policies`
+views: 50                             # V: augmented views per image
+topk: 10                              # k: soft-label entries kept per view
+seed: 0
+temperature: 1.0
+chunk_size: 256                       # images per store chunk and per work unit
+# output_size: 224                    # default: the preset's
+# forward_group: 8                    # images per teacher batch (default: auto)
+address: auto                         # Ray: auto (this node's cluster), ray://head:10001, or omit for local
+# workers: 8                          # default: one per GPU
+device: auto                          # auto | cpu | cuda
+decode_threads: 4
+on_bad_image: fail                    # fail | skip
+max_retries: 3                        # per unit, after a worker dies
+resume: false
+overwrite: false
+storage_options: {}                   # fsspec options for remote stores, e.g. {endpoint_url: ...}
+"""

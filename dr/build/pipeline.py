@@ -150,7 +150,7 @@ def reinforce(
         on_chunk: called with each chunk index after it is written (monitoring, tests).
     """
     t0 = time.perf_counter()
-    src = open_source(source if source is not None else config.source)
+    src = open_source(source if source is not None else config.source, config.storage_options)
     ensemble_desc, num_classes = _probe_teachers(config)
     header = make_header(config, src, ensemble_desc, num_classes)
     lock = StoreLock(config.out, config.storage_options)
@@ -225,21 +225,28 @@ def _run_units(
             on_bad_image=config.on_bad_image,
         )
 
-    actors = [new_actor() for _ in range(workers)]
-    names = [f"{p['host']}:{p['device']}" for p in ray.get([a.ping.remote() for a in actors])]
+    actors: list[Any] = []
+    starting: dict[Any, Any] = {}
+    for _ in range(workers):
+        actor = new_actor()
+        starting[actor.ping.remote()] = actor
+    names: list[str] = []
     pending = list(reversed(units))
     in_flight: dict[Any, tuple[Unit, Any]] = {}
     retries: dict[int, int] = {}
     failure: BaseException | None = None
 
-    def submit(actor: Any) -> None:
-        if pending and failure is None:
-            unit = pending.pop()
-            in_flight[actor.compute.remote(unit.start, unit.stop)] = (unit, actor)
+    def fill() -> None:
+        """Give every live actor up to two units (the next is ready when one returns)."""
+        for actor in actors:
+            busy = sum(1 for _, a in in_flight.values() if a is actor)
+            while busy < 2 and pending and failure is None:
+                unit = pending.pop()
+                in_flight[actor.compute.remote(unit.start, unit.stop)] = (unit, actor)
+                busy += 1
 
-    for actor in actors:
-        for _ in range(2):  # two units in flight per actor: the next is ready when one returns
-            submit(actor)
+    # Let the initial workers come up together (bounded), so work spreads over every node.
+    ray.wait(list(starting), num_returns=len(starting), timeout=config.start_timeout)
     computed = views = 0
     bar = tqdm(
         total=sum(u.size for u in units) * header.views,
@@ -251,11 +258,27 @@ def _run_units(
         smoothing=0.1,
     )
     try:
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            unit, actor = in_flight.pop(ready[0])
+        while in_flight or (pending and starting and failure is None):
+            ready, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=None if in_flight else config.start_timeout)
+            if not ready:
+                raise DRError(
+                    f"no teacher worker could start within {config.start_timeout:.0f}s (the cluster lacks {per_gpu} GPU / {per_cpu} CPU per worker?): add nodes or lower --cpus-per-worker"
+                )
+            ref = ready[0]
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    info = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    log.warning("a teacher worker failed to start: %s", e)
+                    continue
+                actors.append(actor)
+                names.append(f"{info['host']}:{info['node'][:8]}:{info['device']}")
+                fill()
+                continue
+            unit, actor = in_flight.pop(ref)
             try:
-                result = ray.get(ready[0])
+                result = ray.get(ref)
             except ray.exceptions.RayActorError as e:
                 retries[unit.index] = retries.get(unit.index, 0) + 1
                 if retries[unit.index] > config.max_retries:
@@ -263,15 +286,13 @@ def _run_units(
                         f"chunk {unit.index} failed {retries[unit.index]} times: its worker died ({e}); see the Ray logs"
                     )
                     continue
-                log.warning("worker for chunk %d died (%s): retrying on a new worker", unit.index, type(e).__name__)
+                log.warning("worker for chunk %d died (%s): retrying it", unit.index, type(e).__name__)
                 pending.append(unit)
-                if actor in actors:
-                    actors[actors.index(actor)] = replacement = new_actor()
-                    submit(replacement)
-                    submit(replacement)
-                else:
-                    replacements = [a for a in actors if not any(a is act for _, act in in_flight.values())]
-                    submit(replacements[0] if replacements else actors[0])
+                if any(a is actor for a in actors):
+                    actors[:] = [a for a in actors if a is not actor]
+                    replacement = new_actor()  # used once it is up; survivors go on meanwhile
+                    starting[replacement.ping.remote()] = replacement
+                fill()
                 continue
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
@@ -283,12 +304,12 @@ def _run_units(
             bar.update(unit.size * header.views)
             if on_chunk is not None:
                 on_chunk(unit.index)
-            submit(actor)
+            fill()
     finally:
         bar.close()
         for ref in in_flight:
             ray.cancel(ref)
-        for actor in actors:
+        for actor in actors + list(starting.values()):
             ray.kill(actor)
     if failure is not None:
         raise failure

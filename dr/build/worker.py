@@ -104,7 +104,13 @@ class UnitWorker:
         import os
         import socket
 
-        return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device)}
+        import ray
+
+        try:
+            node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - not running under Ray
+            node = "local"
+        return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device), "node": node}
 
     def _read(self, index: int) -> tuple[np.ndarray, bytes] | BadImageError:
         try:

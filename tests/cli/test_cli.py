@@ -82,3 +82,36 @@ def test_reinforce_then_info(cifar64: Path, tiny_teacher: str, ray_session, tmp_
 def test_policies_lists_presets() -> None:
     r = CliRunner().invoke(cli, ["policies"])
     assert r.exit_code == 0 and "rrc" in r.output and "cifar" in r.output
+
+
+def test_config_file_with_overrides_and_typos(cifar64: Path, tiny_teacher: str, ray_session, tmp_path: Path) -> None:
+    import yaml
+    import zarr
+
+    r = CliRunner().invoke(cli, ["config", "--example"])
+    assert r.exit_code == 0 and "policy:" in r.output
+    example = yaml.safe_load(r.output)
+    cfg = {
+        "source": str(cifar64),
+        "teachers": [tiny_teacher],
+        "policy": "cifar",
+        "views": 3,
+        "topk": 2,
+        "chunk_size": 32,
+        "out": str(tmp_path / "from-file.zarr"),
+    }
+    assert set(cfg) <= set(example)
+    (tmp_path / "build.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(cli, ["reinforce", "--config", str(tmp_path / "build.yaml"), "--views", "2", "-q", "--json"])
+    assert r.exit_code == 0, r.output
+    attrs = zarr.open_group(str(tmp_path / "from-file.zarr"), mode="r").attrs
+    assert attrs["views"] == 2 and attrs["topk"] == 2  # the flag overrides the file
+    assert attrs["build"]["config"]["views"] == 2 and attrs["build"]["config"]["policy"] == "cifar"
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({**cfg, "viewz": 4}))
+    r = CliRunner().invoke(cli, ["reinforce", "--config", str(tmp_path / "typo.yaml")])
+    assert r.exit_code != 0 and "'viewz'" in r.output and "allowed keys" in r.output and "views" in r.output
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**cfg, "views": "many"}))
+    r = CliRunner().invoke(cli, ["reinforce", "--config", str(tmp_path / "bad.yaml")])
+    assert r.exit_code != 0 and "views" in r.output and "many" in r.output
+    r = CliRunner().invoke(cli, ["reinforce", str(cifar64)])
+    assert r.exit_code != 0 and "--teacher" in r.output and "--out" in r.output
