@@ -175,7 +175,7 @@ def reinforce(
     r = result.to_dict()
     click.echo(
         f"{r['status']}: {r['out']} -- computed {r['chunks_computed']} chunk(s), skipped {r['chunks_skipped']} done, "
-        f"{r['views_computed']} views in {r['seconds']:.1f}s ({r['views_per_second']:.0f} views/s) on {len(r['workers'])} worker(s)"
+        f"{r['views_computed']} views in {r['seconds']:.1f}s ({r['views_per_second']:.0f} views/s overall, {r['working_views_per_second']:.0f} views/s once workers were up) on {len(r['workers'])} worker(s)"
     )
     if result.complete:
         click.echo(f"inspect it with: dr-build info {result.out}")

@@ -23,7 +23,7 @@ class Ensemble(nn.Module):
 
     weights: torch.Tensor
 
-    def __init__(self, teachers: Sequence[Teacher], temperature: float = 1.0) -> None:
+    def __init__(self, teachers: Sequence[Teacher], temperature: float = 1.0, precision: str = "fp32") -> None:
         super().__init__()
         if not teachers:
             raise TeacherError("an ensemble needs at least one teacher: pass --teacher SPEC")
@@ -32,19 +32,33 @@ class Ensemble(nn.Module):
         self.members: list[Teacher] = list(teachers)
         self.teachers = nn.ModuleList(teachers)
         self.temperature = float(temperature)
+        if precision not in ("auto", "fp32", "bf16"):
+            raise TeacherError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        self.precision = precision
         w = torch.tensor([t.spec.weight for t in teachers], dtype=torch.float32)
         self.register_buffer("weights", w / w.sum(), persistent=False)
 
     @classmethod
-    def from_specs(cls, specs: Sequence[str | TeacherSpec], temperature: float = 1.0) -> Ensemble:
-        return cls([load_teacher(s) for s in specs], temperature)
+    def from_specs(cls, specs: Sequence[str | TeacherSpec], temperature: float = 1.0, precision: str = "fp32") -> Ensemble:
+        return cls([load_teacher(s) for s in specs], temperature, precision)
+
+    def optimize(self, *, channels_last: bool = True, compile: bool = False) -> Ensemble:
+        """Channels-last weights and, optionally, ``torch.compile`` of each teacher's network."""
+        for t in self.members:
+            if channels_last:
+                t.model.to(memory_format=torch.channels_last)
+            if compile:
+                t.model = torch.compile(t.model, dynamic=False)  # type: ignore[assignment]
+        return self
 
     @torch.inference_mode()
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 views ``[B,3,H,W]`` -> ensemble probabilities ``[B,C]`` (float32)."""
         probs: torch.Tensor | None = None
+        bf16 = views.device.type == "cuda" and self.precision in ("auto", "bf16")
         for i, teacher in enumerate(self.members):
-            logits = teacher(views).float()
+            with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = teacher(views).float()
             p = torch.softmax(logits / self.temperature, dim=1) * self.weights[i]
             if probs is not None and p.shape != probs.shape:
                 raise TeacherError(

@@ -214,7 +214,8 @@ class Teacher(nn.Module):
                 x = F.interpolate(x, size=size, mode="nearest")
             else:
                 x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         out = self.model(self.prepare(views))

@@ -38,6 +38,8 @@ class BuildConfig(BaseModel):
     workers: int | None = Field(None, ge=1, description="teacher actors (default: one per GPU, else 1)")
     cpus_per_worker: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="teacher math: auto = bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the teachers (15-40 s once per worker; pays off on big builds)")
     decode_threads: int = Field(4, ge=1, le=256)
     resume: bool = False
     overwrite: bool = False

@@ -43,10 +43,16 @@ class BuildResult:
     views_computed: int
     seconds: float
     workers: list[str] = field(default_factory=list)
+    working_seconds: float = 0.0  # from the moment the workers were up to the last write
 
     @property
     def views_per_second(self) -> float:
         return self.views_computed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def working_views_per_second(self) -> float:
+        """Throughput once the workers are up (excludes Ray start and model loading)."""
+        return self.views_computed / self.working_seconds if self.working_seconds > 0 else 0.0
 
     @property
     def complete(self) -> bool:
@@ -64,6 +70,7 @@ class BuildResult:
             "views_computed": self.views_computed,
             "seconds": round(self.seconds, 3),
             "views_per_second": round(self.views_per_second, 1),
+            "working_views_per_second": round(self.working_views_per_second, 1),
             "workers": self.workers,
         }
 
@@ -107,7 +114,7 @@ def _probe_teachers(config: BuildConfig) -> tuple[dict[str, Any], int]:
     """Load the ensemble once on the driver: fail fast on bad specs, learn the class count."""
     from teachers import Ensemble
 
-    ensemble = Ensemble.from_specs(list(config.teachers), config.temperature)
+    ensemble = Ensemble.from_specs(list(config.teachers), config.temperature, config.precision)
     size = get_policy(config.policy, config.output_size).output_size
     with torch.inference_mode():
         num_classes = int(ensemble(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1])
@@ -162,16 +169,16 @@ def reinforce(
         skipped = total_chunks - len(units)
         if config.max_chunks is not None:
             units = units[: config.max_chunks]
-        computed, views_done, worker_names = 0, 0, list[str]()
+        computed, views_done, worker_names, working = 0, 0, list[str](), 0.0
         if units:
-            computed, views_done, worker_names = _run_units(config, header, src, units, writer, progress, on_chunk)
+            computed, views_done, worker_names, working = _run_units(config, header, src, units, writer, progress, on_chunk)
         if writer.done().all():
             header = writer.finalize()
         else:
             header = writer.header
     finally:
         lock.release()
-    result = BuildResult(header, config.out, total_chunks, computed, skipped, views_done, time.perf_counter() - t0, worker_names)
+    result = BuildResult(header, config.out, total_chunks, computed, skipped, views_done, time.perf_counter() - t0, worker_names, working)
     log.info("build %s: %s", config.out, result.to_dict())
     return result
 
@@ -199,14 +206,16 @@ def _run_units(
     writer: StoreWriter,
     progress: bool,
     on_chunk: Callable[[int], None] | None,
-) -> tuple[int, int, list[str]]:
+) -> tuple[int, int, list[str], float]:
     from tqdm.auto import tqdm
 
     ray = _init_ray(config.address)
     workers, per_cpu, per_gpu, device = _worker_resources(ray, config)
     workers = min(workers, len(units))
     # Restarts are ours, not Ray's: a dead actor is replaced and its units resubmitted.
-    actor_cls = ray.remote(UnitWorker).options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=0, max_task_retries=0)
+    # Two concurrent units per actor: one decodes and samples on CPU threads while the other's
+    # views run through the teachers, so the device is not idle between units.
+    actor_cls = ray.remote(UnitWorker).options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=0, max_task_retries=0, max_concurrency=2)
     source_ref = SourceRef(ray.put(src))
 
     def new_actor() -> Any:
@@ -223,6 +232,8 @@ def _run_units(
             threads=max(1, int(per_cpu)),
             decode_threads=config.decode_threads,
             on_bad_image=config.on_bad_image,
+            precision=config.precision,
+            compile=config.compile,
         )
 
     actors: list[Any] = []
@@ -247,6 +258,7 @@ def _run_units(
 
     # Let the initial workers come up together (bounded), so work spreads over every node.
     ray.wait(list(starting), num_returns=len(starting), timeout=config.start_timeout)
+    t_ready = time.perf_counter()
     computed = views = 0
     bar = tqdm(
         total=sum(u.size for u in units) * header.views,
@@ -313,4 +325,4 @@ def _run_units(
             ray.kill(actor)
     if failure is not None:
         raise failure
-    return computed, views, names
+    return computed, views, names, time.perf_counter() - t_ready

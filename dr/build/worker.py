@@ -70,6 +70,8 @@ class UnitWorker:
         decode_threads: threads decoding images.
         on_bad_image: ``fail`` raises :class:`BadImageError` naming the file; ``skip`` marks the
             image skipped (zero rows, ``source/skipped`` = 1, reason recorded).
+        precision: ``auto``/``bf16`` (bf16 autocast on CUDA) or ``fp32``.
+        compile: ``torch.compile`` the teachers.
     """
 
     def __init__(
@@ -87,6 +89,8 @@ class UnitWorker:
         threads: int = 0,
         decode_threads: int = 4,
         on_bad_image: str = "fail",
+        precision: str = "auto",
+        compile: bool = False,
     ) -> None:
         from teachers import Ensemble
 
@@ -95,7 +99,11 @@ class UnitWorker:
         self.source: Source = source.get() if isinstance(source, SourceRef) else source
         self.policy = Policy.from_dict(policy)
         self.device = resolve_device(device)
-        self.ensemble = Ensemble.from_specs(list(teachers), temperature).to(self.device)
+        self.ensemble = Ensemble.from_specs(list(teachers), temperature, precision).to(self.device)
+        if self.device.type == "cuda":
+            self.ensemble.optimize(channels_last=True, compile=compile)
+        elif compile:
+            self.ensemble.optimize(channels_last=False, compile=True)
         self.views, self.topk, self.seed, self.group = views, topk, seed, forward_group
         self.on_bad_image = on_bad_image
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="dr-decode")
@@ -157,9 +165,14 @@ class UnitWorker:
             for name in params:
                 if name.startswith(("mix_", "partner_")):
                     params[name][hit] = 1 if name == "mix_lambda" else 0
-        images = [torch.from_numpy(img).permute(2, 0, 1).to(self.device, non_blocking=True) for img, _ in decoded]
-        ids = np.empty((n, v, self.topk), dtype=np.int64)
-        probs = np.empty((n, v, self.topk), dtype=np.float32)
+        cuda = self.device.type == "cuda"
+        images = [
+            torch.from_numpy(img).permute(2, 0, 1).pin_memory().to(self.device, non_blocking=True)
+            if cuda
+            else torch.from_numpy(img).permute(2, 0, 1)
+            for img, _ in decoded
+        ]
+        top_ids_parts, top_p_parts = [], []
         with torch.inference_mode():
             for g0 in range(0, n, self.group):
                 g1 = min(g0 + self.group, n)
@@ -167,10 +180,11 @@ class UnitWorker:
                 index = np.repeat(np.arange(g0, g1), v)
                 partner_index = flat["mix_partner"].astype(np.int64) - start if "mix_partner" in flat else None
                 views = self.policy.replay(images, flat, index, partner_index=partner_index)
-                p = self.ensemble(views)
-                top_ids, top_p = topk(p, self.topk)
-                ids[g0:g1] = top_ids.cpu().numpy().reshape(g1 - g0, v, -1)
-                probs[g0:g1] = top_p.cpu().numpy().reshape(g1 - g0, v, -1)
+                top_ids, top_p = topk(self.ensemble(views), self.topk)
+                top_ids_parts.append(top_ids)  # stay on the device: no sync until the unit ends
+                top_p_parts.append(top_p)
+        ids = torch.cat(top_ids_parts).cpu().numpy().reshape(n, v, -1)
+        probs = torch.cat(top_p_parts).cpu().numpy().reshape(n, v, -1)
         out = {f"params/{k}": a for k, a in params.items()}
         out.update({"targets/ids": ids, "targets/probs": probs.astype(np.float16), "source/sizes": sizes, "source/digests": digests})
         for arr in out.values():
