@@ -67,7 +67,7 @@ def evaluate(
     return correct / len(images)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder with train.tar.gz/test.tar.gz or train/ test/")
     p.add_argument("--arch", default="cifar_resnet", choices=["cifar_resnet", "tiny_cnn"])
@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (smoke tests)")
     p.add_argument("--out", required=True, help="output path without suffix")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,7 +160,8 @@ def main() -> None:
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({"test_top1": acc, "train_seconds": round(train_s, 1), "out": str(out)}))
+    return card
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
@@ -41,3 +43,22 @@ def test_train_student_runs_a_few_steps(cifar64_store: str, cifar64: Path, tmp_p
     r = json.loads(out.read_text())
     assert r["mode"] == ("baseline" if baseline else "reinforced") and r["steps"] == 5
     assert 0.0 <= r["test_top1"] <= 1.0 and r["images_per_second"] > 0
+
+
+SHARED = REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.mark.skipif(not (SHARED / "train.tar.gz").exists(), reason="needs ../shared/data/cifar10")
+def test_cifar10plus_quick_pipeline_and_cache(ray_session, tmp_path: Path) -> None:
+    mod = _load("cifar10plus")
+    work = tmp_path / "q"
+    mod.main(["all", "--data", str(SHARED), "--workdir", str(work), "--quick", "--quiet"])
+    runs = sorted((work / "students").glob("*.json"))
+    assert len(runs) == 4 * 2  # four conditions x two budgets x one seed
+    results = json.loads((work / "results.json").read_text())
+    assert set(results["conditions"]) == {f"{c}@{e}" for c in ("plain", "plain-strong", "reinforced", "kd") for e in (1, 3)}
+    assert len(results["teachers"]) == 3 and (work / "accuracy.png").stat().st_size > 1000
+    assert "| reinforced |" in (work / "results.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in runs + sorted((work / "teachers").glob("*"))}
+    mod.main(["all", "--data", str(SHARED), "--workdir", str(work), "--quick", "--quiet"])  # everything cached
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -1,0 +1,117 @@
+"""Batched replay on the training device, for datasets whose images fit there.
+
+``DeviceReplay`` decodes the source once into uint8 tensors on the device, keeps the store's
+parameters and sparse targets in memory, and produces a whole training batch per call with the
+shared replay kernels -- the same views and targets as :class:`dr.ReinforcedDataset` for the
+same (epoch, index) (tested), at the cost of a plain augmented batch. ``fresh`` samples new
+parameters from the store's policy instead (for plain baselines and online distillation), so
+that every condition uses the same loader.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dr.dataset import view_permutation
+from dr.policy import Policy
+from dr.sources import open_source
+from storage import StoreReader
+
+__all__ = ["DeviceReplay"]
+
+
+class DeviceReplay:
+    """Whole-batch replay of a store (or fresh views of its policy) on ``device``.
+
+    Args:
+        store: a complete store.
+        source: its source (path or dataset; default: the recorded location).
+        device: where images live and views are made.
+        seed: seeds the view choice (same rule as ``ReinforcedDataset(seed=...)``).
+        output_size: replay size (default: the build's).
+    """
+
+    def __init__(
+        self,
+        store: str,
+        source: Any = None,
+        *,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        output_size: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        reader = StoreReader(store, storage_options=storage_options)
+        self.header = reader.header
+        self.policy = Policy.from_dict(self.header.policy)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.views = self.header.views
+        self.output_size = output_size or self.header.output_size
+        src = open_source(source if source is not None else self.header.dataset.location, storage_options)
+        self.labels = torch.from_numpy(reader.load("source/labels").astype(np.int64))
+        self.skipped = reader.load("source/skipped").astype(bool)
+        self.indices = np.flatnonzero(~self.skipped)
+        imgs = [torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))]
+        same = len({tuple(t.shape) for t in imgs}) == 1
+        self.images: torch.Tensor | list[torch.Tensor] = torch.stack(imgs).to(self.device) if same else [t.to(self.device) for t in imgs]
+        self.sizes = np.asarray([t.shape[1:] for t in imgs], dtype=np.int64)
+        self.params = reader.params()
+        self.ids = reader.load("targets/ids").astype(np.int64)
+        self.probs = reader.load("targets/probs").astype(np.float32)
+        self.num_classes = self.header.num_classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def view_ids(self, index: np.ndarray, epoch: int) -> np.ndarray:
+        """The stored view of each source image in ``index`` at ``epoch``."""
+        cycle, pos = divmod(int(epoch), self.views)
+        return np.asarray([view_permutation(self.seed, int(i), cycle, self.views)[pos] for i in index], dtype=np.int64)
+
+    def batch(self, items: np.ndarray | torch.Tensor, epoch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Replayed uint8 views ``[B,3,S,S]`` and sparse targets ``(ids, probs)`` ``[B,k]`` for
+        dataset items ``items`` (positions among the non-skipped images) at ``epoch``."""
+        index = self.indices[np.asarray(items, dtype=np.int64)]
+        view = self.view_ids(index, epoch)
+        params = {k: a[index, view] for k, a in self.params.items()}
+        partner = params["mix_partner"].astype(np.int64) if "mix_partner" in params else None
+        views = self.policy.replay(self.images, params, index, partner_index=partner, output_size=self.output_size)
+        ids = torch.from_numpy(self.ids[index, view]).to(self.device)
+        probs = torch.from_numpy(self.probs[index, view]).to(self.device)
+        return views, (ids, probs)
+
+    def fresh(
+        self, items: np.ndarray | torch.Tensor, epoch: int, *, policy: Policy | None = None, seed: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Freshly sampled views (``policy``, default the store's) of ``items`` with their
+        dense hard targets ``[B,C]`` -- mixed by the view's lambda when the policy mixes."""
+        policy = policy or self.policy
+        index = self.indices[np.asarray(items, dtype=np.int64)]
+        pool = np.asarray(index)
+        per = []
+        for j, i in enumerate(index):
+            # partners from the same batch (the in-batch equivalent of the store's chunk pool)
+            rng = np.random.default_rng([seed, int(epoch), int(i), 7])
+            partner = pool[rng.integers(0, len(pool), size=1)] if policy.mix else None
+            sizes = self.sizes[partner] if partner is not None else None
+            per.append(
+                policy.sample(
+                    seed * 1_000_003 + epoch, int(i), int(self.sizes[i][0]), int(self.sizes[i][1]), 1, partners=partner, partner_sizes=sizes
+                )
+            )
+        params = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
+        partner_index = params["mix_partner"].astype(np.int64) if policy.mix else None
+        views = policy.replay(self.images, params, index, partner_index=partner_index, output_size=self.output_size)
+        target = torch.nn.functional.one_hot(self.labels[index], self.num_classes).float()
+        if policy.mix:
+            lam = torch.from_numpy(params["mix_lambda"].astype(np.float32))[:, None]
+            other = torch.nn.functional.one_hot(
+                self.labels[torch.from_numpy(params["mix_partner"].astype(np.int64))], self.num_classes
+            ).float()
+            mixed = torch.from_numpy(params["mix_kind"] > 0)[:, None]
+            target = torch.where(mixed, lam * target + (1 - lam) * other, target)
+        return views, target.to(self.device)

@@ -1,0 +1,61 @@
+"""DeviceReplay gives the same images and targets as ReinforcedDataset, for every preset."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dr import ReinforcedDataset
+from dr.batched import DeviceReplay
+from dr.build import UnitWorker
+from dr.build.config import BuildConfig
+from dr.build.pipeline import make_header
+from dr.policy import list_policies
+from dr.sources import ImageFolderSource
+from storage import StoreWriter
+
+
+def _build_in_process(src: Path, teacher: str, policy: str, out: Path) -> str:
+    """A real store written without Ray (the worker class in-process), for fast tests."""
+    from teachers import Ensemble
+
+    cfg = BuildConfig(source=str(src), teachers=[teacher], policy=policy, output_size=32, views=3, topk=3, chunk_size=32, out=str(out))
+    source = ImageFolderSource(src)
+    ens = Ensemble.from_specs([teacher])
+    header = make_header(cfg, source, ens.describe(), 10)
+    writer = StoreWriter.create(str(out), header, source.labels())
+    worker = UnitWorker(source, header.policy, [teacher], temperature=1.0, views=3, topk=3, seed=0, forward_group=header.forward_group)
+    for c in range(writer.n_chunks):
+        a, b = writer.chunk_rows(c)
+        r = worker.compute(a, b)
+        writer.write_chunk(c, r.arrays, r.skipped)
+    writer.finalize()
+    return str(out)
+
+
+@pytest.mark.parametrize("policy", list(list_policies()))
+def test_device_replay_equals_dataset(policy: str, cifar64: Path, tiny_teacher: str, tmp_path: Path) -> None:
+    store = _build_in_process(cifar64, tiny_teacher, policy, tmp_path / "s.zarr")
+    ds = ReinforcedDataset(store, cifar64, transform=lambda v: v, verify_source="none")
+    rep = DeviceReplay(store, cifar64)
+    items = np.random.default_rng(0).permutation(64)[:24]
+    for epoch in (0, 4):
+        ds.set_epoch(epoch)
+        views, (ids, probs) = rep.batch(items, epoch)
+        for j, i in enumerate(items):
+            img, (tid, tp) = ds[int(i)]
+            assert torch.equal(views[j], img), (policy, epoch, i)
+            assert torch.equal(ids[j], tid) and torch.equal(probs[j], tp)
+
+
+def test_fresh_views_have_hard_mixed_targets(cifar64: Path, tiny_teacher: str, tmp_path: Path) -> None:
+    store = _build_in_process(cifar64, tiny_teacher, "cifar+mix+ra/re", tmp_path / "m.zarr")
+    rep = DeviceReplay(store, cifar64)
+    views, target = rep.fresh(np.arange(64), epoch=0)
+    assert views.shape == (64, 3, 32, 32) and target.shape == (64, 10)
+    torch.testing.assert_close(target.sum(1), torch.ones(64))
+    assert ((target > 0).sum(1) <= 2).all() and ((target > 0).sum(1) == 2).any()
+    again, _ = rep.fresh(np.arange(64), epoch=0)
+    other, _ = rep.fresh(np.arange(64), epoch=1)
+    assert torch.equal(views, again) and not torch.equal(views, other)
