@@ -93,7 +93,7 @@ class DeviceReplay:
         index = self.indices[np.asarray(items, dtype=np.int64)]
         pool = np.asarray(index)
         per = []
-        for j, i in enumerate(index):
+        for i in index:
             # partners from the same batch (the in-batch equivalent of the store's chunk pool)
             rng = np.random.default_rng([seed, int(epoch), int(i), 7])
             partner = pool[rng.integers(0, len(pool), size=1)] if policy.mix else None
