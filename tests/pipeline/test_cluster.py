@@ -7,19 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
+from helpers import store_bytes
 
 from dr.build import BuildConfig, reinforce
 
 HERE = Path(__file__).resolve().parent
-ARRAYS = ("params/crop_box", "params/flip", "targets/ids", "targets/probs", "source/sizes", "source/digests")
-
-
-def _arrays(url: str) -> dict[str, bytes]:
-    g = zarr.open_group(url, mode="r")
-    return {a: np.asarray(g[a][:]).tobytes() for a in ARRAYS}
 
 
 @pytest.fixture(scope="module")
@@ -49,4 +42,4 @@ def test_two_node_build_equals_single_node(single_node: str, cifar64: Path, tiny
     assert len(nodes) == 2, report  # one teacher actor per node
     if remove_after:
         assert report["alive_nodes_at_end"] == 1
-    assert _arrays(str(out)) == _arrays(single_node)
+    assert store_bytes(str(out)) == store_bytes(single_node)

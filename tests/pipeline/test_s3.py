@@ -7,10 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import zarr
+from helpers import store_bytes
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -20,17 +19,6 @@ from dr.build import BuildConfig, reinforce
 from dr.build.inspect import store_summary
 from dr.build.verify import verify_store
 from storage.lock import LOCK_NAME, StoreLockedError
-
-ARRAYS = (
-    "params/crop_box",
-    "params/flip",
-    "targets/ids",
-    "targets/probs",
-    "source/labels",
-    "source/sizes",
-    "source/digests",
-    "source/skipped",
-)
 
 
 def _free_port() -> int:
@@ -65,11 +53,6 @@ def s3(tmp_path_factory):
         log.close()
 
 
-def _arrays(url: str, options=None) -> dict[str, bytes]:
-    g = zarr.open_group(url, mode="r", storage_options=options) if options else zarr.open_group(url, mode="r")
-    return {a: np.asarray(g[a][:]).tobytes() for a in ARRAYS}
-
-
 def test_build_resume_read_info_verify_on_s3(s3, cifar64_store: str, cifar64: Path, tiny_teacher: str) -> None:
     fs, options = s3
     fs.put(str(cifar64) + "/", "dr-test/src/", recursive=True)
@@ -90,7 +73,7 @@ def test_build_resume_read_info_verify_on_s3(s3, cifar64_store: str, cifar64: Pa
     assert not fs.exists(f"dr-test/c.zarr/{LOCK_NAME}")  # released
     second = reinforce(BuildConfig(**base, resume=True), progress=False)
     assert second.complete and second.chunks_computed == 2 and second.chunks_skipped == 2
-    assert _arrays("s3://dr-test/c.zarr", options) == _arrays(cifar64_store)  # identical to a local-disk build
+    assert store_bytes("s3://dr-test/c.zarr", storage_options=options) == store_bytes(cifar64_store)  # identical to a local-disk build
     summary = store_summary("s3://dr-test/c.zarr", storage_options=options)
     assert summary["status"] == "complete" and summary["dataset"]["location"] == "s3://dr-test/src"
     checks = verify_store("s3://dr-test/c.zarr", "s3://dr-test/src", storage_options=options)
