@@ -67,6 +67,8 @@ class Protocol:
 
 
 FULL = Protocol(None, None, ((20, 32, 0), (32, 32, 1), (44, 32, 2)), 60, 50, (8, 16), (15, 45), (0, 1, 2), 256, 0.2, 5e-4)
+# a CPU-sized run with a real signal: 500 train images per class, the full test split
+MEDIUM = Protocol(500, None, ((20, 16, 0), (20, 16, 1), (20, 16, 2)), 12, 20, (8, 16), (5, 15), (0,), 128, 0.2, 5e-4)
 QUICK = Protocol(40, 20, ((8, 8, 0), (8, 8, 1), (14, 8, 2)), 2, 4, (8, 4), (1, 3), (0,), 64, 0.1, 5e-4)
 
 
@@ -331,10 +333,11 @@ def main(argv: list[str] | None = None) -> None:
         help="folder with train.tar.gz/test.tar.gz",
     )
     p.add_argument("--workdir", required=True)
-    p.add_argument("--quick", action="store_true", help="a few hundred images, tiny teachers, 1 seed: minutes on a CPU")
+    p.add_argument("--quick", action="store_true", help="a few hundred images, tiny teachers, 1 seed: a pipeline check (~30 s on a CPU)")
+    p.add_argument("--medium", action="store_true", help="5,000 train images, 3 ResNet-20 teachers, V=20, 1 seed: ~30-40 min on a 2-core CPU")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    proto = QUICK if args.quick else FULL
+    proto = QUICK if args.quick else MEDIUM if args.medium else FULL
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.stage == "teachers":
         stage_teachers(args, proto)
