@@ -334,7 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--workdir", required=True)
     p.add_argument("--quick", action="store_true", help="a few hundred images, tiny teachers, 1 seed: a pipeline check (~30 s on a CPU)")
-    p.add_argument("--medium", action="store_true", help="5,000 train images, 3 ResNet-20 teachers, V=20, 1 seed: ~30-40 min on a 2-core CPU")
+    p.add_argument(
+        "--medium", action="store_true", help="5,000 train images, 3 ResNet-20 teachers, V=20, 1 seed: ~30-40 min on a 2-core CPU"
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     proto = QUICK if args.quick else MEDIUM if args.medium else FULL
