@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar_data import extract_split
+from cifar_data import extract_split, sgd_nesterov
 
 from dr.batched import DeviceReplay
 from dr.build import BuildConfig, reinforce
@@ -170,11 +170,7 @@ def train_student(args: argparse.Namespace, proto: Protocol, condition: str, epo
     model = cifar_resnet(depth=proto.student[0], width=proto.student[1], num_classes=10).to(device).to(memory_format=torch.channels_last)
     teachers = Ensemble.from_specs(specs).to(device) if condition == "kd" else None
     plain_policy = get_policy("cifar")
-    decay = [q for q in model.parameters() if q.ndim > 1]
-    rest = [q for q in model.parameters() if q.ndim <= 1]
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": proto.wd}, {"params": rest, "weight_decay": 0.0}], lr=proto.lr, momentum=0.9, nesterov=True
-    )
+    opt = sgd_nesterov(model, proto.lr, proto.wd)
     steps = epochs * math.ceil(len(rep) / proto.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=proto.lr, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dr.sources import ImageFolderSource, decode_image
 
-__all__ = ["load_split", "extract_split"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["load_split", "extract_split", "sgd_nesterov"]
 
 
 def _members(tar_path: Path, split: str) -> list[tuple[str, str, bytes]]:
@@ -68,3 +72,14 @@ def extract_split(data: str | Path, split: str, dest: str | Path, per_class: int
         (dest / cls).mkdir(parents=True, exist_ok=True)
         (dest / cls / name).write_bytes(payload)
     return dest
+
+
+def sgd_nesterov(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
+    """The examples' optimiser: SGD + Nesterov momentum 0.9, weight decay on weights only
+    (not on biases and normalisation parameters)."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)

@@ -25,6 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cifar_data import sgd_nesterov
+
 from dr import ReinforcedDataset
 from dr.loss import soft_cross_entropy
 from dr.sources import ImageFolderSource
@@ -94,11 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = make_model(args.model, ds.num_classes).to(device).to(memory_format=torch.channels_last)
     mean = torch.tensor(args.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(args.std, device=device).view(1, 3, 1, 1)
-    decay = [q for q in model.parameters() if q.ndim > 1]
-    rest = [q for q in model.parameters() if q.ndim <= 1]
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": args.wd}, {"params": rest, "weight_decay": 0.0}], lr=args.lr, momentum=0.9, nesterov=True
-    )
+    opt = sgd_nesterov(model, args.lr, args.wd)
     total = max(1, args.epochs * len(loader))
     warm = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s, total) / total))))

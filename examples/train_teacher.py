@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar_data import load_split
+from cifar_data import load_split, sgd_nesterov
 
 from teachers import zoo
 
@@ -105,11 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = getattr(zoo, args.arch)(**kwargs).to(device).to(memory_format=torch.channels_last)
     mean = torch.tensor(zoo.CIFAR_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(zoo.CIFAR_STD, device=device).view(1, 3, 1, 1)
-    decay = [p_ for n, p_ in model.named_parameters() if p_.ndim > 1]
-    no_decay = [p_ for n, p_ in model.named_parameters() if p_.ndim <= 1]
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}], lr=args.lr, momentum=0.9, nesterov=True
-    )
+    opt = sgd_nesterov(model, args.lr, args.wd)
     steps_per_epoch = math.ceil(len(xtr_t) / args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25)
     gen = torch.Generator().manual_seed(args.seed)

@@ -90,28 +90,10 @@ def apply_aug_op(img: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
     nearest = InterpolationMode.NEAREST
     if op == "Identity":
         return img
-    if op == "ShearX":
-        return TF.affine(
-            img,
-            angle=0.0,
-            translate=[0, 0],
-            scale=1.0,
-            shear=[math.degrees(math.atan(magnitude)), 0.0],
-            interpolation=nearest,
-            fill=None,
-            center=[0, 0],
-        )
-    if op == "ShearY":
-        return TF.affine(
-            img,
-            angle=0.0,
-            translate=[0, 0],
-            scale=1.0,
-            shear=[0.0, math.degrees(math.atan(magnitude))],
-            interpolation=nearest,
-            fill=None,
-            center=[0, 0],
-        )
+    if op in ("ShearX", "ShearY"):
+        angle = math.degrees(math.atan(magnitude))
+        shear = [angle, 0.0] if op == "ShearX" else [0.0, angle]
+        return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=None, center=[0, 0])
     if op == "TranslateX":
         return TF.affine(img, angle=0.0, translate=[int(magnitude), 0], scale=1.0, interpolation=nearest, shear=[0.0, 0.0], fill=None)
     if op == "TranslateY":
