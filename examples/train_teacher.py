@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--wd", type=float, default=5e-4)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="0 (default): smoothed teachers distil worse")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (smoke tests)")
     p.add_argument("--out", required=True, help="output path without suffix")
+    p.add_argument("--no-resume", action="store_true", help="ignore OUT.ckpt (a per-epoch checkpoint) and start over")
     args = p.parse_args(argv)
 
     if args.threads:
@@ -109,8 +110,23 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = math.ceil(len(xtr_t) / args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25)
     gen = torch.Generator().manual_seed(args.seed)
-    t_train = time.time()
-    for epoch in range(args.epochs):
+    out = Path(args.out)
+    ckpt = out.with_suffix(".ckpt")
+    key = {k: v for k, v in vars(args).items() if k not in ("threads", "no_resume")}
+    first, spent = 0, 0.0
+    if ckpt.exists() and not args.no_resume:
+        state = torch.load(ckpt, weights_only=True)  # tensors and plain containers only: no pickled objects
+        if json.loads(state["key"]) == key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            first, spent = int(state["epoch"]), float(state["seconds"])
+            print(f"resuming from {ckpt} after epoch {first}", flush=True)
+        else:
+            print(f"ignoring {ckpt}: it was written for other arguments", flush=True)
+    t_train = time.time() - spent
+    for epoch in range(first, args.epochs):
         model.train()
         perm = torch.randperm(len(xtr_t), generator=gen)
         tot, n = 0.0, 0
@@ -127,10 +143,21 @@ def main(argv: list[str] | None = None) -> dict:
             n += len(idx)
         acc = evaluate(model, xte_t, yte_t, mean, std, device)
         print(f"epoch {epoch + 1}/{args.epochs} loss {tot / n:.4f} test top-1 {acc:.4f} ({time.time() - t_train:.0f}s)", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "key": json.dumps(key),
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "gen": gen.get_state(),
+            "epoch": epoch + 1,
+            "seconds": time.time() - t_train,
+        }
+        torch.save(state, str(ckpt) + ".tmp")
+        Path(str(ckpt) + ".tmp").replace(ckpt)  # atomic: a kill never leaves half a checkpoint
     train_s = time.time() - t_train
     acc = evaluate(model, xte_t, yte_t, mean, std, device)
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out.with_suffix(".safetensors")))
@@ -147,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_images": len(xte_t),
         "test_top1": round(acc, 4),
         "epochs": args.epochs,
+        "label_smoothing": args.label_smoothing,
         "train_seconds": round(train_s, 1),
         "device": torch.cuda.get_device_name()
         if device == "cuda"
@@ -155,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weights_sha256": digest,
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    ckpt.unlink(missing_ok=True)
     print(json.dumps({"test_top1": acc, "train_seconds": round(train_s, 1), "out": str(out)}))
     return card
 
