@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,6 +10,7 @@ import zarr
 from pydantic import ValidationError
 
 from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError
+from storage.integrity import ChunkProblem, load_checked, read_done
 from storage.schema import FORMAT, SCHEMA_VERSION, StoreHeader
 
 __all__ = ["StoreReader", "open_group", "store_exists", "read_header"]
@@ -80,7 +81,7 @@ class StoreReader:
         self.header = read_header(dict(self.group.attrs), self.url)
         if self.header.status != "complete" and not allow_incomplete:
             raise StoreIncompleteError(
-                f"store {self.url!r} is still building (status {self.header.status!r}): finish it with `dr-build reinforce ... --resume`, or open with allow_incomplete=True"
+                f"store {self.url!r} is still building (status {self.header.status!r}): finish it with `dr-build reinforce ... --resume` (the build's command)"
             )
 
     def array(self, path: str) -> zarr.Array:
@@ -113,4 +114,12 @@ class StoreReader:
         return int(sum(a.nbytes_stored() for a in self.arrays().values()))
 
     def done(self) -> np.ndarray:
-        return np.asarray(self.array("build/done")[:], dtype=bool)
+        """Boolean done map (an unreadable entry counts as not done)."""
+        return read_done(self.array("build/done"), self.url)
+
+    def load_checked(
+        self, paths: Sequence[str], *, chunks: Iterable[int] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[ChunkProblem]]:
+        """Read ``paths`` (whole, or only ``chunks``) and check every done chunk's rows against
+        the digests recorded at write time; see :func:`storage.integrity.load_checked`."""
+        return load_checked(self.group, self.header, paths, self.done(), chunks=chunks)

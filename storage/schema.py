@@ -12,14 +12,29 @@ A store is a Zarr v3 group. Its attributes are the header (:class:`StoreHeader`,
     source/digests    [N, 16]         uint8 BLAKE2b-128 of each image's bytes (or pixels)
     source/skipped    [N]             uint8 1 if the image could not be used (reason in header.skipped)
     build/done        [n_chunks]      uint8 1 once the chunk's rows are written and flushed
+    build/digests     [n_chunks, A, 16] uint8 BLAKE2b-128 of each chunk's decoded rows of each
+                      of the A arrays above (params, targets, source; sorted paths, see
+                      :func:`storage.integrity.digest_paths`), written just before ``done``
 
 Chunks run along N with ``chunk_size`` images; a work unit is one chunk.
+
+Fill values (what a missing chunk file reads as) can never pass for data: ``targets/probs``
+NaN, ``targets/ids`` the dtype's maximum (>= ``num_classes``), ``source/labels`` -1; a
+missing ``build/digests`` chunk reads as zeros, which no digest equals. Every reader of this
+package checks the digests of the rows it serves (:mod:`storage.integrity`).
+
+The ensemble record (``header.ensemble``, part of the resume key) holds the *resolved* teacher
+math: ``precision`` (``fp32``, or ``bf16`` = bf16 autocast body with an fp32 classifier head
+and softmax), ``device`` (``cpu`` or ``cuda``) and ``compile``.
+
+Source locations (``header.dataset.location``) are absolute paths or URLs.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
@@ -29,6 +44,7 @@ __all__ = [
     "DatasetInfo",
     "StoreHeader",
     "ids_dtype",
+    "fill_value",
     "TARGET_ARRAYS",
     "SOURCE_ARRAYS",
 ]
@@ -112,6 +128,17 @@ class StoreHeader(_Strict):
 def ids_dtype(num_classes: int) -> str:
     """Smallest unsigned dtype holding class ids."""
     return "uint16" if num_classes <= 65535 else "uint32"
+
+
+def fill_value(path: str, dtype: str) -> float | int:
+    """What a missing chunk of array ``path`` reads as: never a valid target or label."""
+    if path == "targets/probs":
+        return float("nan")
+    if path == "targets/ids":
+        return int(np.iinfo(np.dtype(dtype)).max)  # >= num_classes: ids_dtype leaves room
+    if path == "source/labels":
+        return -1
+    return 0
 
 
 TARGET_ARRAYS = ("targets/ids", "targets/probs")

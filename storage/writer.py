@@ -14,8 +14,9 @@ import zarr
 import zarr.codecs
 
 from dr.errors import SchemaVersionError, StoreError, StoreMismatchError
+from storage.integrity import DIGESTS_PATH, ChunkProblem, digest_paths, load_checked, read_done, rows_digest
 from storage.reader import StoreReader, open_group, read_header, store_exists
-from storage.schema import DIGEST_BYTES, StoreHeader, ids_dtype
+from storage.schema import DIGEST_BYTES, StoreHeader, fill_value, ids_dtype
 
 __all__ = ["StoreWriter", "now_iso"]
 
@@ -73,7 +74,7 @@ class StoreWriter:
         def arr(path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> zarr.Array:
             parent, name = path.rsplit("/", 1)
             return group.require_group(parent).create_array(
-                name, shape=shape, chunks=chunks, dtype=dtype, compressors=_compressors(), fill_value=0
+                name, shape=shape, chunks=chunks, dtype=dtype, compressors=_compressors(), fill_value=fill_value(path, dtype)
             )
 
         for f in h.param_fields:
@@ -85,6 +86,9 @@ class StoreWriter:
         arr("source/digests", (n, DIGEST_BYTES), "uint8", (cs, DIGEST_BYTES))
         arr("source/skipped", (n,), "uint8", (cs,))
         arr("build/done", (-(-n // cs),), "uint8", (1,))
+        paths = digest_paths(h)
+        digests = arr(DIGESTS_PATH, (-(-n // cs), len(paths), DIGEST_BYTES), "uint8", (1, len(paths), DIGEST_BYTES))
+        digests.update_attributes({"arrays": list(paths), "algorithm": "blake2b-128 of the chunk's decoded rows, C order, little-endian"})
         lab[:] = labels.astype(np.int32)
         return cls(group, h, url)
 
@@ -113,17 +117,7 @@ class StoreWriter:
     def done(self) -> np.ndarray:
         """Boolean done map, one entry per chunk. An unreadable entry (a write cut short by a
         crash) counts as not done, so its chunk is recomputed."""
-        arr = self._array("build/done")
-        try:
-            return np.asarray(arr[:], dtype=bool)
-        except Exception:  # noqa: BLE001 - fall back to one entry at a time
-            out = np.zeros(arr.shape[0], dtype=bool)
-            for i in range(arr.shape[0]):
-                try:
-                    out[i] = bool(arr[i])
-                except Exception:  # noqa: BLE001
-                    log.warning("done-map entry %d of %s is unreadable: recomputing that chunk", i, self.url)
-            return out
+        return read_done(self._array("build/done"), self.url)
 
     def chunk_rows(self, chunk: int) -> tuple[int, int]:
         cs = self.header.chunk_size
@@ -157,11 +151,33 @@ class StoreWriter:
             if data.shape != (stop - start, *target.shape[1:]):
                 raise StoreError(f"chunk {chunk}: {path} has shape {data.shape}, expected {(stop - start, *target.shape[1:])}")
             target[start:stop] = data.astype(target.dtype, copy=False)
-        for path, data in arrays.items():
+        digests = []
+        for path in digest_paths(self.header):
             back = np.asarray(self._array(path)[start:stop])
-            if not np.array_equal(back, data.astype(back.dtype, copy=False)):
+            if path in arrays and not np.array_equal(back, arrays[path].astype(back.dtype, copy=False), equal_nan=back.dtype.kind == "f"):
                 raise StoreError(f"chunk {chunk}: {path} read back differently from what was written; the store's medium is faulty")
+            digests.append(np.frombuffer(rows_digest(back), dtype=np.uint8))
+        self._array(DIGESTS_PATH)[chunk] = np.stack(digests)  # before done: a chunk is done only with its digests
         self._array("build/done")[chunk] = 1
+
+    def damaged(self) -> list[ChunkProblem]:
+        """Every done chunk whose rows are unreadable or differ from their recorded digests."""
+        _, problems = load_checked(self.group, self.header, digest_paths(self.header), self.done())
+        return problems
+
+    def reopen(self, chunks: list[int], labels: np.ndarray) -> None:
+        """Mark ``chunks`` not done (after :meth:`damaged`) so the build recomputes them: the
+        store goes back to ``building`` first, and their ``source/labels`` rows are rewritten
+        from ``labels`` (labels are written at creation, not by the workers)."""
+        if not chunks:
+            return
+        self.header = self.header.model_copy(update={"status": "building", "completed_at": None})
+        self.group.update_attributes({"status": "building", "completed_at": None})
+        lab, done = self._array("source/labels"), self._array("build/done")
+        for c in sorted(set(chunks)):
+            start, stop = self.chunk_rows(c)
+            done[c] = 0
+            lab[start:stop] = np.asarray(labels[start:stop], dtype=np.int32)
 
     def finalize(self) -> StoreHeader:
         """Mark the store complete after checking every chunk is done; returns the header."""

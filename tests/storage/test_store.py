@@ -6,6 +6,7 @@ import zarr
 
 from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError, StoreMismatchError
 from storage import DatasetInfo, ParamFieldSpec, StoreHeader, StoreReader, StoreWriter, now_iso
+from storage.integrity import digest_paths
 
 
 def _header(**kw) -> StoreHeader:
@@ -119,3 +120,51 @@ def test_never_overwrites_something_that_is_not_a_store(tmp_path: Path) -> None:
         StoreWriter.create(str(tmp_path / "other.zarr"), _header(), np.zeros(10, dtype=int), overwrite=True)
     assert (precious / "thesis.tex").read_text() == "years of work"
     assert zarr.open_group(str(tmp_path / "other.zarr")).attrs["mine"] == 1
+
+
+def _complete_store(tmp_path: Path) -> tuple[str, dict[int, dict[str, np.ndarray]]]:
+    url = str(tmp_path / "s.zarr")
+    w = StoreWriter.create(url, _header(), np.arange(10) % 3)
+    rng = np.random.default_rng(0)
+    chunks = {c: _chunk(w, c, rng) for c in range(3)}
+    for c in range(3):
+        w.write_chunk(c, chunks[c])
+    w.finalize()
+    return url, chunks
+
+
+def test_chunk_digests_catch_deleted_truncated_and_altered_chunks(tmp_path: Path) -> None:
+    url, chunks = _complete_store(tmp_path)
+    r = StoreReader(url)
+    paths = digest_paths(r.header)
+    assert r.array("build/digests").shape == (3, len(paths), 16) and r.array("build/digests").attrs["arrays"] == list(paths)
+    data, problems = r.load_checked(paths)
+    assert problems == [] and np.array_equal(data["targets/probs"][4:8], chunks[1]["targets/probs"])
+    # a deleted chunk file reads as fill values that can never pass for a target
+    (Path(url) / "targets" / "probs" / "c" / "1" / "0" / "0").unlink()
+    (Path(url) / "targets" / "ids" / "c" / "2" / "0" / "0").unlink()
+    probs, ids = r.load("targets/probs"), r.load("targets/ids")
+    assert np.isnan(probs[4:8]).all() and (ids[8:] == 65535).all()
+    # a truncated one is reported, not raised
+    f = Path(url) / "params" / "flip" / "c" / "0" / "0"
+    f.write_bytes(f.read_bytes()[:5])
+    data, problems = r.load_checked(paths)
+    got = {(p.path, p.chunk): p.problem for p in problems}
+    assert set(got) == {("targets/probs", 1), ("targets/ids", 2), ("params/flip", 0)}, got
+    assert "missing" in got[("targets/probs", 1)] and "unreadable (RuntimeError" in got[("params/flip", 0)]
+    assert str(problems[0]).startswith("params/flip chunk 0 (images 0-3): unreadable")
+    # an altered value (same file present) differs from its digest
+    g = zarr.open_group(url, mode="r+")
+    g["source/sizes"][9, 0] = 31
+    assert any(p.path == "source/sizes" and p.chunk == 2 and "differs" in p.problem for p in r.load_checked(paths)[1])
+    # one chunk alone
+    one, problems = r.load_checked(["targets/probs"], chunks=[1])
+    assert one["targets/probs"].shape == (4, 2, 2) and [p.chunk for p in problems] == [1]
+    # the writer finds them and reopens just those chunks for a repair
+    w = StoreWriter.resume(url, _header())
+    bad = sorted({p.chunk for p in w.damaged()})
+    assert bad == [0, 1, 2]
+    w.reopen([1], np.arange(10) % 3)
+    assert StoreReader(url, allow_incomplete=True).header.status == "building" and w.done().tolist() == [True, False, True]
+    with pytest.raises(StoreIncompleteError, match="still building"):
+        StoreReader(url)
