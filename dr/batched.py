@@ -10,11 +10,12 @@ that every condition uses the same loader.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from dr.checks import ChunkGuard, check_source
 from dr.dataset import view_permutation
 from dr.policy import Policy
 from dr.sources import open_source
@@ -32,6 +33,12 @@ class DeviceReplay:
         device: where images live and views are made.
         seed: seeds the view choice (same rule as ``ReinforcedDataset(seed=...)``).
         output_size: replay size (default: the build's).
+        verify_source: ``"sample"`` (re-hash 32 seeded images), ``"all"`` or ``"none"``: the
+            same source check as ``ReinforcedDataset`` (:func:`dr.checks.check_source`).
+
+    Raises:
+        StoreMismatchError: the source is not the dataset the store was built from.
+        StoreDamagedError: (from :meth:`batch`/:meth:`fresh`) an item's store chunk is damaged.
     """
 
     def __init__(
@@ -43,6 +50,7 @@ class DeviceReplay:
         seed: int = 0,
         output_size: int | None = None,
         storage_options: dict[str, Any] | None = None,
+        verify_source: Literal["sample", "all", "none"] = "sample",
     ) -> None:
         reader = StoreReader(store, storage_options=storage_options)
         self.header = reader.header
@@ -52,16 +60,20 @@ class DeviceReplay:
         self.views = self.header.views
         self.output_size = output_size or self.header.output_size
         src = open_source(source if source is not None else self.header.dataset.location, storage_options)
-        self.labels = torch.from_numpy(reader.load("source/labels").astype(np.int64))
-        self.skipped = reader.load("source/skipped").astype(bool)
+        fields = [f"params/{f.name}" for f in self.header.param_fields]
+        meta, damaged = reader.load_checked(["source/labels", "source/skipped", "targets/ids", "targets/probs", *fields])
+        self.guard = ChunkGuard(store, self.header.chunk_size, damaged)  # rows of damaged chunks are refused
+        self.labels = torch.from_numpy(meta["source/labels"].astype(np.int64))
+        self.skipped = meta["source/skipped"].astype(bool)
         self.indices = np.flatnonzero(~self.skipped)
+        check_source(src, reader, verify_source, skipped=self.skipped)
         imgs = [torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))]
         same = len({tuple(t.shape) for t in imgs}) == 1
         self.images: torch.Tensor | list[torch.Tensor] = torch.stack(imgs).to(self.device) if same else [t.to(self.device) for t in imgs]
         self.sizes = np.asarray([t.shape[1:] for t in imgs], dtype=np.int64)
-        self.params = reader.params()
-        self.ids = reader.load("targets/ids").astype(np.int64)
-        self.probs = reader.load("targets/probs").astype(np.float32)
+        self.params = {p.split("/", 1)[1]: meta[p] for p in fields}
+        self.ids = meta["targets/ids"].astype(np.int64)
+        self.probs = meta["targets/probs"].astype(np.float32)
         self.num_classes = self.header.num_classes
 
     def __len__(self) -> int:
@@ -76,6 +88,7 @@ class DeviceReplay:
         """Replayed uint8 views ``[B,3,S,S]`` and sparse targets ``(ids, probs)`` ``[B,k]`` for
         dataset items ``items`` (positions among the non-skipped images) at ``epoch``."""
         index = self.indices[np.asarray(items, dtype=np.int64)]
+        self.guard.check(index)
         view = self.view_ids(index, epoch)
         params = {k: a[index, view] for k, a in self.params.items()}
         partner = params["mix_partner"].astype(np.int64) if "mix_partner" in params else None
@@ -91,6 +104,7 @@ class DeviceReplay:
         dense hard targets ``[B,C]`` -- mixed by the view's lambda when the policy mixes."""
         policy = policy or self.policy
         index = self.indices[np.asarray(items, dtype=np.int64)]
+        self.guard.check(index)
         pool = np.asarray(index)
         per = []
         for i in index:

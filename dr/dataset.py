@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from dr.checks import ChunkGuard, check_source
 from dr.errors import StoreMismatchError
 from dr.loss import densify
 from dr.policy import Policy
@@ -84,6 +85,8 @@ class ReinforcedDataset(Dataset):
 
     Raises:
         StoreMismatchError: the source is not the dataset the store was built from.
+        StoreDamagedError: (when an item is read) its store chunk is missing, unreadable or
+            altered; the message names the chunk and the repair (``--resume --repair``).
     """
 
     def __init__(
@@ -122,17 +125,19 @@ class ReinforcedDataset(Dataset):
         self.seed = int(seed)
         self.views = self.header.views
         self.num_classes = self.header.num_classes
-        self.labels = reader.load("source/labels").astype(np.int64)
-        self.skipped = reader.load("source/skipped").astype(bool)
+        rows, damaged = reader.load_checked(["source/labels", "source/skipped"])
+        self.labels = rows["source/labels"].astype(np.int64)
+        self.skipped = rows["source/skipped"].astype(bool)
         #: source index of each dataset item (images skipped by the build are never returned)
         self.indices = np.flatnonzero(~self.skipped)
-        self._check_source(reader, verify_source)
+        check_source(self.source, reader, verify_source, skipped=self.skipped)
         self._fields = [f"params/{f.name}" for f in self.header.param_fields]
         need = sum(int(np.prod(reader.array(p).shape)) * reader.array(p).dtype.itemsize for p in (*self._fields, *ARRAYS))
         self.in_memory = need <= memory_budget
         self._meta: dict[str, np.ndarray] | None = None
         if self.in_memory:
-            self._meta = {p: reader.load(p) for p in (*self._fields, *ARRAYS)}
+            self._meta, more = reader.load_checked([*self._fields, *ARRAYS])
+            damaged += more
         else:
             log.info("store metadata (%d MB) exceeds memory_budget: reading by chunk", need >> 20)
         self.cache_chunks = cache_chunks
@@ -140,28 +145,8 @@ class ReinforcedDataset(Dataset):
         self._reader_pid = -1
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    # -- checks ------------------------------------------------------------------------------
-    def _check_source(self, reader: StoreReader, mode: str) -> None:
-        fp, ds = self.source.fingerprint(), self.header.dataset
-        problems = []
-        if fp.count != ds.count:
-            problems.append(f"{fp.count} images vs {ds.count} in the store")
-        if tuple(fp.classes) != tuple(ds.classes):
-            problems.append(f"classes {list(fp.classes)[:5]}... vs {list(ds.classes)[:5]}...")
-        elif fp.labels_sha256 != ds.labels_sha256:
-            problems.append("labels differ (same classes, different per-image labels or order)")
-        if not problems and mode != "none":
-            digests = reader.load("source/digests")
-            usable = np.flatnonzero(~self.skipped)
-            idx = usable if mode == "all" else np.random.default_rng(0).choice(usable, size=min(32, len(usable)), replace=False)
-            bad = [int(i) for i in idx if self.source.read(int(i))[1] != digests[i].tobytes()]
-            if bad:
-                problems.append(f"content of {len(bad)} of {len(idx)} checked images differs, e.g. {self.source.describe(bad[0])}")
-        if problems:
-            raise StoreMismatchError(
-                f"source {self.source!r} is not the dataset store {self.store!r} was built from: " + "; ".join(problems)
-            )
+        #: damaged store chunks (found on load, or when a chunk is read): their rows are refused
+        self.guard = ChunkGuard(self.store, self.header.chunk_size, damaged)
 
     # -- epochs and views --------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -189,8 +174,10 @@ class ReinforcedDataset(Dataset):
             self._cache.move_to_end(c)
             return hit
         cs = self.header.chunk_size
-        rows = slice(c * cs, (c + 1) * cs)
-        data = {p: np.asarray(self._reader.array(p)[rows]) for p in (*self._fields, *ARRAYS)}
+        data, damaged = self._reader.load_checked([*self._fields, *ARRAYS], chunks=[c])
+        if damaged:
+            self.guard.add(damaged)
+            self.guard.check(c * cs)
         self._cache[c] = data
         if len(self._cache) > self.cache_chunks:
             self._cache.popitem(last=False)
@@ -199,6 +186,7 @@ class ReinforcedDataset(Dataset):
     def record(self, index: int, view: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Parameters (field -> ``[1, ...]``), top-k ids and probs of one stored view of source
         image ``index``."""
+        self.guard.check(index)
         if self._meta is not None:
             meta, row = self._meta, index
         else:
@@ -218,6 +206,7 @@ class ReinforcedDataset(Dataset):
         if not 0 <= item < len(self):
             raise IndexError(f"index {item} out of range for {len(self)} images")
         index = int(self.indices[item])
+        self.guard.check(index)  # never serve rows of a damaged chunk (StoreDamagedError)
         epoch = self.epoch
         img = self.image(index)
         if self.p_original and np.random.default_rng([self.seed, index, epoch, 1]).random() < self.p_original:

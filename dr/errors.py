@@ -17,6 +17,7 @@ __all__ = [
     "SchemaVersionError",
     "StoreIncompleteError",
     "StoreMismatchError",
+    "StoreDamagedError",
 ]
 
 
@@ -66,3 +67,12 @@ class StoreIncompleteError(StoreError):
 
 class StoreMismatchError(StoreError):
     """The store belongs to another dataset or another build configuration."""
+
+
+class StoreDamagedError(StoreError):
+    """Chunks of the store are missing, unreadable or differ from their recorded digests;
+    ``dr-build reinforce ... --resume --repair`` recomputes them."""
+
+
+class WorkerStartError(DRError):
+    """No teacher worker could start (Ray's error, the resources asked for and available)."""

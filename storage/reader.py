@@ -122,4 +122,15 @@ class StoreReader:
     ) -> tuple[dict[str, np.ndarray], list[ChunkProblem]]:
         """Read ``paths`` (whole, or only ``chunks``) and check every done chunk's rows against
         the digests recorded at write time; see :func:`storage.integrity.load_checked`."""
-        return load_checked(self.group, self.header, paths, self.done(), chunks=chunks)
+        chunks = None if chunks is None else [int(c) for c in chunks]
+        if chunks is None:
+            done = self.done()
+        else:  # read only the entries needed (the whole map is one object per chunk)
+            arr = self.array("build/done")
+            done = np.zeros(arr.shape[0], dtype=bool)
+            for c in chunks:
+                try:
+                    done[c] = bool(arr[c])
+                except Exception:  # noqa: BLE001 - unreadable: not done
+                    done[c] = False
+        return load_checked(self.group, self.header, paths, done, chunks=chunks)

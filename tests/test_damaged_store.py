@@ -1,0 +1,52 @@
+"""Readers refuse what they cannot trust: damaged chunks and the wrong source folder."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dr import ReinforcedDataset
+from dr.batched import DeviceReplay
+from dr.errors import StoreDamagedError, StoreMismatchError
+
+
+def _damaged_copy(store: str, tmp_path: Path, how: str) -> Path:
+    """A copy of the 64-image store (4 chunks of 16) with chunk 1 of targets/probs damaged."""
+    out = tmp_path / f"{how}.zarr"
+    shutil.copytree(store, out)
+    f = out / "targets" / "probs" / "c" / "1" / "0" / "0"
+    if how == "deleted":
+        f.unlink()
+    else:
+        f.write_bytes(f.read_bytes()[:100])
+    return out
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated"])
+def test_dataset_refuses_rows_of_a_damaged_chunk(cifar64_store: str, cifar64: Path, tmp_path: Path, how: str) -> None:
+    out = _damaged_copy(cifar64_store, tmp_path, how)
+    for kw in ({}, {"dense": "smooth"}, {"memory_budget": 0}):
+        ds = ReinforcedDataset(out, cifar64, verify_source="none", **kw)
+        _, target = ds[3]  # chunk 0 is fine
+        with pytest.raises(StoreDamagedError, match=r"targets/probs chunk 1 \(images 16-31\).*--resume --repair") as e:
+            ds[20]
+        assert ("missing" if how == "deleted" else "unreadable") in str(e.value)
+        ds[40]  # chunk 2 is fine too
+    replay = DeviceReplay(str(out), cifar64, verify_source="none")
+    replay.batch(np.arange(8), 0)
+    with pytest.raises(StoreDamagedError, match="targets/probs chunk 1"):
+        replay.batch(np.arange(10, 20), 0)
+
+
+def test_device_replay_checks_its_source(cifar64_store: str, cifar64: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(cifar64, other)
+    victim = sorted((other / "dog").iterdir())[0]
+    Image.open(victim).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim, quality=90)
+    with pytest.raises(StoreMismatchError, match="content of 1 of 64 checked images differs.*dog"):
+        DeviceReplay(cifar64_store, other, verify_source="all")
+    victim.unlink()
+    with pytest.raises(StoreMismatchError, match="63 images vs 64"):
+        DeviceReplay(cifar64_store, other)
