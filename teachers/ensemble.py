@@ -10,6 +10,7 @@ from torch import nn
 
 from dr.errors import TeacherError
 from teachers.load import Teacher, load_teacher
+from teachers.precision import fp32_head, resolved_precision
 from teachers.spec import TeacherSpec
 
 __all__ = ["Ensemble", "topk"]
@@ -35,6 +36,9 @@ class Ensemble(nn.Module):
         if precision not in ("auto", "fp32", "bf16"):
             raise TeacherError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         self.precision = precision
+        if precision != "fp32":  # bf16 bodies, fp32 classifier heads (see teachers.precision)
+            for t in self.members:
+                fp32_head(t.model)
         w = torch.tensor([t.spec.weight for t in teachers], dtype=torch.float32)
         self.register_buffer("weights", w / w.sum(), persistent=False)
 
@@ -55,7 +59,7 @@ class Ensemble(nn.Module):
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 views ``[B,3,H,W]`` -> ensemble probabilities ``[B,C]`` (float32)."""
         probs: torch.Tensor | None = None
-        bf16 = views.device.type == "cuda" and self.precision in ("auto", "bf16")
+        bf16 = resolved_precision(self.precision, views.device.type) == "bf16"
         for i, teacher in enumerate(self.members):
             with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = teacher(views).float()

@@ -1,0 +1,49 @@
+"""bf16 teachers keep an fp32 classifier head and softmax."""
+
+import torch
+from torch import nn
+
+from teachers import Ensemble
+from teachers.precision import Fp32Head, fp32_head, resolved_precision
+
+
+def test_resolved_precision() -> None:
+    assert resolved_precision("auto", "cuda") == "bf16" and resolved_precision("bf16", "cuda") == "bf16"
+    assert resolved_precision("auto", "cpu") == "fp32" and resolved_precision("bf16", "cpu") == "fp32"
+    assert resolved_precision("fp32", "cuda") == "fp32"
+
+
+def test_bf16_ensembles_compute_logits_in_fp32(tiny_teacher: str) -> None:
+    ens = Ensemble.from_specs([tiny_teacher], precision="bf16")
+    teacher = ens.members[0]
+    assert isinstance(teacher.model[-1], Fp32Head)  # tiny_cnn's head is its last Linear
+    ref = Ensemble.from_specs([tiny_teacher])  # fp32: nothing wrapped
+    assert not any(isinstance(m, Fp32Head) for m in ref.modules())
+    views = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = teacher(views)
+        features = teacher.model[:-1](teacher.prepare(views))
+    assert logits.dtype == torch.float32  # a bf16 body, but fp32 logits
+    torch.testing.assert_close(logits, teacher.model[-1].head(features.float()))
+    # the same weights answer the same on fp32 (state is shared, only the call is wrapped)
+    with torch.inference_mode():
+        torch.testing.assert_close(ens(views), ref(views))
+
+
+def test_fp32_head_prefers_timm_get_classifier() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.proj = nn.Linear(3, 3)  # registered last, but not the classifier
+
+        def get_classifier(self) -> nn.Module:
+            return self.fc
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    net = Net()
+    assert fp32_head(net) and isinstance(net.fc, Fp32Head) and isinstance(net.proj, nn.Linear)
+    assert not fp32_head(net)  # once
+    assert not fp32_head(torch.fx.symbolic_trace(nn.Sequential(nn.Linear(2, 2))))  # a program: left alone
