@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dr.errors import TeacherError
+from teachers.classes import ClassMap
 from teachers.load import Teacher, load_teacher
 from teachers.precision import fp32_head, resolved_precision
 from teachers.spec import TeacherSpec
@@ -19,12 +20,15 @@ __all__ = ["Ensemble", "topk"]
 class Ensemble(nn.Module):
     """Average the teachers' probabilities (weighted), each at ``temperature``.
 
-    ``p = sum_i w_i softmax(z_i / T) / sum_i w_i`` -- the paper's ensemble rule.
+    ``p = sum_i w_i softmax(z_i / T) / sum_i w_i`` -- the paper's ensemble rule. With a
+    ``class_map`` the result is mapped to the dataset's classes (see :class:`ClassMap`).
     """
 
     weights: torch.Tensor
 
-    def __init__(self, teachers: Sequence[Teacher], temperature: float = 1.0, precision: str = "fp32") -> None:
+    def __init__(
+        self, teachers: Sequence[Teacher], temperature: float = 1.0, precision: str = "fp32", class_map: ClassMap | None = None
+    ) -> None:
         super().__init__()
         if not teachers:
             raise TeacherError("an ensemble needs at least one teacher: pass --teacher SPEC")
@@ -41,10 +45,34 @@ class Ensemble(nn.Module):
                 fp32_head(t.model)
         w = torch.tensor([t.spec.weight for t in teachers], dtype=torch.float32)
         self.register_buffer("weights", w / w.sum(), persistent=False)
+        self.class_map = class_map
+        named = [t for t in self.members if t.classes is not None]
+        for t in named[1:]:
+            if t.classes != named[0].classes:
+                raise TeacherError(
+                    f"teachers {named[0].spec} and {t.spec} name different classes ({named[0].classes_from} vs {t.classes_from}): "
+                    "all teachers must share one label space in one order"
+                )
+        self.teacher_classes: tuple[str, ...] | None = named[0].classes if named else None
 
     @classmethod
-    def from_specs(cls, specs: Sequence[str | TeacherSpec], temperature: float = 1.0, precision: str = "fp32") -> Ensemble:
-        return cls([load_teacher(s) for s in specs], temperature, precision)
+    def from_specs(
+        cls,
+        specs: Sequence[str | TeacherSpec],
+        temperature: float = 1.0,
+        precision: str = "fp32",
+        *,
+        allow_random: bool = False,
+        init_seeds: Sequence[int] | None = None,
+        class_map: ClassMap | None = None,
+    ) -> Ensemble:
+        """Load every teacher of ``specs``. ``allow_random`` accepts specs without weights, their
+        initialisation seeded by ``init_seeds[i]`` (default: ``i``)."""
+        seeds = list(init_seeds) if init_seeds is not None else list(range(len(specs)))
+        if len(seeds) != len(specs):
+            raise TeacherError(f"{len(seeds)} init seeds for {len(specs)} teachers")
+        teachers = [load_teacher(s, allow_random=allow_random, init_seed=seed) for s, seed in zip(specs, seeds)]
+        return cls(teachers, temperature, precision, class_map)
 
     def optimize(self, *, channels_last: bool = True, compile: bool = False) -> Ensemble:
         """Channels-last weights and, optionally, ``torch.compile`` of each teacher's network."""
@@ -71,13 +99,24 @@ class Ensemble(nn.Module):
             probs = p if probs is None else probs + p
         if probs is None:
             raise TeacherError("empty ensemble")
-        return probs
+        return probs if self.class_map is None else self.class_map.apply(probs)
+
+    @torch.inference_mode()
+    def member_probs(self, views: torch.Tensor) -> list[torch.Tensor]:
+        """Each teacher's own probabilities at the temperature (class-mapped like the ensemble's)."""
+        out = []
+        for teacher in self.members:
+            p = torch.softmax(teacher(views).float() / self.temperature, dim=1)
+            out.append(p if self.class_map is None else self.class_map.apply(p))
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {
             "rule": "weighted_mean_of_probabilities",
             "temperature": self.temperature,
             "teachers": [t.describe() for t in self.members],
+            "teacher_classes": list(self.teacher_classes) if self.teacher_classes is not None else None,
+            "class_map": self.class_map.to_dict() if self.class_map is not None else None,
         }  # type: ignore[operator]
 
 

@@ -13,9 +13,14 @@ Grammar::
     python:teachers.zoo:cifar_resnet@w.safetensors?depth=20   any factory returning nn.Module
 
 Options (after ``?``): ``input_size`` (``224`` or ``3x224x224``/``224x224``), ``mean`` and
-``std`` (three comma-separated floats), ``interpolation`` (bilinear|bicubic|nearest),
-``weight`` (ensemble weight, default 1), ``pretrained`` (true|false). Any other key is passed
-to the model factory (``num_classes=10``, ``depth=20``); values parse as int, float, bool or str.
+``std`` (three comma-separated floats), ``normalize=none`` (the model normalises inside: it gets
+``[0, 1]`` inputs), ``interpolation`` (bilinear|bicubic|nearest), ``weight`` (ensemble weight,
+default 1), ``pretrained`` (true|false; for ``python:`` it says the factory loads its own
+weights), ``classes`` (the teacher's class names: a file -- JSON list, JSON card with
+``"classes"``, or one name per line -- or comma-separated names), and for ``torchvision:``
+``weights=ENUM`` (a torchvision weights name such as ``IMAGENET1K_V1`` or ``DEFAULT``). Any other
+key is passed to the model factory (``num_classes=10``, ``depth=20``); values parse as int,
+float, bool or str. ``@WEIGHTS`` may be a local path or an fsspec URL (``s3://``, ``file://``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from dr.errors import TeacherError
 __all__ = ["TeacherSpec", "parse_teacher_spec", "KINDS"]
 
 KINDS = ("timm", "torchvision", "torchscript", "export", "python")
-_OPTION_KEYS = {"input_size", "mean", "std", "interpolation", "weight", "pretrained"}
+_OPTION_KEYS = {"input_size", "mean", "std", "interpolation", "weight", "pretrained", "normalize", "classes"}
 
 
 class TeacherSpec(BaseModel):
@@ -47,6 +52,9 @@ class TeacherSpec(BaseModel):
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
     weight: float = Field(1.0, gt=0)
     pretrained: bool = False
+    normalize: Literal["none"] | None = None
+    classes: str | None = None
+    hub_weights: str | None = None
     kwargs: dict[str, int | float | bool | str] = Field(default_factory=dict)
     text: str = ""
 
@@ -120,6 +128,16 @@ def parse_teacher_spec(spec: str) -> TeacherSpec:
             fields["input_size"] = _size(value, spec)
         elif key in ("mean", "std"):
             fields[key] = _floats3(key, value, spec)
+        elif key == "weights":
+            if kind != "torchvision":
+                raise TeacherError(
+                    f"teacher spec {spec!r}: weights={value!r} names torchvision weights; for {kind} put the weights file after '@'"
+                )
+            fields["hub_weights"] = value
+        elif key == "normalize" and value.lower() != "none":
+            raise TeacherError(
+                f"teacher spec {spec!r}: normalize={value!r}: the only value is none (the model normalises inside); otherwise give mean= and std="
+            )
         elif key in _OPTION_KEYS:
             fields[key] = value
         elif not key.isidentifier():
@@ -127,6 +145,10 @@ def parse_teacher_spec(spec: str) -> TeacherSpec:
         else:
             kwargs[key] = _scalar(value)
     fields["kwargs"] = kwargs
+    if fields.get("normalize") and (fields.get("mean") or fields.get("std")):
+        raise TeacherError(f"teacher spec {spec!r}: normalize=none and mean/std contradict each other; give one of them")
+    if "normalize" in fields:
+        fields["normalize"] = "none"
     try:
         return TeacherSpec(**fields)
     except ValueError as e:

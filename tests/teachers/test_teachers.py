@@ -90,7 +90,7 @@ def test_torchscript_and_export_programs_give_identical_logits(tmp_path: Path) -
     opts = "?mean=0.4914,0.4822,0.4465&std=0.247,0.2435,0.2616"
     a = load_teacher(f"torchscript:{tmp_path / 'm.pt'}{opts}")(x)
     b = load_teacher(f"export:{tmp_path / 'm.pt2'}{opts}")(x)
-    c = load_teacher("python:teachers.zoo:cifar_resnet?depth=8&width=8")
+    c = load_teacher("python:teachers.zoo:cifar_resnet?depth=8&width=8", allow_random=True)
     c.model.load_state_dict(model.state_dict())
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a, c(x), rtol=1e-5, atol=1e-5)
@@ -120,6 +120,8 @@ def test_ensemble_is_weighted_mean_of_tempered_probabilities(tmp_path: Path) -> 
 
 
 def test_ensemble_refuses_mismatched_label_spaces() -> None:
-    ens = Ensemble.from_specs(["python:teachers.zoo:tiny_cnn?num_classes=10", "python:teachers.zoo:tiny_cnn?num_classes=7"])
+    ens = Ensemble.from_specs(
+        ["python:teachers.zoo:tiny_cnn?num_classes=10", "python:teachers.zoo:tiny_cnn?num_classes=7"], allow_random=True
+    )
     with pytest.raises(TeacherError, match="share the label space"):
         ens(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
