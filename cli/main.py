@@ -113,6 +113,12 @@ def cli(verbose: int) -> None:
 @click.option("--decode-threads", default=4, show_default=True, type=click.IntRange(1, 256), help="Image-decoding threads per actor.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted build of OUT (same settings): done chunks are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="With --resume: check every done chunk against the digests recorded when it was written and recompute the "
+    "damaged ones (what `dr-build verify` reports as FAIL chunk).",
+)
 @click.option("--max-chunks", type=click.IntRange(1), help="Stop after writing this many chunks (finish later with --resume).")
 @click.option(
     "--on-bad-image",
@@ -202,7 +208,14 @@ def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
 @cli.command()
 @click.argument("store")
 @click.option("--source", help="The store's source (default: the location recorded in the store).")
-@click.option("--index", "-i", default=0, show_default=True, type=click.IntRange(0), help="Image to show.")
+@click.option(
+    "--index",
+    "-i",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Source index of the image (its position in the source's order, images the build skipped included).",
+)
 @click.option("--out", "-o", default="views.png", show_default=True, help="PNG to write.")
 @click.option("--max-views", default=31, show_default=True, type=click.IntRange(1))
 def show(store: str, source: str | None, index: int, out: str, max_views: int) -> None:
@@ -245,16 +258,26 @@ def show(store: str, source: str | None, index: int, out: str, max_views: int) -
     show_default=True,
     help="Re-hash 32 seeded source files, all of them, or none.",
 )
+@click.option(
+    "--max-dp",
+    type=click.FloatRange(0, 1),
+    help="Largest |stored - re-computed| probability the replay audit accepts "
+    "(default: 0.01 for fp32 CPU builds, 0.05 fp32 CUDA, 0.25 bf16).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(store: str, source: str | None, teachers: tuple[str, ...], fraction: float, content: str, as_json: bool) -> None:
+def verify(
+    store: str, source: str | None, teachers: tuple[str, ...], fraction: float, content: str, max_dp: float | None, as_json: bool
+) -> None:
     """Prove STORE: integrity (chunks, shapes, dtypes, sorted probabilities, ids, parameter
-    bounds, mixing partners, source fingerprint) and a replay audit (teachers re-run on
+    bounds, mixing partners, source fingerprint), every chunk of every array against the
+    digest recorded when it was written (one FAIL line per damaged chunk; repair with
+    `dr-build reinforce ... --resume --repair`) and a replay audit (teachers re-run on
     replayed views vs the stored top-k). Exits non-zero on any failure.
     """
     from dr.build.verify import format_report, verify_store
 
     try:
-        checks = verify_store(store, source, teachers=list(teachers) or None, fraction=fraction, content=content)
+        checks = verify_store(store, source, teachers=list(teachers) or None, fraction=fraction, content=content, max_dp=max_dp)
     except DRError as e:
         _fail(e)
         return

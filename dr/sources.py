@@ -37,6 +37,7 @@ __all__ = [
     "to_rgb_array",
     "open_source",
     "content_digest",
+    "absolute_location",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -74,12 +75,15 @@ def decode_image(data: bytes, where: str = "<bytes>") -> np.ndarray:
     Raises:
         BadImageError: the bytes are not a decodable image (names ``where`` and the reason).
     """
+    buffer = io.BytesIO(data)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(buffer) as img:
             img.load()
             arr = to_rgb_array(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadImageError(where, f"{type(e).__name__}: {e}") from e
+        # PIL names the in-memory buffer (<_io.BytesIO object at 0x...>): name the file instead
+        reason = str(e).replace(repr(buffer), repr(where.rsplit("/", 1)[-1]))
+        raise BadImageError(where, f"{type(e).__name__}: {reason}") from e
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise BadImageError(where, f"unexpected decoded shape {arr.shape}")
     return np.ascontiguousarray(arr)
@@ -151,8 +155,9 @@ class ImageFolderSource:
     def __init__(
         self, root: str | os.PathLike[str], *, extensions: Sequence[str] = IMG_EXTENSIONS, storage_options: Mapping[str, Any] | None = None
     ) -> None:
-        self.location = str(root)
-        self.root = Path(root)
+        # absolute: Ray workers and later readers may run in another working directory
+        self.location = absolute_location(str(root))
+        self.root = Path(self.location)
         self._fs: Any = None
         exts = tuple(e.lower() for e in extensions)
         if _is_url(self.location):
@@ -184,6 +189,9 @@ class ImageFolderSource:
                     if name.lower().endswith(exts) and not name.startswith("."):
                         files.append(os.path.relpath(os.path.join(dirpath, name), self.root))
                         labels.append(label)
+        if files:  # else the caller says "no images at all"
+            used = set(labels)
+            _refuse_empty_classes(self.location, [c for i, c in enumerate(class_dirs) if i not in used], exts)
         return files, labels, class_dirs
 
     def _scan_remote(self, exts: tuple[str, ...], options: dict[str, Any]) -> tuple[list[str], list[int], list[str]]:
@@ -197,11 +205,17 @@ class ImageFolderSource:
                 f"cannot list source {self.location!r}: {type(e).__name__}: {e} (install dr[remote] for s3://, check credentials and endpoint)"
             ) from e
         root = root.rstrip("/")
-        rel = sorted(f[len(root) + 1 :] for f in found if f.startswith(root + "/"))
-        rel = [r for r in rel if "/" in r and r.lower().endswith(exts) and not any(part.startswith(".") for part in r.split("/"))]
+        everything = sorted(f[len(root) + 1 :] for f in found if f.startswith(root + "/"))
+        rel = [r for r in everything if "/" in r and r.lower().endswith(exts) and not any(part.startswith(".") for part in r.split("/"))]
         if not rel:
             raise SourceError(f"source {self.location!r} holds no images in class folders: expected root/<class>/<image>")
         class_dirs = sorted({r.split("/", 1)[0] for r in rel})
+        try:  # folders holding no image at all (object stores list files, so look for directories too)
+            listed = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(root, detail=True) if e.get("type") == "directory"}
+        except (OSError, ValueError):
+            listed = set()
+        dirs = listed | {r.split("/", 1)[0] for r in everything if "/" in r}
+        _refuse_empty_classes(self.location, sorted(d for d in dirs if not d.startswith(".") and d not in class_dirs), exts)
         index = {c: i for i, c in enumerate(class_dirs)}
         rel.sort(key=lambda r: (index[r.split("/", 1)[0]], r))
         self._fs, self._fs_root = fs, root
@@ -320,6 +334,24 @@ class TorchDatasetSource:
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+def absolute_location(location: str) -> str:
+    """``location`` as recorded in a store: URLs as given, local paths made absolute (so
+    ``dr-build verify`` and the Dataset find the source from any working directory)."""
+    if "://" in location:
+        return location
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def _refuse_empty_classes(location: str, empty: Sequence[str], exts: tuple[str, ...]) -> None:
+    """A class folder without images would still be a class (torchvision's ImageFolder refuses it)."""
+    if empty:
+        raise SourceError(
+            f"source folder {location!r} has {len(empty)} class folder(s) without images ({', '.join(map(repr, empty[:5]))}"
+            f"{', ...' if len(empty) > 5 else ''}; extensions {', '.join(exts)}): every class folder must hold at least one "
+            "image (as for torchvision's ImageFolder) -- add images or remove the folder"
+        )
 
 
 def open_source(source: Any, storage_options: Mapping[str, Any] | None = None) -> Source:

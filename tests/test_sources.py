@@ -37,8 +37,9 @@ def test_fingerprint_changes_with_labels(cifar64: Path, tmp_path: Path) -> None:
         (other / cls).mkdir(parents=True)
     for f in sorted((cifar64 / "airplane").iterdir())[:2]:
         (other / "bird" / f.name).write_bytes(f.read_bytes())
+    (other / "airplane" / "a.jpg").write_bytes(f.read_bytes())  # an empty class folder is refused
     b = ImageFolderSource(other).fingerprint()
-    assert b.count == 2 and b.labels_sha256 != a.labels_sha256
+    assert b.count == 3 and b.labels_sha256 != a.labels_sha256
 
 
 def test_missing_and_empty_sources_name_the_path(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ class BuildConfig(BaseModel):
     max_retries: int = Field(3, ge=0, le=100, description="times a unit is retried after its worker died")
     start_timeout: float = Field(600.0, gt=0, description="seconds to wait for a worker when none is running")
     max_chunks: int | None = Field(None, ge=1, description="stop after writing this many chunks (staged builds)")
+    repair: bool = Field(False, description="with resume: check every done chunk against its digests and recompute the damaged ones")
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("teachers", mode="before")
@@ -116,6 +117,7 @@ decode_threads: 4
 on_bad_image: fail                    # fail | skip
 max_retries: 3                        # per unit, after a worker dies
 resume: false
+# repair: false                       # with resume: recompute chunks that fail their digests (see dr-build verify)
 overwrite: false
 storage_options: {}                   # fsspec options for remote stores, e.g. {endpoint_url: ...}
 """

@@ -6,14 +6,20 @@ from typing import Any
 
 import numpy as np
 
+from dr.errors import StoreIncompleteError
 from storage import StoreReader
+from storage.integrity import digest_paths
 
 __all__ = ["store_summary", "format_summary"]
 
 
 def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Header fields, array shapes/dtypes/stored bytes, bytes per view and label agreement."""
-    r = StoreReader(url, allow_incomplete=allow_incomplete, storage_options=storage_options)
+    """Header fields, array shapes/dtypes/stored bytes, bytes per view, skipped images, damaged
+    chunks (checked against their digests) and label agreement over the sound rows."""
+    try:
+        r = StoreReader(url, allow_incomplete=allow_incomplete, storage_options=storage_options)
+    except StoreIncompleteError as e:
+        raise StoreIncompleteError(f"{e}; `dr-build info --allow-incomplete` describes it anyway") from None
     h = r.header
     n, v = h.dataset.count, h.views
     done = r.done()
@@ -22,7 +28,12 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
         for path, a in sorted(r.arrays().items())
     }
     per_view = sum(a["stored_bytes"] for p, a in arrays.items() if p.startswith(("params/", "targets/")))
-    rows = done.repeat(h.chunk_size)[:n]
+    data, damaged = r.load_checked(digest_paths(h))
+    bad_chunks = sorted({p.chunk for p in damaged})
+    good = done.copy()
+    good[bad_chunks] = False
+    rows = good.repeat(h.chunk_size)[:n]
+    skipped = data["source/skipped"].astype(bool) & rows
     summary: dict[str, Any] = {
         "store": url,
         "format": h.format,
@@ -39,17 +50,21 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
         "seed": h.seed,
         "teachers": [t["spec"] for t in h.ensemble.get("teachers", [])],
         "temperature": h.ensemble.get("temperature"),
-        "chunks": {"done": int(done.sum()), "total": int(done.size), "chunk_size": h.chunk_size},
+        "chunks": {"done": int(done.sum()), "total": int(done.size), "chunk_size": h.chunk_size, "damaged": bad_chunks},
+        "damaged": [str(p) for p in damaged],
+        "skipped": {
+            "count": len(h.skipped),
+            "first": [f"#{i} {h.skipped[i]}" for i in sorted(h.skipped, key=int)[:5]],
+        },
         "arrays": arrays,
         "stored_bytes": int(sum(a["stored_bytes"] for a in arrays.values())),
-        "bytes_per_view": round(per_view / max(1, int(rows.sum()) * v), 2),
+        "bytes_per_view": round(per_view / max(1, int(done.repeat(h.chunk_size)[:n].sum()) * v), 2),
     }
+    rows &= ~skipped  # skipped images hold zero targets
     if rows.any():
-        labels = r.load("source/labels")[rows]
-        ids = r.array("targets/ids")
-        probs = r.array("targets/probs")
-        top1 = np.asarray(ids[..., 0])[rows]
-        p = np.asarray(probs[:]).astype(np.float32)[rows]
+        labels = data["source/labels"][rows]
+        top1 = data["targets/ids"][..., 0][rows]
+        p = data["targets/probs"].astype(np.float32)[rows]
         summary["teacher_top1_agreement"] = round(float((top1 == labels[:, None]).mean()), 4)
         summary["teacher_top1_agreement_per_image_majority"] = round(
             float((np.apply_along_axis(lambda r_: np.bincount(r_).argmax(), 1, top1.astype(np.int64)) == labels).mean()), 4
@@ -76,9 +91,20 @@ def format_summary(s: dict[str, Any]) -> str:
         f"dataset      {ds['images']} images, {ds['classes']} classes  [{ds['kind']}] {ds['location'] or ''}",
         f"policy       {s['policy']} at {s['output_size']}px, V={s['views']} views/image, top-k={s['topk']}, seed={s['seed']}",
         f"teachers     {', '.join(s['teachers'])}  (T={s['temperature']})",
-        f"chunks       {s['chunks']['done']}/{s['chunks']['total']} done ({s['chunks']['chunk_size']} images each)",
+        f"chunks       {s['chunks']['done']}/{s['chunks']['total']} done ({s['chunks']['chunk_size']} images each)"
+        + (f", {len(s['chunks']['damaged'])} DAMAGED: {s['chunks']['damaged'][:10]}" if s["chunks"]["damaged"] else ""),
         f"size         {_human(s['stored_bytes'])} stored; {s['bytes_per_view']} B/view (params + targets)",
     ]
+    if s["damaged"]:
+        lines.append(
+            f"DAMAGED      {'; '.join(s['damaged'][:3])}{' ...' if len(s['damaged']) > 3 else ''} -- figures below leave these "
+            "chunks out; `dr-build verify` lists them, `dr-build reinforce ... --resume --repair` recomputes them"
+        )
+    sk = s["skipped"]
+    lines.append(
+        f"skipped      {sk['count']} image(s) the build could not use"
+        + (": " + "; ".join(sk["first"]) + (" ..." if sk["count"] > len(sk["first"]) else "") if sk["count"] else "")
+    )
     if "teacher_top1_agreement" in s:
         lines.append(
             f"teachers vs labels  top-1 agreement {100 * s['teacher_top1_agreement']:.2f}% of views "

@@ -22,7 +22,7 @@ from dr.build.plan import Unit, plan_units
 from dr.build.worker import SourceRef, UnitWorker
 from dr.errors import ConfigError, DRError
 from dr.policy import get_policy
-from dr.sources import Source, open_source
+from dr.sources import Source, absolute_location, open_source
 from storage import DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
 from storage.lock import StoreLock
 
@@ -95,7 +95,9 @@ def make_header(config: BuildConfig, source: Source, ensemble_desc: dict[str, An
         status="building",
         tool_version=__version__,
         created_at=now_iso(),
-        dataset=DatasetInfo(kind=fp.kind, count=fp.count, classes=fp.classes, labels_sha256=fp.labels_sha256, location=config.source),
+        dataset=DatasetInfo(
+            kind=fp.kind, count=fp.count, classes=fp.classes, labels_sha256=fp.labels_sha256, location=absolute_location(config.source)
+        ),
         num_classes=num_classes,
         views=config.views,
         topk=config.topk,
@@ -141,6 +143,32 @@ def _init_ray(address: str | None) -> Any:
     return ray
 
 
+def _teacher_math(config: BuildConfig) -> dict[str, Any]:
+    """The teachers' resolved arithmetic, recorded in the header's ensemble record (so part of
+    the resume key): a resume with another --precision or --compile, or ``auto`` on another
+    device kind, would mix differently computed chunks in one store."""
+    from teachers.precision import resolved_precision
+
+    device = _worker_resources(_init_ray(config.address), config)[3]
+    return {"precision": resolved_precision(config.precision, device), "device": device, "compile": config.compile}
+
+
+def _repair(writer: StoreWriter, labels: np.ndarray) -> list[int]:
+    """``--repair``: check every done chunk of every array against its recorded digest and
+    mark the damaged chunks not done (the store goes back to ``building``), so the build
+    recomputes exactly those. Returns the chunks reopened."""
+    problems = writer.damaged()
+    chunks = sorted({p.chunk for p in problems})
+    for p in problems:
+        log.warning("--repair: %s", p)
+    if chunks:
+        log.warning("--repair: recomputing %d damaged chunk(s) of %s: %s", len(chunks), writer.url, chunks)
+    else:
+        log.warning("--repair: every done chunk of %s matches its digests; nothing to repair", writer.url)
+    writer.reopen(chunks, labels)
+    return chunks
+
+
 def reinforce(
     config: BuildConfig,
     *,
@@ -156,13 +184,18 @@ def reinforce(
         progress: show a tqdm bar (views/s and ETA).
         on_chunk: called with each chunk index after it is written (monitoring, tests).
     """
+    if config.repair and (not config.resume or config.overwrite):
+        raise ConfigError("--repair recomputes the damaged chunks of an existing store: use it with --resume (and without --overwrite)")
     t0 = time.perf_counter()
     src = open_source(source if source is not None else config.source, config.storage_options)
     ensemble_desc, num_classes = _probe_teachers(config)
+    ensemble_desc = {**ensemble_desc, **_teacher_math(config)}
     header = make_header(config, src, ensemble_desc, num_classes)
     lock = StoreLock(config.out, config.storage_options)
     try:
         writer = _open_writer(config, header, src.labels(), lock)
+        if config.repair:
+            _repair(writer, src.labels())
         header = writer.header
         units = plan_units(header.dataset.count, header.chunk_size, writer.done())
         total_chunks = writer.n_chunks
