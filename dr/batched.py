@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from dr.checks import ChunkGuard, check_source
-from dr.dataset import view_permutation
-from dr.policy import Policy
+from dr.dataset import view_choice
+from dr.policy import ImageBank, Policy, fresh_rng
 from dr.sources import open_source
 from storage import StoreReader
 
@@ -67,10 +67,9 @@ class DeviceReplay:
         self.skipped = meta["source/skipped"].astype(bool)
         self.indices = np.flatnonzero(~self.skipped)
         check_source(src, reader, verify_source, skipped=self.skipped)
-        imgs = [torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))]
-        same = len({tuple(t.shape) for t in imgs}) == 1
-        self.images: torch.Tensor | list[torch.Tensor] = torch.stack(imgs).to(self.device) if same else [t.to(self.device) for t in imgs]
-        self.sizes = np.asarray([t.shape[1:] for t in imgs], dtype=np.int64)
+        #: every source image, decoded once, in the replay engine's layout on ``device``
+        self.images = ImageBank([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))], device=self.device)
+        self.sizes = self.images.sizes
         self.params = {p.split("/", 1)[1]: meta[p] for p in fields}
         self.ids = meta["targets/ids"].astype(np.int64)
         self.probs = meta["targets/probs"].astype(np.float32)
@@ -81,8 +80,7 @@ class DeviceReplay:
 
     def view_ids(self, index: np.ndarray, epoch: int) -> np.ndarray:
         """The stored view of each source image in ``index`` at ``epoch``."""
-        cycle, pos = divmod(int(epoch), self.views)
-        return np.asarray([view_permutation(self.seed, int(i), cycle, self.views)[pos] for i in index], dtype=np.int64)
+        return view_choice(self.seed, np.asarray(index, dtype=np.int64), int(epoch), self.views)
 
     def batch(self, items: np.ndarray | torch.Tensor, epoch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Replayed uint8 views ``[B,3,S,S]`` and sparse targets ``(ids, probs)`` ``[B,k]`` for
@@ -105,19 +103,11 @@ class DeviceReplay:
         policy = policy or self.policy
         index = self.indices[np.asarray(items, dtype=np.int64)]
         self.guard.check(index)
-        pool = np.asarray(index)
-        per = []
-        for i in index:
-            # partners from the same batch (the in-batch equivalent of the store's chunk pool)
-            rng = np.random.default_rng([seed, int(epoch), int(i), 7])
-            partner = pool[rng.integers(0, len(pool), size=1)] if policy.mix else None
-            sizes = self.sizes[partner] if partner is not None else None
-            per.append(
-                policy.sample(
-                    seed * 1_000_003 + epoch, int(i), int(self.sizes[i][0]), int(self.sizes[i][1]), 1, partners=partner, partner_sizes=sizes
-                )
-            )
-        params = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
+        # one keyed stream per (seed, epoch, index): vectorised over the batch; mixing partners
+        # come from the same batch (the in-batch equivalent of the store's chunk pool)
+        rng = fresh_rng(seed, epoch, index)
+        own = np.arange(len(index))
+        params = policy.sample_views(rng, self.sizes[index, 0], self.sizes[index, 1], own=own, pool=index, pool_sizes=self.sizes[index])
         partner_index = params["mix_partner"].astype(np.int64) if policy.mix else None
         views = policy.replay(self.images, params, index, partner_index=partner_index, output_size=self.output_size)
         target = torch.nn.functional.one_hot(self.labels[index], self.num_classes).float()

@@ -25,36 +25,34 @@ from torch.utils.data import Dataset, Sampler
 from dr.checks import ChunkGuard, check_source
 from dr.errors import StoreMismatchError
 from dr.loss import densify
-from dr.policy import Policy
+from dr.policy import TAG_ORIGINAL, Policy, fresh_rng
+from dr.policy.rng import KeyedRNG, splitmix64, view_keys
 from dr.sources import Source, open_source
 from storage import StoreReader
 
-__all__ = ["ReinforcedDataset", "ChunkAwareSampler", "to_float", "view_permutation"]
+__all__ = ["ReinforcedDataset", "ChunkAwareSampler", "to_float", "view_choice", "view_permutation"]
 
 log = logging.getLogger(__name__)
 
 ARRAYS = ("targets/ids", "targets/probs")
+_TAG_COIN = 3  # the stream of the p_original coin
 
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a fast, good integer hash."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
-        return x ^ (x >> np.uint64(31))
+def view_choice(seed: int, index: np.ndarray, epoch: int, views: int) -> np.ndarray:
+    """The stored view each image in ``index`` uses at ``epoch``, vectorised: per image and
+    *cycle* of ``views`` epochs a seeded permutation of its views (each view once per cycle),
+    a pure function of ``(seed, index, cycle)``."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    cycle, pos = divmod(int(epoch), int(views))
+    keys = view_keys(seed, index, cycle)
+    order = splitmix64(keys[:, None] ^ splitmix64(np.arange(views, dtype=np.uint64))[None, :])
+    return np.argsort(order, axis=1, kind="stable")[:, pos].astype(np.int64)
 
 
 def view_permutation(seed: int, index: int, cycle: int, views: int) -> np.ndarray:
-    """The order in which image ``index`` uses its ``views`` stored views during ``cycle``
-    (a block of ``views`` epochs): a seeded permutation, a pure function of its arguments."""
-    key = _splitmix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
-    key = _splitmix64(key ^ np.uint64(int(index) & 0xFFFFFFFFFFFFFFFF))
-    key = _splitmix64(key ^ np.uint64(int(cycle) & 0xFFFFFFFFFFFFFFFF))
-    return np.argsort(_splitmix64(key ^ np.arange(views, dtype=np.uint64)), kind="stable")
+    """The order in which image ``index`` uses its ``views`` stored views during ``cycle``."""
+    keys = view_keys(seed, np.asarray([index]), cycle)
+    return np.argsort(splitmix64(keys[0] ^ splitmix64(np.arange(views, dtype=np.uint64))), kind="stable")
 
 
 def to_float(view: torch.Tensor) -> torch.Tensor:
@@ -160,8 +158,7 @@ class ReinforcedDataset(Dataset):
     def view_index(self, index: int, epoch: int | None = None) -> int:
         """Stored view used for image ``index`` at ``epoch``: each view once per V epochs."""
         e = self.epoch if epoch is None else epoch
-        cycle, pos = divmod(e, self.views)
-        return int(view_permutation(self.seed, index, cycle, self.views)[pos])
+        return int(view_choice(self.seed, np.asarray([index]), e, self.views)[0])
 
     # -- metadata -----------------------------------------------------------------------------
     def _chunk(self, c: int) -> dict[str, np.ndarray]:
@@ -209,7 +206,7 @@ class ReinforcedDataset(Dataset):
         self.guard.check(index)  # never serve rows of a damaged chunk (StoreDamagedError)
         epoch = self.epoch
         img = self.image(index)
-        if self.p_original and np.random.default_rng([self.seed, index, epoch, 1]).random() < self.p_original:
+        if self.p_original and KeyedRNG(view_keys(self.seed, epoch, index, _TAG_COIN)).random()[0] < self.p_original:
             return self._original(index, epoch, img)
         params, ids, probs = self.record(index, self.view_index(index, epoch))
         images, partner_index = [img], None
@@ -227,15 +224,12 @@ class ReinforcedDataset(Dataset):
         probs[0] = 1.0
         if self.original_transform is not None:
             return self.original_transform(img), self._target(ids, probs)
-        # a fresh view from the store's policy, seeded apart from every stored view
-        fresh = self.policy.sample(
-            self.seed + 1_000_003,
-            index * 100_003 + epoch,
-            int(img.shape[1]),
-            int(img.shape[2]),
-            1,
-            partners=np.zeros(1, dtype=np.int64),
-            partner_sizes=np.asarray([img.shape[1:]]),
+        # a fresh view from the store's policy: its own keyed stream (seed, epoch, index, tag)
+        h, w = int(img.shape[1]), int(img.shape[2])
+        rng = fresh_rng(self.seed, epoch, np.asarray([index]), TAG_ORIGINAL)
+        one = np.asarray([index])
+        fresh = self.policy.sample_views(
+            rng, np.asarray([h]), np.asarray([w]), own=np.zeros(1, np.int64), pool=one, pool_sizes=np.asarray([[h, w]])
         )
         if "mix_kind" in fresh:
             fresh["mix_kind"][:] = 0  # an original sample is never mixed

@@ -48,8 +48,15 @@ def read_header(attrs: Mapping[str, Any], url: str = "<store>") -> StoreHeader:
         raise StoreError(f"{url!r} is not a dr store (format attribute is {got!r}, expected {FORMAT!r})")
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
+        why = (
+            " (version 2 changed how view parameters are sampled and replayed: a version-1 store's views"
+            " would not be the views its teachers labelled)"
+            if version == 1
+            else ""
+        )
         raise SchemaVersionError(
-            f"store {url!r} has schema version {version!r}; this dr reads version {SCHEMA_VERSION}. Rebuild the store or install the dr release that wrote it"
+            f"store {url!r} has schema version {version!r}; this dr reads version {SCHEMA_VERSION}{why}. "
+            "Rebuild it with the same `dr-build reinforce` command (and --overwrite), or read it with the dr release that wrote it"
         )
     try:
         return StoreHeader.model_validate(dict(attrs))

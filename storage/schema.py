@@ -1,4 +1,4 @@
-"""The store schema (version 1): header model, array layout, version checks.
+"""The store schema (version 2): header model, array layout, version checks.
 
 A store is a Zarr v3 group. Its attributes are the header (:class:`StoreHeader`, JSON), so
 ``zarr.open_group(path).attrs`` explains the store without this package. Arrays, with
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 FORMAT = "dr-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: keyed per-view sampling streams, one replay arithmetic (v0.2)
 DIGEST_BYTES = 16
 
 

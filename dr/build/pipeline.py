@@ -23,7 +23,7 @@ from dr.build.worker import SourceRef, UnitWorker
 from dr.errors import ConfigError, DRError
 from dr.policy import get_policy
 from dr.sources import Source, absolute_location, open_source
-from storage import DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
+from storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
 from storage.lock import StoreLock
 
 __all__ = ["BuildResult", "reinforce", "make_header"]
@@ -91,7 +91,7 @@ def make_header(config: BuildConfig, source: Source, ensemble_desc: dict[str, An
             f"the source has {len(fp.classes)} classes but the teachers predict {num_classes}: use teachers trained on this label space"
         )
     return StoreHeader(
-        schema_version=1,
+        schema_version=SCHEMA_VERSION,
         status="building",
         tool_version=__version__,
         created_at=now_iso(),

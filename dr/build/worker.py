@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dr.errors import BadImageError, PolicyError
-from dr.policy import Policy
+from dr.errors import BadImageError
+from dr.policy import ImageBank, Policy
 from dr.sources import Source
 
 __all__ = ["SourceRef", "UnitResult", "UnitWorker", "resolve_device"]
@@ -72,6 +72,9 @@ class UnitWorker:
             image skipped (zero rows, ``source/skipped`` = 1, reason recorded).
         precision: ``auto``/``bf16`` (bf16 autocast on CUDA) or ``fp32``.
         compile: ``torch.compile`` the teachers.
+        class_map: the header's ``ensemble.class_map`` (teacher ids -> dataset ids), or ``None``.
+        allow_random_teachers: accept specs without weights, seeded with ``init_seeds``.
+        init_seeds: each teacher's random-init seed (as recorded in the header).
     """
 
     def __init__(
@@ -91,6 +94,9 @@ class UnitWorker:
         on_bad_image: str = "fail",
         precision: str = "auto",
         compile: bool = False,
+        class_map: Mapping[str, Any] | None = None,
+        allow_random_teachers: bool = False,
+        init_seeds: Sequence[int] | None = None,
     ) -> None:
         from teachers import Ensemble
 
@@ -99,7 +105,16 @@ class UnitWorker:
         self.source: Source = source.get() if isinstance(source, SourceRef) else source
         self.policy = Policy.from_dict(policy)
         self.device = resolve_device(device)
-        self.ensemble = Ensemble.from_specs(list(teachers), temperature, precision).to(self.device)
+        from teachers import ClassMap
+
+        self.ensemble = Ensemble.from_specs(
+            list(teachers),
+            temperature,
+            precision,
+            allow_random=allow_random_teachers,
+            init_seeds=init_seeds,
+            class_map=ClassMap.from_dict(class_map),
+        ).to(self.device)
         if self.device.type == "cuda":
             self.ensemble.optimize(channels_last=True, compile=compile)
         elif compile:
@@ -144,19 +159,14 @@ class UnitWorker:
                 decoded.append(got)
         sizes = np.asarray([img.shape[:2] for img, _ in decoded], dtype=np.uint32)
         digests = np.frombuffer(b"".join(d for _, d in decoded), dtype=np.uint8).reshape(n, -1).copy()
-        per_image = []
-        for i, (h, w) in enumerate(sizes):
-            # mixing partners come from this unit (the store chunk): no image is decoded twice
-            partners = self.policy.partners(self.seed, start + i, v, (start, stop))
-            partner_sizes = None if partners is None else sizes[partners - start]
-            try:
-                params = self.policy.sample(self.seed, start + i, int(h), int(w), v, partners=partners, partner_sizes=partner_sizes)
-            except PolicyError as e:
-                self._bad(skipped, start + i, str(e))
+        for i, (h, w) in enumerate(sizes.tolist()):  # per image, not per view: a size check
+            problem = None if (start + i) in skipped else self.policy.size_problem(h, w)
+            if problem is not None:
+                self._bad(skipped, start + i, problem)
                 decoded[i], sizes[i] = placeholder, (size, size)
-                params = self.policy.sample(self.seed, start + i, size, size, v, partners=partners, partner_sizes=partner_sizes)
-            per_image.append(params)
-        params = {name: np.stack([p[name] for p in per_image]) for name in per_image[0]}
+        # every view of the unit sampled in one vectorised call; partners come from this unit
+        # (the store chunk), so no image is decoded twice
+        params = self.policy.sample_unit(self.seed, start, sizes, v)
         bad = np.zeros(n, dtype=bool)
         bad[[i - start for i in skipped]] = True
         if "mix_kind" in params and bad.any():
@@ -165,13 +175,7 @@ class UnitWorker:
             for name in params:
                 if name.startswith(("mix_", "partner_")):
                     params[name][hit] = 1 if name == "mix_lambda" else 0
-        cuda = self.device.type == "cuda"
-        images = [
-            torch.from_numpy(img).permute(2, 0, 1).pin_memory().to(self.device, non_blocking=True)
-            if cuda
-            else torch.from_numpy(img).permute(2, 0, 1)
-            for img, _ in decoded
-        ]
+        bank = ImageBank([torch.from_numpy(img).permute(2, 0, 1) for img, _ in decoded], device=self.device)
         top_ids_parts, top_p_parts = [], []
         with torch.inference_mode():
             for g0 in range(0, n, self.group):
@@ -179,7 +183,7 @@ class UnitWorker:
                 flat = {k: a[g0:g1].reshape(-1, *a.shape[2:]) for k, a in params.items()}
                 index = np.repeat(np.arange(g0, g1), v)
                 partner_index = flat["mix_partner"].astype(np.int64) - start if "mix_partner" in flat else None
-                views = self.policy.replay(images, flat, index, partner_index=partner_index)
+                views = self.policy.replay(bank, flat, index, partner_index=partner_index)
                 top_ids, top_p = topk(self.ensemble(views), self.topk)
                 top_ids_parts.append(top_ids)  # stay on the device: no sync until the unit ends
                 top_p_parts.append(top_p)

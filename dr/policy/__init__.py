@@ -1,6 +1,7 @@
 """Augmentation policies: typed parameter records, seeded sampling, batched replay kernels."""
 
 from dr.policy.augment import RA_OPS, RandAugment, RandomErasing, TrivialAugmentWide
+from dr.policy.kernels import ImageBank
 from dr.policy.mix import Mix
 from dr.policy.ops import (
     CropOp,
@@ -12,8 +13,9 @@ from dr.policy.ops import (
     ViewOp,
     op_from_dict,
 )
-from dr.policy.policy import Policy, image_rng
+from dr.policy.policy import TAG_FRESH, TAG_ORIGINAL, TAG_STORED, Policy, fresh_rng, stored_rng
 from dr.policy.presets import PRESETS, get_policy, list_policies
+from dr.policy.rng import KeyedRNG
 
 __all__ = [
     "Mix",
@@ -31,7 +33,13 @@ __all__ = [
     "RandomResizedCrop",
     "ViewOp",
     "get_policy",
-    "image_rng",
+    "stored_rng",
+    "TAG_STORED",
+    "TAG_FRESH",
+    "TAG_ORIGINAL",
+    "fresh_rng",
+    "KeyedRNG",
+    "ImageBank",
     "list_policies",
     "op_from_dict",
 ]

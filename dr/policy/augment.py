@@ -8,6 +8,7 @@ magnitude semantics of ``torchvision.transforms.v2.RandAugment`` / ``TrivialAugm
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from dr.errors import PolicyError
+from dr.policy import kernels
 from dr.policy.ops import ParamField, ViewOp
+from dr.policy.rng import KeyedRNG
 
 __all__ = ["RA_OPS", "RandAugment", "TrivialAugmentWide", "RandomErasing", "apply_aug_op", "magnitude_of"]
 
@@ -41,6 +44,14 @@ RA_OPS = (
     "Equalize",
 )
 _SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"}
+# RandAugment's replay groups: (op id, negated) for every op, both signs for the signed ones
+_KEYS = [(i, s) for i, op in enumerate(RA_OPS) for s in ((0, 1) if op in _SIGNED else (0,))]
+_KEY_OF = np.zeros((len(RA_OPS), 2), dtype=np.int64)
+for _k, (_i, _s) in enumerate(_KEYS):
+    _KEY_OF[_i, _s] = _k
+for _i, _op in enumerate(RA_OPS):
+    if _op not in _SIGNED:
+        _KEY_OF[_i, 1] = _KEY_OF[_i, 0]  # an unsigned op ignores its sign bit
 
 
 def _space(wide: bool, bins: int, size: int) -> dict[str, Callable[[], torch.Tensor | None]]:
@@ -75,6 +86,7 @@ def _space(wide: bool, bins: int, size: int) -> dict[str, Callable[[], torch.Ten
     }
 
 
+@functools.lru_cache(maxsize=4096)
 def magnitude_of(op: str, bin_: int, negative: bool, *, wide: bool, bins: int, size: int) -> float:
     """The magnitude torchvision would use for ``op`` at ``bin_`` (sign applied if signed)."""
     table = _space(wide, bins, size).get(op)
@@ -143,7 +155,7 @@ class RandAugment(ViewOp):
             ParamField("ra_signs", "uint8", (self.num_ops,), "1 if the op's magnitude is negated"),
         )
 
-    def sample(self, rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+    def sample(self, rng: KeyedRNG, n: int, size: int) -> dict[str, np.ndarray]:
         ops = rng.integers(0, len(RA_OPS), size=(n, self.num_ops))
         signs = rng.random(size=(n, self.num_ops)) < 0.5
         apply = rng.random(size=n) < self.p
@@ -151,17 +163,25 @@ class RandAugment(ViewOp):
         signs = signs & apply[:, None] & np.isin(ops, [RA_OPS.index(o) for o in _SIGNED])
         return {"ra_ops": ops.astype(np.uint8), "ra_signs": signs.astype(np.uint8)}
 
-    def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        ops, signs = params["ra_ops"].tolist(), params["ra_signs"].tolist()
+    def apply(self, views: torch.Tensor, params: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """Grouped replay: for each op slot, the views are grouped by (op, sign) on the host and
+        each group goes through torchvision's kernel once, with its one magnitude -- the same
+        bytes as one view at a time. Every (op, sign) group runs, an empty one on a scratch view,
+        so the tensor operations issued are the same for any batch."""
+        ops = np.asarray(params["ra_ops"], dtype=np.int64).reshape(len(views), self.num_ops)
+        signs = np.asarray(params["ra_signs"], dtype=np.int64).reshape(len(views), self.num_ops)
         size = views.shape[-1]
-        for j in range(views.shape[0]):
-            for op_id, neg in zip(ops[j], signs[j]):
-                if op_id:
-                    op = RA_OPS[op_id]
-                    views[j] = apply_aug_op(
-                        views[j], op, magnitude_of(op, self.magnitude, bool(neg), wide=False, bins=self.num_magnitude_bins, size=size)
-                    )
-        return views
+        work = torch.cat([views, views.new_zeros((1, *views.shape[1:]))])
+        for slot in range(self.num_ops):
+            groups = kernels.Groups(_KEY_OF[ops[:, slot], signs[:, slot]], len(_KEYS), views.device)
+            for key, (op_id, neg) in enumerate(_KEYS):
+                if op_id == 0:
+                    continue
+                op = RA_OPS[op_id]
+                mag = magnitude_of(op, self.magnitude, bool(neg), wide=False, bins=self.num_magnitude_bins, size=size)
+                index = groups.index(key)
+                work.index_copy_(0, index, apply_aug_op(work.index_select(0, index), op, mag))
+        return work[:-1]
 
 
 @dataclass(frozen=True)
@@ -181,18 +201,35 @@ class TrivialAugmentWide(ViewOp):
             ParamField("ta_sign", "uint8", (), "1 if the magnitude is negated"),
         )
 
-    def sample(self, rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+    def sample(self, rng: KeyedRNG, n: int, size: int) -> dict[str, np.ndarray]:
         op = rng.integers(0, len(RA_OPS), size=n)
         bin_ = rng.integers(0, self.num_magnitude_bins, size=n)
         sign = (rng.random(size=n) < 0.5) & np.isin(op, [RA_OPS.index(o) for o in _SIGNED])
         return {"ta_op": op.astype(np.uint8), "ta_bin": bin_.astype(np.uint8), "ta_sign": sign.astype(np.uint8)}
 
-    def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def apply(self, views: torch.Tensor, params: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """Grouped by (op, bin, sign) on the host, torchvision's kernel once per group present
+        (at most 13 x bins x 2 groups: bounded, but unlike RandAugment's not a fixed sequence)."""
+        op_id = np.asarray(params["ta_op"], dtype=np.int64).reshape(-1)
+        bin_ = np.asarray(params["ta_bin"], dtype=np.int64).reshape(-1)
+        neg = np.asarray(params["ta_sign"], dtype=np.int64).reshape(-1)
         size = views.shape[-1]
-        for j, (op_id, bin_, neg) in enumerate(zip(params["ta_op"].tolist(), params["ta_bin"].tolist(), params["ta_sign"].tolist())):
-            if op_id:
-                op = RA_OPS[op_id]
-                views[j] = apply_aug_op(views[j], op, magnitude_of(op, bin_, bool(neg), wide=True, bins=self.num_magnitude_bins, size=size))
+        key = (op_id * self.num_magnitude_bins + bin_) * 2 + neg
+        present = np.unique(key[op_id != 0])
+        if not len(present):
+            return views
+        views = views.clone()
+        order = np.argsort(key, kind="stable")
+        perm = torch.from_numpy(order).to(views.device)
+        starts = np.searchsorted(key[order], present, side="left")
+        stops = np.searchsorted(key[order], present, side="right")
+        for k, s0, s1 in zip(present.tolist(), starts.tolist(), stops.tolist()):
+            o, rest = divmod(k, self.num_magnitude_bins * 2)
+            b, sg = divmod(rest, 2)
+            op = RA_OPS[o]
+            index = perm[s0:s1]
+            mag = magnitude_of(op, b, bool(sg), wide=True, bins=self.num_magnitude_bins, size=size)
+            views.index_copy_(0, index, apply_aug_op(views.index_select(0, index), op, mag))
         return views
 
 
@@ -219,7 +256,7 @@ class RandomErasing(ViewOp):
             ParamField("erase_box", "uint16", (4,), "top, left, height, width in output pixels; height 0 = not erased", output_pixels=True),
         )
 
-    def sample(self, rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+    def sample(self, rng: KeyedRNG, n: int, size: int) -> dict[str, np.ndarray]:
         area = float(size * size)
         apply = rng.random(size=n) < self.p
         target = area * rng.uniform(self.scale[0], self.scale[1], size=(n, 10))
@@ -237,8 +274,6 @@ class RandomErasing(ViewOp):
         box = np.stack([top, left, hh, ww], axis=1) * found[:, None]
         return {"erase_box": box.astype(np.uint16)}
 
-    def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        for j, (top, left, h, w) in enumerate(params["erase_box"].tolist()):
-            if h:
-                views[j, :, top : top + h, left : left + w] = self.value
-        return views
+    def apply(self, views: torch.Tensor, params: Mapping[str, np.ndarray]) -> torch.Tensor:
+        boxes = torch.from_numpy(np.asarray(params["erase_box"], dtype=np.int64).reshape(-1, 4)).to(views.device)
+        return kernels.erase(views, boxes, self.value)

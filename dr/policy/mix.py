@@ -2,7 +2,7 @@
 
 The teacher labels the *mixed image* (the paper's choice), so the store keeps one soft label
 per (mixed) view. A view's partner is another image of the same store chunk (the partner
-pool), drawn from its own seeded stream, so a build decodes no image twice per chunk. The
+pool), drawn from the view's own keyed stream, so a build decodes no image twice per chunk. The
 partner's own crop/flip/ops are stored beside the view's (fields prefixed ``partner_``).
 """
 
@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from dr.errors import PolicyError
+from dr.policy import kernels
 from dr.policy.ops import Op, ParamField
+from dr.policy.rng import KeyedRNG
 
 __all__ = ["Mix", "MIX_NONE", "MIX_MIXUP", "MIX_CUTMIX"]
 
@@ -49,16 +51,16 @@ class Mix(Op):
             ParamField("mix_box", "uint16", (4,), "CutMix box (top, left, h, w) in output pixels", output_pixels=True),
         )
 
-    def partners(self, seed: int, index: int, views: int, pool: tuple[int, int]) -> np.ndarray:
-        """Partner image of each view: uniform over the pool ``[start, stop)`` minus ``index``."""
-        start, stop = pool
-        rng = np.random.default_rng([int(seed), int(index), 1])
-        if stop - start < 2:
-            return np.full(views, index, dtype=np.int64)
-        draw = rng.integers(start, stop - 1, size=views)
-        return draw + (draw >= index)
+    def draw_partners(self, rng: KeyedRNG, own: np.ndarray, pool_size: int) -> np.ndarray:
+        """Partner position of each view: uniform over the ``pool_size`` pool positions other
+        than the view's own position ``own`` (itself when the pool holds one image)."""
+        own = np.asarray(own, dtype=np.int64)
+        draw = rng.integers(0, max(pool_size - 1, 1), size=len(own))
+        if pool_size < 2:
+            return own.copy()
+        return draw + (draw >= own)
 
-    def sample(self, rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+    def sample(self, rng: KeyedRNG, n: int, size: int) -> dict[str, np.ndarray]:
         u = rng.random(size=n)
         kind = np.where(u < self.p_mixup, MIX_MIXUP, np.where(u < self.p_mixup + self.p_cutmix, MIX_CUTMIX, MIX_NONE))
         lam = rng.beta(self.alpha, self.alpha, size=n).astype(np.float16).astype(np.float64)
@@ -73,18 +75,17 @@ class Mix(Op):
         box = box * (kind == MIX_CUTMIX)[:, None]
         return {"mix_kind": kind.astype(np.uint8), "mix_lambda": lam.astype(np.float16), "mix_box": box.astype(np.uint16)}
 
-    def combine(self, base: torch.Tensor, partner: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Mix uint8 views ``base`` and ``partner`` (``[B,3,S,S]``) per the stored params."""
-        out = base.clone()
-        kinds = params["mix_kind"].tolist()
-        lams = params["mix_lambda"].to(torch.float32).tolist()
-        boxes = params["mix_box"].tolist()
-        for j, kind in enumerate(kinds):
-            if kind == MIX_MIXUP:
-                lam = torch.tensor(lams[j], dtype=torch.float32, device=base.device)
-                mixed = lam * base[j].to(torch.float32) + (1 - lam) * partner[j].to(torch.float32)
-                out[j] = mixed.round().clamp_(0, 255).to(torch.uint8)
-            elif kind == MIX_CUTMIX:
-                top, left, h, w = boxes[j]
-                out[j, :, top : top + h, left : left + w] = partner[j, :, top : top + h, left : left + w]
-        return out
+    def combine(self, base: torch.Tensor, partner: torch.Tensor, mixed: np.ndarray, params: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """Mix uint8 views: ``base [B,3,S,S]``; ``partner [M,3,S,S]`` are the partners of the
+        views at positions ``mixed [M]`` (host indices); ``params`` hold every view's fields.
+        Batched: MixUp with a ``[M,1,1,1]`` lambda, CutMix as a box mask, one pass for both."""
+        dev = base.device
+        sel = torch.from_numpy(np.asarray(mixed, dtype=np.int64)).to(dev)
+        kind = np.asarray(params["mix_kind"])[mixed]
+        lam = torch.from_numpy(np.asarray(params["mix_lambda"])[mixed].astype(np.float32)).to(dev).view(-1, 1, 1, 1)
+        boxes = torch.from_numpy(np.asarray(params["mix_box"], dtype=np.int64).reshape(-1, 4)[mixed]).to(dev)
+        is_mixup = torch.from_numpy(kind == MIX_MIXUP).to(dev).view(-1, 1, 1, 1)
+        b = base.index_select(0, sel)
+        mixup = (lam * b.to(torch.float32) + (1 - lam) * partner.to(torch.float32)).round_().clamp_(0, 255).to(torch.uint8)
+        cutmix = torch.where(kernels.box_mask(boxes, base.shape[-2], base.shape[-1]), partner, b)
+        return base.index_copy(0, sel, torch.where(is_mixup, mixup, cutmix))

@@ -28,6 +28,7 @@ import torch
 
 from dr.errors import PolicyError
 from dr.policy import kernels
+from dr.policy.rng import KeyedRNG
 
 __all__ = [
     "ParamField",
@@ -99,18 +100,25 @@ class CropOp(Op):
     """An op that cuts a view of the output size out of a source image; always first."""
 
     @abstractmethod
-    def sample(self, rng: np.random.Generator, n: int, height: int, width: int, size: int) -> dict[str, np.ndarray]:
-        """Sample ``n`` views' parameters for one ``height x width`` image and output ``size``."""
+    def sample(self, rng: KeyedRNG, n: int, height: np.ndarray, width: np.ndarray, size: int) -> dict[str, np.ndarray]:
+        """Sample ``n`` views' parameters; view ``i`` comes from a ``height[i] x width[i]`` image."""
+
+    def size_problem(self, height: int, width: int, size: int) -> str | None:
+        """Why views of ``size`` cannot be cut from a ``height x width`` image (``None``: they can)."""
+        if max(height, width) > 32767:
+            return f"image of {height}x{width} pixels is too large for 16-bit crop boxes (max 32767)"
+        return None
 
     def apply(
         self,
-        images: torch.Tensor | list[torch.Tensor],
-        params: Mapping[str, torch.Tensor],
-        image_index: torch.Tensor,
+        images: kernels.ImageBank,
+        params: Mapping[str, np.ndarray],
+        image_index: np.ndarray,
         size: int,
+        method: str | None = None,
     ) -> torch.Tensor:
         """Replay on a batch of views; returns uint8 ``[B,3,size,size]``."""
-        return kernels.crop_resize(images, params["crop_box"], image_index, (size, size))
+        return kernels.crop_resize(images, params["crop_box"], image_index, (size, size), method=method)
 
 
 @dataclass(frozen=True)
@@ -118,12 +126,13 @@ class ViewOp(Op):
     """An op from views to views."""
 
     @abstractmethod
-    def sample(self, rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+    def sample(self, rng: KeyedRNG, n: int, size: int) -> dict[str, np.ndarray]:
         """Sample ``n`` views' parameters at output ``size``."""
 
     @abstractmethod
-    def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Replay on ``[B,3,S,S]`` uint8 views (convert inside the op if it needs floats)."""
+    def apply(self, views: torch.Tensor, params: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """Replay on ``[B,3,S,S]`` uint8 views with host (numpy) per-view ``params``; a batched
+        kernel: the tensor operations it issues do not depend on B."""
 
 
 @dataclass(frozen=True)
@@ -147,36 +156,38 @@ class RandomResizedCrop(CropOp):
     def fields(self) -> tuple[ParamField, ...]:
         return (ParamField("crop_box", "uint16", (4,), "top, left, height, width in source pixels"),)
 
-    def sample(self, rng: np.random.Generator, n: int, height: int, width: int, size: int) -> dict[str, np.ndarray]:
-        if max(height, width) > 65535:
-            raise PolicyError(f"image of {height}x{width} pixels is too large for uint16 crop boxes (max 65535)")
+    def sample(self, rng: KeyedRNG, n: int, height: np.ndarray, width: np.ndarray, size: int) -> dict[str, np.ndarray]:
+        height = np.broadcast_to(np.asarray(height, dtype=np.int64), (n,))
+        width = np.broadcast_to(np.asarray(width, dtype=np.int64), (n,))
         a = self.attempts
-        area = float(height * width)
+        area = (height * width).astype(np.float64)[:, None]
         target = area * rng.uniform(self.scale[0], self.scale[1], size=(n, a))
         log_r = rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), size=(n, a))
         u = rng.random(size=(n, 2))
         aspect = np.exp(log_r)
         w = np.rint(np.sqrt(target * aspect)).astype(np.int64)
         h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
-        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        ok = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
         first = ok.argmax(axis=1)
         rows = np.arange(n)
         hh, ww = h[rows, first], w[rows, first]
         found = ok[rows, first]
         # Fallback: whole image, clipped to the ratio range, centred (torchvision's rule).
-        in_ratio = width / height
-        if in_ratio < self.ratio[0]:
-            fw, fh = width, int(round(width / self.ratio[0]))
-        elif in_ratio > self.ratio[1]:
-            fh, fw = height, int(round(height * self.ratio[1]))
-        else:
-            fw, fh = width, height
+        in_ratio = width / np.maximum(height, 1)
+        narrow, wide = in_ratio < self.ratio[0], in_ratio > self.ratio[1]
+        fw = np.where(wide, np.rint(height * self.ratio[1]), width).astype(np.int64)
+        fh = np.where(narrow, np.rint(width / self.ratio[0]), height).astype(np.int64)
         hh = np.where(found, hh, fh)
         ww = np.where(found, ww, fw)
         top = np.where(found, np.floor(u[:, 0] * (height - hh + 1)), (height - fh) // 2)
         left = np.where(found, np.floor(u[:, 1] * (width - ww + 1)), (width - fw) // 2)
         box = np.stack([top, left, hh, ww], axis=1).astype(np.uint16)
         return {"crop_box": box}
+
+    def size_problem(self, height: int, width: int, size: int) -> str | None:
+        if max(height, width) > 65535:
+            return f"image of {height}x{width} pixels is too large for uint16 crop boxes (max 65535)"
+        return None
 
 
 @dataclass(frozen=True)
@@ -197,15 +208,24 @@ class PadCrop(CropOp):
     def fields(self) -> tuple[ParamField, ...]:
         return (ParamField("crop_box", "int16", (4,), "top, left, height, width in source pixels (may be negative: padding)"),)
 
-    def sample(self, rng: np.random.Generator, n: int, height: int, width: int, size: int) -> dict[str, np.ndarray]:
+    def size_problem(self, height: int, width: int, size: int) -> str | None:
         p = self.padding
         if height + 2 * p < size or width + 2 * p < size:
-            raise PolicyError(
+            return (
                 f"pad_crop cannot cut {size}x{size} views from a {height}x{width} image padded by {p}: "
                 "use --policy rrc for images of other sizes, or a smaller --output-size"
             )
         if max(height, width) + p > 32767:
-            raise PolicyError(f"image of {height}x{width} pixels is too large for int16 crop boxes")
+            return f"image of {height}x{width} pixels is too large for int16 crop boxes"
+        return None
+
+    def sample(self, rng: KeyedRNG, n: int, height: np.ndarray, width: np.ndarray, size: int) -> dict[str, np.ndarray]:
+        p = self.padding
+        height = np.broadcast_to(np.asarray(height, dtype=np.int64), (n,))
+        width = np.broadcast_to(np.asarray(width, dtype=np.int64), (n,))
+        if n and ((height + 2 * p < size).any() or (width + 2 * p < size).any()):
+            i = int(np.flatnonzero((height + 2 * p < size) | (width + 2 * p < size))[0])
+            raise PolicyError(str(self.size_problem(int(height[i]), int(width[i]), size)))
         u = rng.random(size=(n, 2))
         top = -p + np.floor(u[:, 0] * (height + 2 * p - size + 1))
         left = -p + np.floor(u[:, 1] * (width + 2 * p - size + 1))
@@ -227,8 +247,8 @@ class HorizontalFlip(ViewOp):
     def fields(self) -> tuple[ParamField, ...]:
         return (ParamField("flip", "uint8", (), "1 if mirrored left-right"),)
 
-    def sample(self, rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+    def sample(self, rng: KeyedRNG, n: int, size: int) -> dict[str, np.ndarray]:
         return {"flip": (rng.random(size=n) < self.p).astype(np.uint8)}
 
-    def apply(self, views: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return kernels.hflip(views, params["flip"])
+    def apply(self, views: torch.Tensor, params: Mapping[str, np.ndarray]) -> torch.Tensor:
+        return kernels.hflip(views, torch.from_numpy(np.asarray(params["flip"], dtype=np.bool_)).to(views.device))

@@ -13,30 +13,34 @@ from dr.errors import PolicyError
 from dr.policy import kernels
 from dr.policy.mix import Mix
 from dr.policy.ops import CropOp, ParamField, ViewOp, op_from_dict
+from dr.policy.rng import KeyedRNG, view_keys
 
-__all__ = ["Policy", "image_rng"]
+__all__ = ["Policy", "stored_rng", "fresh_rng", "TAG_STORED", "TAG_FRESH", "TAG_ORIGINAL"]
 
 
-def image_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator for one image: ``default_rng([seed, index])`` -- no global state."""
-    return np.random.default_rng([int(seed), int(index)])
+# stream tags: stored views, fresh views (plain / online-KD baselines), original samples
+TAG_STORED, TAG_FRESH, TAG_ORIGINAL = 0, 1, 2
+
+
+def stored_rng(seed: int, index: np.ndarray, view: np.ndarray) -> KeyedRNG:
+    """The streams of stored views: one per ``(seed, image index, view)``."""
+    return KeyedRNG(view_keys(seed, index, view, TAG_STORED))
+
+
+def fresh_rng(seed: int, epoch: int, index: np.ndarray, tag: int = TAG_FRESH) -> KeyedRNG:
+    """The streams of freshly sampled views: one per ``(seed, epoch, index, tag)``."""
+    return KeyedRNG(view_keys(seed, epoch, index, tag))
 
 
 _NARROW_INTS = (np.int8, np.uint8, np.int16, np.uint16, np.uint32)
 
 
-def _as_tensor(value: torch.Tensor | np.ndarray, device: torch.device, *, widen: bool) -> torch.Tensor:
-    """Parameters as tensors on ``device``; narrow integer fields widened to int64 (not every
-    torch op supports uint16/int16)."""
-    if isinstance(value, torch.Tensor):
-        t = value
-        if widen and t.dtype in (torch.int8, torch.uint8, torch.int16, torch.uint16, torch.uint32):
-            t = t.to(torch.int64)
-        return t.to(device)
-    arr = np.asarray(value)
-    if widen and arr.dtype.type in _NARROW_INTS:
+def _host(value: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Parameters on the host (numpy); narrow integer fields widened to int64."""
+    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if arr.dtype.type in _NARROW_INTS:
         arr = arr.astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    return arr
 
 
 PARTNER = "partner_"
@@ -47,10 +51,11 @@ class Policy:
     """An augmentation policy: ``crop`` then ``ops``, optionally ``mix`` with a partner view;
     producing ``output_size`` square views.
 
-    Sampling is a pure function of ``(seed, image index, image size[, partner sizes])``, so any
-    worker computes the same parameters for an image. Replay is batched over views with
-    per-view parameters; a mixed view's partner goes through the same chain with its own
-    stored parameters (fields prefixed ``partner_``).
+    Sampling draws each view from its own keyed stream (``(seed, image, view)`` for stored
+    views; see :mod:`dr.policy.rng`), vectorised over all views of a unit, so any worker
+    computes the same parameters for an image. Replay is batched over views with per-view
+    parameters; a mixed view's partner goes through the same chain with its own stored
+    parameters (fields prefixed ``partner_``).
     """
 
     name: str
@@ -80,14 +85,48 @@ class Policy:
         partner = tuple(replace(f, name=PARTNER + f.name, doc=f"partner view: {f.doc}") for f in chain)
         return chain + self.mix.fields() + partner
 
-    def partners(self, seed: int, index: int, views: int, pool: tuple[int, int]) -> np.ndarray | None:
-        """Partner image of each view (``None`` without mixing); ``pool`` = the store chunk."""
-        return None if self.mix is None else self.mix.partners(seed, index, views, pool)
+    def size_problem(self, height: int, width: int) -> str | None:
+        """Why this policy cannot view a ``height x width`` image (``None``: it can)."""
+        return self.crop.size_problem(int(height), int(width), self.output_size)
 
-    def _sample_chain(self, rng: np.random.Generator, n: int, height: int, width: int) -> dict[str, np.ndarray]:
+    def _sample_chain(self, rng: KeyedRNG, n: int, height: np.ndarray, width: np.ndarray) -> dict[str, np.ndarray]:
         out = dict(self.crop.sample(rng, n, height, width, self.output_size))
         for op in self.ops:
             out.update(op.sample(rng, n, self.output_size))
+        return out
+
+    def sample_views(
+        self,
+        rng: KeyedRNG,
+        height: np.ndarray,
+        width: np.ndarray,
+        *,
+        own: np.ndarray | None = None,
+        pool: np.ndarray | None = None,
+        pool_sizes: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Parameters of ``rng.n`` views, one per stream, vectorised: every op samples all
+        views in one numpy call. View ``i`` comes from a ``height[i] x width[i]`` image.
+
+        With mixing, each view's partner is drawn from ``pool`` (image indices, with their
+        ``pool_sizes [P,2]``) excluding the view's own position ``own[i]`` in the pool.
+
+        Returns a dict ``field name -> array [n, *field.shape]`` with the field's dtype.
+        """
+        n = rng.n
+        out = self._sample_chain(rng, n, np.asarray(height), np.asarray(width))
+        if self.mix is None:
+            return out
+        if pool is None or pool_sizes is None or own is None:
+            raise PolicyError(f"policy {self.name!r} mixes views: pass own=, pool= and pool_sizes=")
+        pool, pool_sizes = np.asarray(pool, dtype=np.int64), np.asarray(pool_sizes, dtype=np.int64).reshape(-1, 2)
+        out.update(self.mix.sample(rng, n, self.output_size))
+        pos = self.mix.draw_partners(rng, np.asarray(own), len(pool))
+        mixed = out["mix_kind"] != 0
+        out["mix_partner"] = np.where(mixed, pool[pos], 0).astype(np.uint32)
+        partner = self._sample_chain(rng, n, pool_sizes[pos, 0], pool_sizes[pos, 1])
+        for name, arr in partner.items():
+            out[PARTNER + name] = arr * mixed.reshape(-1, *([1] * (arr.ndim - 1))).astype(arr.dtype)
         return out
 
     def sample(
@@ -98,86 +137,92 @@ class Policy:
         width: int,
         views: int,
         *,
-        partners: np.ndarray | None = None,
-        partner_sizes: np.ndarray | None = None,
+        pool: np.ndarray | None = None,
+        pool_sizes: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Parameters of ``views`` views of image ``index`` (``height x width``), seeded.
+        """The ``views`` stored views of image ``index`` (``height x width``): a convenience
+        over :meth:`sample_unit` for one image (``pool`` defaults to the image alone)."""
+        if pool is None:
+            pool, pool_sizes = np.asarray([index]), np.asarray([[height, width]])
+        pool = np.asarray(pool, dtype=np.int64)
+        own = np.flatnonzero(pool == index)
+        rng = stored_rng(seed, np.full(views, index), np.arange(views))
+        return self.sample_views(
+            rng,
+            np.full(views, height),
+            np.full(views, width),
+            own=np.full(views, own[0] if len(own) else -1),
+            pool=pool,
+            pool_sizes=pool_sizes,
+        )
 
-        With mixing, ``partners`` (from :meth:`partners`) and their ``partner_sizes``
-        (``[views, 2]``: height, width) are required.
-
-        Returns a dict ``field name -> array [views, *field.shape]`` with the field's dtype.
-        """
-        rng = image_rng(seed, index)
-        out = self._sample_chain(rng, views, height, width)
-        if self.mix is None:
-            return out
-        if partners is None or partner_sizes is None:
-            raise PolicyError(f"policy {self.name!r} mixes views: pass partners= and partner_sizes=")
-        out.update(self.mix.sample(rng, views, self.output_size))
-        mixed = out["mix_kind"] != 0
-        out["mix_partner"] = np.where(mixed, partners, 0).astype(np.uint32)
-        per_view = [self._sample_chain(rng, 1, int(h), int(w)) for h, w in np.asarray(partner_sizes)]
-        for name in per_view[0]:
-            stacked = np.concatenate([p[name] for p in per_view])
-            out[PARTNER + name] = stacked * mixed.reshape(-1, *([1] * (stacked.ndim - 1))).astype(stacked.dtype)
-        return out
+    def sample_unit(self, seed: int, start: int, sizes: np.ndarray, views: int) -> dict[str, np.ndarray]:
+        """Every stored view of images ``[start, start + len(sizes))`` (a store chunk, also the
+        mixing pool) in one vectorised call; arrays ``[n, views, *shape]``."""
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        n = len(sizes)
+        pos = np.repeat(np.arange(n), views)
+        rng = stored_rng(seed, start + pos, np.tile(np.arange(views), n))
+        flat = self.sample_views(rng, sizes[pos, 0], sizes[pos, 1], own=pos, pool=np.arange(start, start + n), pool_sizes=sizes)
+        return {k: a.reshape(n, views, *a.shape[1:]) for k, a in flat.items()}
 
     def _chain(
-        self, images: torch.Tensor | list[torch.Tensor], params: Mapping[str, torch.Tensor], idx: torch.Tensor, size: int
+        self, bank: kernels.ImageBank, params: Mapping[str, np.ndarray], idx: np.ndarray, size: int, method: str | None
     ) -> torch.Tensor:
-        views = self.crop.apply(images, params, idx, size)
+        views = self.crop.apply(bank, params, idx, size, method)
         for op in self.ops:
             views = op.apply(views, params)
         return views
 
     def replay(
         self,
-        images: torch.Tensor | Sequence[torch.Tensor],
+        images: kernels.ImageBank | torch.Tensor | Sequence[torch.Tensor],
         params: Mapping[str, torch.Tensor | np.ndarray],
         image_index: torch.Tensor | np.ndarray | None = None,
         *,
         partner_index: torch.Tensor | np.ndarray | None = None,
         output_size: int | None = None,
+        method: str | None = None,
     ) -> torch.Tensor:
-        """Re-create views from source images and their stored parameters.
+        """Re-create views from source images and their stored parameters, batched.
+
+        Base views and the partners of mixed views go through the chain together (one pass of
+        ``B + M`` views), then are mixed; every kernel issues the same tensor operations for
+        any batch (see :mod:`dr.policy.kernels`).
 
         Args:
-            images: ``[N,3,H,W]`` uint8 tensor or a list of ``[3,H,W]`` uint8 tensors, on the
-                device to compute on; includes the partner images of mixed views.
-            params: field name -> ``[B, *shape]`` per-view parameters.
+            images: an :class:`~dr.policy.kernels.ImageBank`, a ``[N,3,H,W]`` uint8 tensor or a
+                list of ``[3,H,W]`` uint8 tensors, on the device to compute on; includes the
+                partner images of mixed views.
+            params: field name -> ``[B, *shape]`` per-view parameters (numpy or CPU tensors).
             image_index: ``[B]`` position in ``images`` of each view's image (default: ``i``).
             partner_index: ``[B]`` position in ``images`` of each view's partner (mixing only;
                 needed when any ``mix_kind`` is non-zero).
             output_size: replay at another resolution (crop boxes are in source pixels; boxes in
                 output pixels are rescaled).
+            method: crop/resize implementation (see :func:`dr.policy.kernels.crop_resize`).
 
         Returns:
             ``[B,3,S,S]`` uint8 views on the images' device.
         """
-        cpu = torch.device("cpu")
-        tp = {k: _as_tensor(v, cpu, widen=True) for k, v in params.items()}
-        n = next(iter(tp.values())).shape[0]
-        idx = torch.arange(n) if image_index is None else _as_tensor(image_index, cpu, widen=True)
+        bank = kernels.ImageBank.of(images)
+        host = {k: _host(v) for k, v in params.items()}
+        n = len(next(iter(host.values())))
+        idx = np.arange(n) if image_index is None else _host(image_index).astype(np.int64).reshape(-1)
         size = output_size or self.output_size
         if size != self.output_size:
             for f in self.fields():
-                if f.output_pixels and f.name in tp:
-                    tp[f.name] = (tp[f.name].to(torch.float64) * size / self.output_size).round().to(torch.int64)
-        imgs = images if isinstance(images, torch.Tensor) else list(images)
-        views = self._chain(imgs, tp, idx, size)
+                if f.output_pixels and f.name in host:
+                    host[f.name] = np.rint(host[f.name].astype(np.float64) * size / self.output_size).astype(np.int64)
         if self.mix is None:
-            return kernels.to_uint8(views)
-        sel = tp["mix_kind"].nonzero().flatten()
-        if sel.numel():
-            if partner_index is None:
-                raise PolicyError("mixed views need partner_index= (the position of each view's partner image)")
-            pidx = _as_tensor(partner_index, cpu, widen=True)[sel]
-            partner_params = {k[len(PARTNER) :]: v[sel] for k, v in tp.items() if k.startswith(PARTNER)}
-            partner_views = self._chain(imgs, partner_params, pidx, size)
-            mix_params = {k: tp[k][sel] for k in ("mix_kind", "mix_lambda", "mix_box")}
-            views[sel.to(views.device)] = self.mix.combine(views[sel.to(views.device)], partner_views, mix_params)
-        return kernels.to_uint8(views)
+            return self._chain(bank, host, idx, size, method)
+        mixed = np.flatnonzero(host["mix_kind"] != 0)
+        if mixed.size and partner_index is None:
+            raise PolicyError("mixed views need partner_index= (the position of each view's partner image)")
+        pidx = _host(partner_index).astype(np.int64).reshape(-1)[mixed] if partner_index is not None else mixed
+        chain = {f.name: np.concatenate([host[f.name], host[PARTNER + f.name][mixed]]) for f in self.chain_fields()}
+        views = self._chain(bank, chain, np.concatenate([idx, pidx]), size, method)
+        return self.mix.combine(views[:n], views[n:], mixed, host)
 
     def to_dict(self) -> dict[str, Any]:
         return {

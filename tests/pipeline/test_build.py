@@ -35,7 +35,7 @@ def reference(cifar64_store: str) -> str:
 def test_end_to_end_store_contents(reference: str, cifar64: Path) -> None:
     g = zarr.open_group(reference, mode="r")
     a = g.attrs
-    assert a["format"] == "dr-store" and a["schema_version"] == 1 and a["status"] == "complete"
+    assert a["format"] == "dr-store" and a["schema_version"] == 2 and a["status"] == "complete"
     assert a["views"] == 4 and a["topk"] == 3 and a["num_classes"] == 10 and a["dataset"]["count"] == 64
     assert a["policy"]["name"] == "cifar" and [f["name"] for f in a["param_fields"]] == ["crop_box", "flip"]
     assert a["ensemble"]["teachers"][0]["weights_sha256"]
@@ -150,28 +150,37 @@ def test_stored_params_equal_a_fresh_sample(reference: str, cifar64: Path) -> No
     r = StoreReader(reference)
     policy = Policy.from_dict(r.header.policy)
     params = r.params()
+    cs = r.header.chunk_size
     for i in (0, 17, 63):
-        fresh = policy.sample(r.header.seed, i, 32, 32, r.header.views)
-        for name, value in fresh.items():
+        start = i - i % cs
+        unit = policy.sample_unit(r.header.seed, start, np.full((cs, 2), 32), r.header.views)
+        one = policy.sample(r.header.seed, i, 32, 32, r.header.views, pool=np.arange(start, start + cs), pool_sizes=np.full((cs, 2), 32))
+        for name, value in unit.items():
             assert params[name].dtype == value.dtype
-            np.testing.assert_array_equal(params[name][i], value)
+            np.testing.assert_array_equal(params[name][i], value[i - start])
+            np.testing.assert_array_equal(one[name], value[i - start])  # one image's views = its rows of the unit
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine)")
 def test_cpu_and_cuda_replay_agree(cifar64: Path) -> None:
-    """Device noise of the replay kernels: CPU vs CUDA on the same params (every preset)."""
+    """Device noise of the replay engine: CPU vs CUDA on the same params (every preset). The
+    crop/resize, flips, erasing and CutMix are integer or exact ops: identical bytes; the
+    float RandAugment kernels and MixUp may differ by at most one level on a few pixels."""
     from dr.policy import get_policy, list_policies
 
     src = ImageFolderSource(cifar64)
     imgs = [torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(16)]
     for name in list_policies():
         p = get_policy(name, 32)
-        per = [p.sample(0, i, 32, 32, 8, partners=p.partners(0, i, 8, (0, 16)), partner_sizes=np.full((8, 2), 32)) for i in range(16)]
-        params = {k: np.concatenate([q[k] for q in per]) for k in per[0]}
+        unit = p.sample_unit(0, 0, np.full((16, 2), 32), 8)
+        params = {k: a.reshape(-1, *a.shape[2:]) for k, a in unit.items()}
         index = np.repeat(np.arange(16), 8)
         partner = params["mix_partner"].astype(np.int64) if p.mix else None
         cpu = p.replay(imgs, params, index, partner_index=partner)
         gpu = p.replay([im.cuda() for im in imgs], params, index, partner_index=partner).cpu()
         err = (cpu.int() - gpu.int()).abs()
-        print(f"{name}: max {int(err.max())} mean {float(err.float().mean()):.4f}")
-        assert float(err.float().mean()) < 1.0
+        frac = float((err > 0).float().mean())
+        print(f"{name}: max {int(err.max())} differing {100 * frac:.3f}%")
+        assert int(err.max()) <= 1 and frac < 0.01, name
+        if "ra/re" not in name and "mix" not in name:
+            assert torch.equal(cpu, gpu), name

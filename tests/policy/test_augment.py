@@ -10,6 +10,7 @@ from torchvision.transforms import v2
 from dr.policy import RA_OPS, Policy, RandAugment, RandomErasing, TrivialAugmentWide, get_policy, list_policies
 from dr.policy.augment import apply_aug_op, magnitude_of
 from dr.policy.ops import HorizontalFlip, PadCrop
+from dr.policy.rng import KeyedRNG, view_keys
 from dr.sources import ImageFolderSource
 
 
@@ -19,12 +20,12 @@ def _images(cifar64: Path, n: int) -> torch.Tensor:
 
 
 def _sample(p: Policy, count: int, views: int, seed: int = 0) -> dict[str, np.ndarray]:
-    per = []
-    for i in range(count):
-        partners = p.partners(seed, i, views, (0, count))
-        sizes = None if partners is None else np.full((views, 2), 32)
-        per.append(p.sample(seed, i, 32, 32, views, partners=partners, partner_sizes=sizes))
-    return {k: np.concatenate([q[k] for q in per]) for k in per[0]}
+    unit = p.sample_unit(seed, 0, np.full((count, 2), 32), views)
+    return {k: a.reshape(-1, *a.shape[2:]) for k, a in unit.items()}
+
+
+def _rng(n: int, seed: int = 0) -> KeyedRNG:
+    return KeyedRNG(view_keys(seed, np.arange(n)))
 
 
 @pytest.mark.parametrize("name", list(list_policies()))
@@ -70,20 +71,19 @@ def test_randaugment_matches_torchvision_randaugment(cifar64: Path) -> None:
 
 
 def test_op_frequencies_and_signs_are_uniform() -> None:
-    rng = np.random.default_rng(0)
-    ra = RandAugment(num_ops=2).sample(rng, 10_000, 32)
+    ra = RandAugment(num_ops=2).sample(_rng(10_000), 10_000, 32)
     counts = np.bincount(ra["ra_ops"].ravel(), minlength=len(RA_OPS))
     expected = 20_000 / len(RA_OPS)
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 34.5  # chi-square, 13 dof, p = 0.001
     signed = ra["ra_signs"][np.isin(ra["ra_ops"], [1, 2, 3, 4, 5, 6, 7, 8, 9])]
     assert abs(signed.mean() - 0.5) < 0.02
-    ta = TrivialAugmentWide().sample(rng, 10_000, 32)
+    ta = TrivialAugmentWide().sample(_rng(10_000, 1), 10_000, 32)
     assert abs(np.bincount(ta["ta_bin"], minlength=31) - 10_000 / 31).max() < 4 * np.sqrt(10_000 / 31)
 
 
 def test_erasing_rate_and_box_ranges() -> None:
-    er = RandomErasing(p=0.25).sample(np.random.default_rng(1), 20_000, 224)["erase_box"].astype(np.int64)
+    er = RandomErasing(p=0.25).sample(_rng(20_000, 2), 20_000, 224)["erase_box"].astype(np.int64)
     erased = er[:, 2] > 0
     assert abs(erased.mean() - 0.25) < 0.015
     top, left, h, w = er[erased].T

@@ -5,13 +5,13 @@ import pytest
 import zarr
 
 from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError, StoreMismatchError
-from storage import DatasetInfo, ParamFieldSpec, StoreHeader, StoreReader, StoreWriter, now_iso
+from storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreReader, StoreWriter, now_iso
 from storage.integrity import digest_paths
 
 
 def _header(**kw) -> StoreHeader:
     base = dict(
-        schema_version=1,
+        schema_version=SCHEMA_VERSION,
         status="building",
         tool_version="test",
         created_at=now_iso(),
@@ -66,7 +66,7 @@ def test_write_finalize_read_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(r.load("targets/probs"), np.concatenate([chunks[c]["targets/probs"] for c in range(3)]))
     # plain zarr explains the store
     g = zarr.open_group(url, mode="r")
-    assert g.attrs["format"] == "dr-store" and g.attrs["schema_version"] == 1 and g.attrs["status"] == "complete"
+    assert g.attrs["format"] == "dr-store" and g.attrs["schema_version"] == SCHEMA_VERSION and g.attrs["status"] == "complete"
     assert g["targets/ids"].shape == (10, 2, 2) and g["targets/ids"].chunks == (4, 2, 2)
 
 
@@ -97,9 +97,12 @@ def test_version_and_format_checks(tmp_path: Path) -> None:
     StoreWriter.create(url, _header(), np.zeros(10, dtype=int))
     g = zarr.open_group(url, mode="r+")
     g.update_attributes({"schema_version": 99})
-    with pytest.raises(SchemaVersionError, match="99.*version 1"):
+    with pytest.raises(SchemaVersionError, match="99.*version 2"):
         StoreReader(url, allow_incomplete=True)
-    g.update_attributes({"schema_version": 1, "views": "many"})
+    g.update_attributes({"schema_version": 1})  # a v0.1 store: named, with what to do
+    with pytest.raises(SchemaVersionError, match=r"schema version 1; this dr reads version 2 .*views.*Rebuild it"):
+        StoreReader(url, allow_incomplete=True)
+    g.update_attributes({"schema_version": SCHEMA_VERSION, "views": "many"})
     with pytest.raises(StoreError, match="views"):
         StoreReader(url, allow_incomplete=True)
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
