@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from dr.errors import ConfigError
+
 __all__ = ["draw_views"]
 
 
@@ -28,8 +30,15 @@ def draw_views(
     from dr.dataset import ReinforcedDataset
 
     ds = ReinforcedDataset(store, source, transform=lambda v: v, output_size=output_size, verify_source="none")
-    if not 0 <= index < len(ds):
-        raise IndexError(f"--index {index} is out of range: the store has {len(ds)} images")
+    count = ds.header.dataset.count  # --index is a source index: skipped images keep their numbers
+    if not 0 <= index < count:
+        raise ConfigError(
+            f"--index {index} is out of range: it is a source index (the image's position in the source), 0 to {count - 1} "
+            f"(the store's {count} images, {int(ds.skipped.sum())} of them skipped by the build)"
+        )
+    if ds.skipped[index]:
+        reason = ds.header.skipped.get(str(index), "no reason recorded")
+        raise ConfigError(f"--index {index}: the build skipped this image, so it has no stored views ({reason})")
     classes = ds.header.dataset.classes
     views = min(ds.views, max_views)
     cols = min(8, views + 1)

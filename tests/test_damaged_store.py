@@ -50,3 +50,16 @@ def test_device_replay_checks_its_source(cifar64_store: str, cifar64: Path, tmp_
     victim.unlink()
     with pytest.raises(StoreMismatchError, match="63 images vs 64"):
         DeviceReplay(cifar64_store, other)
+
+
+def test_incomplete_store_hint_names_what_the_dataset_accepts(cifar64_store: str, cifar64: Path, tmp_path: Path) -> None:
+    import zarr
+
+    from dr.errors import StoreIncompleteError
+
+    out = tmp_path / "building.zarr"
+    shutil.copytree(cifar64_store, out)
+    zarr.open_group(str(out), mode="r+").update_attributes({"status": "building"})
+    with pytest.raises(StoreIncompleteError, match="--resume") as e:
+        ReinforcedDataset(out, cifar64)
+    assert "allow_incomplete" not in str(e.value)

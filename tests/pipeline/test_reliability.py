@@ -187,6 +187,17 @@ def test_bad_images_fail_or_skip(cifar64: Path, tiny_teacher: str, ray_session, 
         img, (ids, probs) = ds[i]
         assert img.shape == (3, 32, 32) and probs[0] > 0
     assert all(c.ok for c in verify_store(str(out), src)), [c.detail for c in verify_store(str(out), src) if not c.ok]
+    # info reports the skipped images; `show --index` counts source images, skipped ones included
+    from dr.build.inspect import format_summary, store_summary
+    from dr.show import draw_views
+
+    summary = store_summary(str(out))
+    assert summary["skipped"]["count"] == 3 and "notes.jpg" in " ".join(summary["skipped"]["first"])
+    assert "skipped      3 image(s) the build could not use: #10 " in format_summary(summary)
+    with pytest.raises(DRError, match="skipped this image"):
+        draw_views(str(out), src, int(np.flatnonzero(skipped)[0]), tmp_path / "v.png")
+    with pytest.raises(DRError, match="source index.*0 to 14.*3 of them skipped"):
+        draw_views(str(out), src, 15, tmp_path / "v.png")
 
 
 def test_verify_passes_on_a_sound_store_and_catches_damage(cifar64_store: str, cifar64: Path, tmp_path: Path) -> None:
