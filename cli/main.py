@@ -34,8 +34,11 @@ Examples:
 \b
 Teacher specs: KIND:NAME[@WEIGHTS][?key=value&...] with KIND one of
   timm, torchvision, torchscript, export, python. Options: input_size, mean, std,
-  interpolation, weight (ensemble weight), pretrained=true (downloads: only when asked);
-  other keys go to the model factory (num_classes=10, depth=20).
+  normalize=none, interpolation, weight (ensemble weight), classes=FILE, pretrained=true and
+  torchvision's weights=IMAGENET1K_V1 (downloads: only when asked); other keys go to the
+  model factory (num_classes=10, depth=20). WEIGHTS may be an fsspec URL (s3://...).
+  Specs without weights need --allow-random-teachers; programs need mean/std or
+  normalize=none. Check teachers first: dr-build teachers eval SPEC --on VAL_DIR.
 """
 
 
@@ -128,6 +131,31 @@ def cli(verbose: int) -> None:
     help="fail: stop naming the file (finished chunks are kept); skip: record it as skipped in the store.",
 )
 @click.option("--force", is_flag=True, help="Take over the store's writer lock (a build that died on another host, or a stale lock).")
+@click.option(
+    "--class-map",
+    metavar="identity|names|FILE",
+    help="Map teacher classes to the dataset's: identity (same order), names (same names), or a JSON/YAML file "
+    "{dataset_class: teacher class or [classes]}. Needed when the classes differ.",
+)
+@click.option(
+    "--check-on",
+    metavar="VAL_DIR",
+    help="Pre-flight: measure each teacher's and the ensemble's top-1 on this labelled folder first; stop if below --min-agreement.",
+)
+@click.option("--check-images", default=1000, show_default=True, type=click.IntRange(1), help="At most this many --check-on images.")
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    help="Stop when teacher top-1 agreement with the labels is below this (default: twice chance; 0: off).",
+)
+@click.option(
+    "--agreement-check-images",
+    default=512,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Images labelled before the --min-agreement guard judges the build.",
+)
+@click.option("--allow-random-teachers", is_flag=True, help="Accept teacher specs without weights (seeded random init; tests, benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def reinforce(
@@ -171,7 +199,7 @@ def reinforce(
             if missing:
                 raise click.UsageError(f"missing {', '.join(missing)} (or pass --config build.yaml)")
             config = BuildConfig(**{**options, **given})
-        result = run_build(config, progress=not quiet)
+        result = run_build(config, progress=not quiet, echo=lambda m: click.echo(m, err=as_json))
     except (DRError, ValidationError) as e:
         _fail(e)
         return
@@ -287,6 +315,58 @@ def verify(
         click.echo(format_report(store, checks))
     if not all(c.ok for c in checks):
         sys.exit(1)
+
+
+@cli.group()
+def teachers() -> None:
+    """Check teachers before a build (`dr-build teachers eval SPEC --on VAL_DIR`)."""
+
+
+@teachers.command("eval")
+@click.argument("specs", nargs=-1, required=True, callback=_check_teacher, metavar="SPEC...")
+@click.option("--on", "folder", required=True, metavar="VAL_DIR", help="Labelled ImageFolder (VAL_DIR/<class>/<image>).")
+@click.option("--class-map", metavar="identity|names|FILE", help="Map teacher classes to the folder's (see reinforce --help).")
+@click.option(
+    "--size",
+    type=click.IntRange(1, 8192),
+    help="View size: shorter side resized, centre crop (default: the first teacher's input size, else 224).",
+)
+@click.option("--images", default=1000, show_default=True, type=click.IntRange(1), help="At most this many images (seeded sample).")
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--allow-random-teachers", is_flag=True, help="Accept specs without weights (seeded random init).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def teachers_eval(
+    specs: tuple[str, ...],
+    folder: str,
+    class_map: str | None,
+    size: int | None,
+    images: int,
+    temperature: float,
+    allow_random_teachers: bool,
+    as_json: bool,
+) -> None:
+    """Top-1 of each teacher SPEC and of their ensemble on a labelled folder VAL_DIR: a minute
+    here saves a wasted build (wrong class order, preprocessing or weights all show up).
+    The teachers' classes must be the folder's, or be mapped with --class-map."""
+    from dr.build.preflight import agreement_threshold, evaluate_teachers, format_evaluation, probe_classes
+    from dr.sources import open_source
+    from teachers import Ensemble
+
+    try:
+        src = open_source(folder)
+        ensemble = Ensemble.from_specs(list(specs), temperature, allow_random=allow_random_teachers)
+        first = ensemble.members[0].preprocess.input_size
+        view = size or (first[0] if first else 224)
+        probe_classes(ensemble, src.classes, class_map, view)
+        report = evaluate_teachers(ensemble, folder, size=view, max_images=images)
+    except DRError as e:
+        _fail(e)
+        return
+    threshold = agreement_threshold(report["classes"])
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report, "threshold": threshold}, indent=2))
+    else:
+        click.echo(format_evaluation(report, threshold))
 
 
 @cli.command()

@@ -10,7 +10,25 @@ import numpy as np
 
 from dr.errors import ConfigError
 
-__all__ = ["draw_views"]
+__all__ = ["draw_views", "target_class_names"]
+
+
+def target_class_names(header: Any) -> list[str]:
+    """Names of the stored class ids (``targets/ids``) of a store header.
+
+    With a class map the ids are the dataset's classes; otherwise they are the teachers' ids,
+    named by the teachers' class names when the header has them. A store whose ids outnumber
+    the dataset's classes and has no names (built before class checks) gets ``class <id>``.
+    """
+    dataset = [str(c) for c in header.dataset.classes]
+    if header.ensemble.get("class_map"):
+        return dataset
+    teacher = header.ensemble.get("teacher_classes")
+    if teacher and len(teacher) == header.num_classes:
+        return [str(c) for c in teacher]
+    if len(dataset) == header.num_classes:
+        return dataset
+    return [f"class {i}" for i in range(header.num_classes)]
 
 
 def draw_views(
@@ -40,6 +58,7 @@ def draw_views(
         reason = ds.header.skipped.get(str(index), "no reason recorded")
         raise ConfigError(f"--index {index}: the build skipped this image, so it has no stored views ({reason})")
     classes = ds.header.dataset.classes
+    names = target_class_names(ds.header)
     views = min(ds.views, max_views)
     cols = min(8, views + 1)
     rows = math.ceil((views + 1) / cols)
@@ -61,7 +80,7 @@ def draw_views(
         view = ds.policy.replay(images, params, np.zeros(1, dtype=np.int64), partner_index=partner, output_size=ds.output_size)[0]
         ax = axes[(v + 1) // cols, (v + 1) % cols]
         ax.imshow(view.permute(1, 2, 0).numpy())
-        label = "\n".join(f"{classes[int(c)][:10]} {float(q):.2f}" for c, q in zip(ids[:topn], probs[:topn]))
+        label = "\n".join(f"{names[int(c)][:10]} {float(q):.2f}" for c, q in zip(ids[:topn], probs[:topn]))
         ax.set_title(f"view {v}{note}\n{label}", fontsize=7)
     fig.suptitle(f"{Path(store).name}: policy {ds.policy.name}, {ds.views} views, top-{ds.header.topk}", fontsize=9)
     fig.tight_layout()

@@ -50,6 +50,16 @@ class BuildConfig(BaseModel):
     max_chunks: int | None = Field(None, ge=1, description="stop after writing this many chunks (staged builds)")
     repair: bool = Field(False, description="with resume: check every done chunk against its digests and recompute the damaged ones")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    class_map: str | None = Field(
+        None, description="teacher classes -> dataset classes: identity, names, or a JSON/YAML file {dataset_class: teacher class(es)}"
+    )
+    allow_random_teachers: bool = Field(False, description="accept teacher specs without weights (seeded random init; tests, benchmarks)")
+    check_on: str | None = Field(None, description="labelled ImageFolder: measure each teacher's top-1 on it before the build")
+    check_images: int = Field(1000, ge=1, description="at most this many --check-on images (a seeded sample)")
+    min_agreement: float | None = Field(
+        None, ge=0, le=1, description="stop when teacher top-1 agreement with the labels is below this (default: 2x chance; 0: off)"
+    )
+    agreement_check_images: int = Field(512, ge=1, description="images labelled before the agreement guard judges the build")
 
     @field_validator("teachers", mode="before")
     @classmethod
@@ -120,4 +130,7 @@ resume: false
 # repair: false                       # with resume: recompute chunks that fail their digests (see dr-build verify)
 overwrite: false
 storage_options: {}                   # fsspec options for remote stores, e.g. {endpoint_url: ...}
+# class_map: names                    # teacher classes -> dataset classes: identity | names | map.json
+# check_on: /data/imagenet/val        # pre-flight: each teacher's top-1 on a labelled folder first
+# min_agreement: 0.002                # stop if teacher top-1 agreement with labels is lower (default 2x chance; 0 off)
 """

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from dr.build.preflight import LIKELY_CAUSES, agreement_threshold
 from dr.errors import StoreIncompleteError
 from storage import StoreReader
 from storage.integrity import digest_paths
@@ -49,6 +50,13 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
         "topk": h.topk,
         "seed": h.seed,
         "teachers": [t["spec"] for t in h.ensemble.get("teachers", [])],
+        "teacher_details": [
+            {k: t.get(k) for k in ("spec", "preprocess", "classes_from", "init_seed", "hub_weights", "weights_sha256")}
+            for t in h.ensemble.get("teachers", [])
+        ],
+        "teacher_classes": len(h.ensemble["teacher_classes"]) if h.ensemble.get("teacher_classes") else None,
+        "class_map": {k: v for k, v in (h.ensemble.get("class_map") or {}).items() if k != "teacher_to_dataset"} or None,
+        "stored_classes": h.num_classes,
         "temperature": h.ensemble.get("temperature"),
         "chunks": {"done": int(done.sum()), "total": int(done.size), "chunk_size": h.chunk_size, "damaged": bad_chunks},
         "damaged": [str(p) for p in damaged],
@@ -71,6 +79,18 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
         )
         summary["mean_top1_prob"] = round(float(p[..., 0].mean()), 4)
         summary["mean_topk_mass"] = round(float(p.sum(-1).mean()), 4)
+        threshold = agreement_threshold(len(h.dataset.classes), (h.build.get("config") or {}).get("min_agreement") or None)
+        summary["agreement_threshold"] = round(threshold, 4)
+        if h.num_classes != len(h.dataset.classes) and not h.ensemble.get("class_map"):
+            summary["warning"] = (
+                f"the stored ids are the teachers' {h.num_classes} classes but the dataset has {len(h.dataset.classes)}: "
+                "they do not name the dataset's classes; rebuild with --class-map"
+            )
+        elif summary["teacher_top1_agreement"] < threshold:
+            summary["warning"] = (
+                f"top-1 agreement is below {100 * threshold:.2f}% (twice chance for {len(h.dataset.classes)} classes): "
+                f"the teachers do not seem to predict this dataset's labels. {LIKELY_CAUSES}"
+            )
     return summary
 
 
@@ -82,6 +102,26 @@ def _human(nbytes: float) -> str:
     return f"{nbytes} B"
 
 
+def _teacher_lines(s: dict[str, Any]) -> list[str]:
+    """Per teacher: resolved preprocessing and where its class names came from; the class map."""
+    from teachers.load import describe_preprocess
+
+    lines = []
+    for i, t in enumerate(s.get("teacher_details", [])):
+        pre = describe_preprocess(t["preprocess"]) if t.get("preprocess") else "unknown"
+        extra = f"; classes from {t['classes_from']}" if t.get("classes_from") else "; class names unknown"
+        if t.get("init_seed") is not None:
+            extra += f"; RANDOM init, seed {t['init_seed']}"
+        lines.append(f"  [{i}] input {pre}{extra}")
+    if s.get("class_map"):
+        cm = s["class_map"]
+        lines.append(
+            f"class map    {cm.get('kind')}{' ' + cm['source'] if cm.get('source') else ''}: "
+            f"{s.get('teacher_classes') or '?'} teacher classes -> {s['dataset']['classes']} dataset classes (stored ids)"
+        )
+    return lines
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """Human-readable rendering of :func:`store_summary`."""
     ds = s["dataset"]
@@ -91,6 +131,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"dataset      {ds['images']} images, {ds['classes']} classes  [{ds['kind']}] {ds['location'] or ''}",
         f"policy       {s['policy']} at {s['output_size']}px, V={s['views']} views/image, top-k={s['topk']}, seed={s['seed']}",
         f"teachers     {', '.join(s['teachers'])}  (T={s['temperature']})",
+        *_teacher_lines(s),
         f"chunks       {s['chunks']['done']}/{s['chunks']['total']} done ({s['chunks']['chunk_size']} images each)"
         + (f", {len(s['chunks']['damaged'])} DAMAGED: {s['chunks']['damaged'][:10]}" if s["chunks"]["damaged"] else ""),
         f"size         {_human(s['stored_bytes'])} stored; {s['bytes_per_view']} B/view (params + targets)",
@@ -111,6 +152,8 @@ def format_summary(s: dict[str, Any]) -> str:
             f"({100 * s['teacher_top1_agreement_per_image_majority']:.2f}% of images by majority view); "
             f"mean top-1 prob {s['mean_top1_prob']:.3f}, mean top-k mass {s['mean_topk_mass']:.3f}"
         )
+    if s.get("warning"):
+        lines.append(f"  WARNING: {s['warning']}")
     lines.append("arrays")
     for path, a in s["arrays"].items():
         shape = "x".join(str(d) for d in a["shape"])

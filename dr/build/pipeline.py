@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from dr import __version__
 from dr.build.config import BuildConfig
@@ -112,17 +111,6 @@ def make_header(config: BuildConfig, source: Source, ensemble_desc: dict[str, An
     )
 
 
-def _probe_teachers(config: BuildConfig) -> tuple[dict[str, Any], int]:
-    """Load the ensemble once on the driver: fail fast on bad specs, learn the class count."""
-    from teachers import Ensemble
-
-    ensemble = Ensemble.from_specs(list(config.teachers), config.temperature, config.precision)
-    size = get_policy(config.policy, config.output_size).output_size
-    with torch.inference_mode():
-        num_classes = int(ensemble(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1])
-    return ensemble.describe(), num_classes
-
-
 def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray, lock: StoreLock) -> StoreWriter:
     exists = store_exists(config.out, config.storage_options)
     if exists:
@@ -175,6 +163,7 @@ def reinforce(
     source: Source | Any | None = None,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> BuildResult:
     """Run (or resume) a build; returns a :class:`BuildResult`.
 
@@ -183,12 +172,20 @@ def reinforce(
         source: a dataset object to use instead of ``config.source`` (a path).
         progress: show a tqdm bar (views/s and ETA).
         on_chunk: called with each chunk index after it is written (monitoring, tests).
+        echo: called with messages for the user (the ``check_on`` pre-flight table).
     """
+    from dr.build.preflight import format_evaluation, guard_for, probe_ensemble, run_check_on
+
     if config.repair and (not config.resume or config.overwrite):
         raise ConfigError("--repair recomputes the damaged chunks of an existing store: use it with --resume (and without --overwrite)")
     t0 = time.perf_counter()
     src = open_source(source if source is not None else config.source, config.storage_options)
-    ensemble_desc, num_classes = _probe_teachers(config)
+    ensemble, ensemble_desc, num_classes = probe_ensemble(config, src.classes)  # teachers vs dataset classes
+    if config.check_on:  # pre-flight: measure the teachers on labelled data before building
+        report = run_check_on(config, ensemble, src.classes, get_policy(config.policy, config.output_size).output_size)
+        if echo is not None:
+            echo(format_evaluation(report))
+    del ensemble
     ensemble_desc = {**ensemble_desc, **_teacher_math(config)}
     header = make_header(config, src, ensemble_desc, num_classes)
     lock = StoreLock(config.out, config.storage_options)
@@ -204,7 +201,8 @@ def reinforce(
             units = units[: config.max_chunks]
         computed, views_done, worker_names, working = 0, 0, list[str](), 0.0
         if units:
-            computed, views_done, worker_names, working = _run_units(config, header, src, units, writer, progress, on_chunk)
+            guard = guard_for(config, src.labels(), len(src.classes), header.ensemble)
+            computed, views_done, worker_names, working = _run_units(config, header, src, units, writer, progress, on_chunk, guard)
         if writer.done().all():
             header = writer.finalize()
         else:
@@ -239,6 +237,7 @@ def _run_units(
     writer: StoreWriter,
     progress: bool,
     on_chunk: Callable[[int], None] | None,
+    guard: Any = None,
 ) -> tuple[int, int, list[str], float]:
     from tqdm.auto import tqdm
 
@@ -267,6 +266,9 @@ def _run_units(
             on_bad_image=config.on_bad_image,
             precision=config.precision,
             compile=config.compile,
+            class_map=header.ensemble.get("class_map"),
+            allow_random_teachers=config.allow_random_teachers,
+            init_seeds=[t.get("init_seed") or 0 for t in header.ensemble["teachers"]],
         )
 
     actors: list[Any] = []
@@ -344,6 +346,8 @@ def _run_units(
                 failure = failure or cause  # stop submitting; finish and write what is in flight
                 continue
             writer.write_chunk(unit.index, result.arrays, result.skipped)
+            if guard is not None:  # stops a build whose teachers disagree with the labels
+                guard.update(unit.start, result.arrays)
             computed += 1
             views += unit.size * header.views
             bar.update(unit.size * header.views)

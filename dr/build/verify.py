@@ -196,9 +196,21 @@ def verify_store(
     except DRError as e:
         checks.append(Check("source", False, str(e)))
         return checks
-    specs = teachers or [t["spec"] for t in h.ensemble.get("teachers", [])]
+    from dr.build.preflight import label_agreement
+    from teachers import ClassMap
+
+    checks.append(Check("labels", *label_agreement(r)))
+    recorded = h.ensemble.get("teachers", [])
+    specs = teachers or [t["spec"] for t in recorded]
+    seeds = [t.get("init_seed") for t in recorded]  # random teachers are rebuilt with their recorded seeds
     try:
-        ensemble = Ensemble.from_specs(specs, float(h.ensemble.get("temperature", 1.0)))
+        ensemble = Ensemble.from_specs(
+            specs,
+            float(h.ensemble.get("temperature", 1.0)),
+            allow_random=any(s is not None for s in seeds),
+            init_seeds=[s or 0 for s in seeds] if len(seeds) == len(specs) else None,
+            class_map=ClassMap.from_dict(h.ensemble.get("class_map")),
+        )
     except DRError as e:
         checks.append(Check("replay", False, f"cannot load the teachers for the audit ({e}); pass --teacher SPEC"))
         return checks

@@ -1,0 +1,281 @@
+"""Is this teacher ensemble right for this dataset? Checks before and during a build.
+
+* :func:`evaluate_teachers` -- each teacher's and the ensemble's top-1 on a labelled folder
+  (``dr-build reinforce --check-on VAL``, ``dr-build teachers eval SPEC --on VAL``), before
+  any GPU hour is spent.
+* :class:`AgreementGuard` -- during a build, after the first images, stops it when the
+  teachers' top-1 agrees with the dataset's labels less than a threshold (default: twice
+  chance): wrong class order, wrong preprocessing or wrong weights all look like that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dr.errors import ConfigError, TeacherError
+
+__all__ = [
+    "AgreementGuard",
+    "LIKELY_CAUSES",
+    "agreement_threshold",
+    "evaluate_teachers",
+    "format_evaluation",
+    "guard_for",
+    "label_agreement",
+    "probe_classes",
+    "probe_ensemble",
+    "run_check_on",
+]
+
+LIKELY_CAUSES = (
+    "Likely causes: (1) class order -- the teachers' class i is not the dataset's class i (compare the class names in "
+    "`dr-build info`; pass --class-map); (2) preprocessing -- wrong mean/std or input size, e.g. a program that "
+    "normalises inside (?normalize=none) or needs ?mean=...&std=...; (3) wrong or missing weights (a random or "
+    "other-dataset network). Measure the teachers first with `dr-build teachers eval SPEC --on VAL_DIR`."
+)
+
+
+def agreement_threshold(num_classes: int, min_agreement: float | None = None) -> float:
+    """The lowest acceptable top-1 agreement: ``min_agreement`` if given, else twice chance
+    (``2 / classes``), but at most halfway from chance to 100 % (so 75 % for two classes)."""
+    if min_agreement is not None:
+        return float(min_agreement)
+    chance = 1.0 / max(1, num_classes)
+    return min(2 * chance, (1 + chance) / 2)
+
+
+def _center_view(image: np.ndarray, size: int) -> torch.Tensor:
+    """The usual evaluation view: shorter side resized to ``size`` (anti-aliased), centre crop."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.from_numpy(image).permute(2, 0, 1)
+    x = TF.resize(x, [size], antialias=True)
+    return TF.center_crop(x, [size, size])
+
+
+def evaluate_teachers(
+    ensemble: Any,
+    folder: str,
+    *,
+    size: int,
+    max_images: int = 1000,
+    seed: int = 0,
+    batch: int = 64,
+    storage_options: Mapping[str, Any] | None = None,
+    expected_classes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Top-1 of each teacher and of the ensemble on a labelled ImageFolder.
+
+    Args:
+        ensemble: a :class:`teachers.Ensemble` (its class map, if any, is applied).
+        folder: labelled ImageFolder (local path or fsspec URL).
+        size: view size fed to the teachers (each resizes to its own input size).
+        max_images: evaluate a seeded sample of at most this many images.
+        expected_classes: the build dataset's classes; the folder must have the same.
+
+    Returns:
+        ``{"folder", "images", "classes", "chance", "teachers": [{"spec", "top1"}], "ensemble_top1"}``.
+    """
+    from dr.sources import open_source
+
+    src = open_source(folder, storage_options)
+    if expected_classes is not None and tuple(src.classes) != tuple(expected_classes):
+        raise ConfigError(
+            f"--check-on {folder!r} has classes ({', '.join(list(src.classes)[:6])}...) that are not the source's "
+            f"({', '.join(list(expected_classes)[:6])}...): use a labelled split of the same dataset"
+        )
+    n = len(src)
+    picks = np.arange(n) if n <= max_images else np.sort(np.random.default_rng(seed).choice(n, size=max_images, replace=False))
+    labels = src.labels()[picks]
+    hits = np.zeros(len(ensemble.members) + 1, dtype=np.int64)
+    for b0 in range(0, len(picks), batch):
+        idx = picks[b0 : b0 + batch]
+        views = torch.stack([_center_view(src.read(int(i))[0], size) for i in idx])
+        lab = torch.from_numpy(labels[b0 : b0 + len(idx)])
+        with torch.inference_mode():
+            members = ensemble.member_probs(views)
+            total = ensemble(views)
+        for j, p in enumerate([*members, total]):
+            hits[j] += int((p.argmax(1).cpu() == lab).sum())
+    count = max(1, len(picks))
+    return {
+        "folder": folder,
+        "images": int(len(picks)),
+        "classes": len(src.classes),
+        "chance": 1.0 / max(1, len(src.classes)),
+        "teachers": [{"spec": str(t.spec), "top1": float(hits[j] / count)} for j, t in enumerate(ensemble.members)],
+        "ensemble_top1": float(hits[-1] / count),
+    }
+
+
+def format_evaluation(report: Mapping[str, Any], threshold: float | None = None) -> str:
+    """Human-readable table of :func:`evaluate_teachers`."""
+    lines = [
+        f"teachers on {report['folder']} ({report['images']} images, {report['classes']} classes, chance {100 * report['chance']:.2f}%)"
+    ]
+    for t in report["teachers"]:
+        lines.append(f"  top-1 {100 * t['top1']:6.2f}%  {t['spec']}")
+    lines.append(f"  top-1 {100 * report['ensemble_top1']:6.2f}%  ensemble")
+    if threshold is not None and report["ensemble_top1"] < threshold:
+        lines.append(f"  WARNING: below the {100 * threshold:.2f}% the build requires (twice chance unless --min-agreement)")
+    return "\n".join(lines)
+
+
+class AgreementGuard:
+    """Stops a build whose teachers disagree with the dataset's labels.
+
+    Fed each written chunk's top-1 ids; once ``after_images`` images are labelled it compares
+    the share of views whose top-1 is the image's label with ``threshold`` -- once -- and
+    raises :class:`TeacherError` (naming the likely causes) when it is lower.
+    """
+
+    def __init__(self, labels: np.ndarray, threshold: float, after_images: int) -> None:
+        self.labels = np.asarray(labels)
+        self.threshold = float(threshold)
+        self.after_images = int(after_images)  # a smaller dataset is never judged here (info and verify report it)
+        self.images = self.views = self.hits = 0
+        self.judged = False
+
+    def update(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+        if self.judged:
+            return
+        ids = np.asarray(arrays["targets/ids"])
+        keep = ~np.asarray(arrays["source/skipped"]).astype(bool)
+        top1 = ids[..., 0][keep]
+        lab = self.labels[start : start + len(keep)][keep]
+        self.images += int(keep.sum())
+        self.views += int(top1.size)
+        self.hits += int((top1 == lab[:, None]).sum())
+        if self.images < self.after_images:
+            return
+        self.judged = True
+        agreement = self.hits / max(1, self.views)
+        if agreement < self.threshold:
+            raise TeacherError(
+                f"stopped: the teachers' top-1 agrees with the dataset's labels on {100 * agreement:.2f}% of views over the "
+                f"first {self.images} images, below {100 * self.threshold:.2f}% (twice chance unless --min-agreement): the "
+                f"teachers do not predict this dataset's labels. {LIKELY_CAUSES} Chunks written so far are kept; if this is "
+                "expected, rerun with --min-agreement 0 --resume."
+            )
+
+
+def probe_ensemble(config: Any, dataset_classes: Sequence[str]) -> tuple[Any, dict[str, Any], int]:
+    """Load the build's ensemble once on the driver: fail fast on bad specs, learn the class
+    count, and check the teachers' classes against the dataset's (resolving ``class_map``).
+
+    Returns ``(ensemble, description for the header, number of stored classes)``. Random
+    teachers (allowed only with ``allow_random_teachers``) are seeded ``seed + i``.
+    """
+    from dr.policy import get_policy
+    from teachers import Ensemble
+
+    size = get_policy(config.policy, config.output_size).output_size  # a bad policy fails before teachers load
+    seeds = [int(config.seed) + i for i in range(len(config.teachers))]
+    ensemble = Ensemble.from_specs(
+        list(config.teachers), config.temperature, config.precision, allow_random=config.allow_random_teachers, init_seeds=seeds
+    )
+    if config.class_map is None and any(t.init_seed is not None for t in ensemble.members):
+        # random teachers predict no real classes: ids stay in their space (tests, benchmarks)
+        with torch.inference_mode():
+            num_classes = int(ensemble(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1])
+    else:
+        num_classes = probe_classes(ensemble, dataset_classes, config.class_map, size)
+    return ensemble, ensemble.describe(), num_classes
+
+
+def probe_classes(ensemble: Any, dataset_classes: Sequence[str], class_map: str | None, size: int) -> int:
+    """Learn how many classes the teachers predict (one dummy forward), check their classes
+    against the dataset's and set ``ensemble.class_map``; returns the number of stored classes."""
+    from teachers import resolve_class_map
+
+    ensemble.class_map = None
+    with torch.inference_mode():
+        teacher_classes = int(ensemble(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1])
+    ensemble.class_map = resolve_class_map(dataset_classes, ensemble.teacher_classes, teacher_classes, class_map)
+    return teacher_classes if ensemble.class_map is None else int(ensemble.class_map.num_dataset)
+
+
+def guard_for(config: Any, labels: np.ndarray, num_dataset_classes: int, ensemble_desc: Mapping[str, Any]) -> AgreementGuard | None:
+    """The build's :class:`AgreementGuard`, or ``None`` when it is off: ``min_agreement`` 0, or
+    random teachers (at chance by construction)."""
+    if config.min_agreement == 0 or any(t.get("init_seed") is not None for t in ensemble_desc.get("teachers", [])):
+        return None
+    return AgreementGuard(labels, agreement_threshold(num_dataset_classes, config.min_agreement), config.agreement_check_images)
+
+
+def run_check_on(config: Any, ensemble: Any, dataset_classes: Sequence[str], size: int) -> dict[str, Any]:
+    """``--check-on``: evaluate on the labelled folder; raise when the ensemble is below the
+    agreement threshold (the report is attached to the error as ``.report``)."""
+    report = evaluate_teachers(
+        ensemble,
+        config.check_on,
+        size=size,
+        max_images=config.check_images,
+        seed=config.seed,
+        storage_options=config.storage_options,
+        expected_classes=dataset_classes,
+    )
+    threshold = agreement_threshold(len(dataset_classes), config.min_agreement)
+    report["threshold"] = threshold
+    if report["ensemble_top1"] < threshold and config.min_agreement != 0:
+        err = TeacherError(
+            f"pre-flight: the ensemble's top-1 on {config.check_on!r} is {100 * report['ensemble_top1']:.2f}% "
+            f"({report['images']} images), below {100 * threshold:.2f}% (twice chance unless --min-agreement); "
+            f"nothing was built.\n{format_evaluation(report)}\n{LIKELY_CAUSES}"
+        )
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    return report
+
+
+def label_agreement(reader: Any) -> tuple[bool, str, dict[str, Any]]:
+    """``verify``'s ``labels`` check: do the stored top-1 ids agree with the dataset's labels?
+
+    Fails when the stored ids cannot name the dataset's classes (a store built before class
+    checks: more teacher classes than dataset classes and no class map), and when agreement
+    is below the build's threshold (twice chance unless ``min_agreement``) for a store built
+    with a class map (any size: the map is the claim being checked) or, unless the build turned
+    the guard off (``min_agreement: 0``), with at least ``agreement_check_images`` images.
+    Random teachers are never judged. Returns ``(ok, detail, figures)``.
+    """
+    h = reader.header
+    n, classes = h.dataset.count, len(h.dataset.classes)
+    cfg = dict(h.build.get("config", {})) if isinstance(h.build, Mapping) else {}
+    class_map = h.ensemble.get("class_map")
+    if h.num_classes != classes and not class_map:
+        return (
+            False,
+            f"the stored ids are the teachers' {h.num_classes} classes but the dataset has {classes} "
+            f"({', '.join(list(h.dataset.classes)[:6])}): ids do not name the dataset's classes; rebuild with --class-map",
+            {"num_classes": h.num_classes, "dataset_classes": classes},
+        )
+    labels = reader.load("source/labels")
+    skipped = reader.load("source/skipped").astype(bool)
+    ids = reader.array("targets/ids")
+    hits = views = 0
+    for c0 in range(0, n, h.chunk_size):
+        top1 = np.asarray(ids[c0 : c0 + h.chunk_size, :, 0])
+        keep = ~skipped[c0 : c0 + h.chunk_size]
+        hits += int((top1[keep] == labels[c0 : c0 + h.chunk_size][keep, None]).sum())
+        views += int(top1[keep].size)
+    agreement = hits / max(1, views)
+    threshold = agreement_threshold(classes, cfg.get("min_agreement") or None)
+    figures = {"top1_agreement": agreement, "threshold": threshold}
+    random_teachers = any(t.get("init_seed") is not None for t in h.ensemble.get("teachers", []))
+    # a class map claims that teacher and dataset classes correspond: always judged (at twice chance
+    # when min_agreement is 0); other stores when the guard could have judged them
+    judged = not random_teachers and (
+        bool(class_map) or (cfg.get("min_agreement") != 0 and n >= int(cfg.get("agreement_check_images", 512)))
+    )
+    detail = f"teacher top-1 agrees with the labels on {100 * agreement:.2f}% of views (threshold {100 * threshold:.2f}%)"
+    if agreement >= threshold:
+        return True, detail, figures
+    if not judged:
+        why = "random teachers" if random_teachers else ("--min-agreement 0" if cfg.get("min_agreement") == 0 else f"only {n} images")
+        return True, f"{detail}; not judged ({why})", figures
+    where = f" with class map {class_map.get('kind')}{' ' + class_map['source'] if class_map.get('source') else ''}" if class_map else ""
+    return False, f"{detail}: the stored labels collapsed{where}. {LIKELY_CAUSES}", figures
