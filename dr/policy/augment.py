@@ -166,22 +166,24 @@ class RandAugment(ViewOp):
     def apply(self, views: torch.Tensor, params: Mapping[str, np.ndarray]) -> torch.Tensor:
         """Grouped replay: for each op slot, the views are grouped by (op, sign) on the host and
         each group goes through torchvision's kernel once, with its one magnitude -- the same
-        bytes as one view at a time. Every (op, sign) group runs, an empty one on a scratch view,
-        so the tensor operations issued are the same for any batch."""
+        bytes as one view at a time. Off the CPU every (op, sign) group runs, an empty one on a
+        scratch view, so the tensor operations issued are the same for any batch
+        (:func:`~dr.policy.kernels.fixed_sequence`); on the CPU empty groups are skipped."""
         ops = np.asarray(params["ra_ops"], dtype=np.int64).reshape(len(views), self.num_ops)
         signs = np.asarray(params["ra_signs"], dtype=np.int64).reshape(len(views), self.num_ops)
         size = views.shape[-1]
-        work = torch.cat([views, views.new_zeros((1, *views.shape[1:]))])
+        fixed = kernels.fixed_sequence(views.device)
+        work = torch.cat([views, views.new_zeros((1, *views.shape[1:]))]) if fixed else views.clone()
         for slot in range(self.num_ops):
             groups = kernels.Groups(_KEY_OF[ops[:, slot], signs[:, slot]], len(_KEYS), views.device)
             for key, (op_id, neg) in enumerate(_KEYS):
-                if op_id == 0:
+                if op_id == 0 or (not fixed and groups.empty(key)):
                     continue
                 op = RA_OPS[op_id]
                 mag = magnitude_of(op, self.magnitude, bool(neg), wide=False, bins=self.num_magnitude_bins, size=size)
                 index = groups.index(key)
                 work.index_copy_(0, index, apply_aug_op(work.index_select(0, index), op, mag))
-        return work[:-1]
+        return work[:-1] if fixed else work
 
 
 @dataclass(frozen=True)

@@ -16,20 +16,56 @@ a CPU "launch" costs nothing and the native kernel is hand-vectorised). Both are
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ImageBank", "crop_resize", "aa_weights", "hflip", "erase", "to_uint8", "Groups", "RESIZE_METHOD"]
+__all__ = [
+    "ImageBank",
+    "crop_resize",
+    "aa_weights",
+    "hflip",
+    "erase",
+    "to_uint8",
+    "Groups",
+    "RESIZE_METHOD",
+    "replay_method",
+    "fixed_sequence",
+]
 
 #: ``auto`` (native per-view kernel on CPU, batched elsewhere), ``batched`` or ``native``;
 #: the ``DR_RESIZE`` environment variable overrides the default.
 RESIZE_METHOD: str = os.environ.get("DR_RESIZE", "auto")
+_METHOD: ContextVar[str | None] = ContextVar("dr_replay_method", default=None)
+
+
+@contextlib.contextmanager
+def replay_method(method: str | None) -> Iterator[None]:
+    """Use ``method`` (``auto``/``batched``/``native``) for the kernels called inside."""
+    token = _METHOD.set(method)
+    try:
+        yield
+    finally:
+        _METHOD.reset(token)
+
+
+def current_method() -> str:
+    return _METHOD.get() or RESIZE_METHOD
+
+
+def fixed_sequence(device: torch.device) -> bool:
+    """Whether grouped kernels run every group, empty ones on a scratch view, so that the
+    operations issued never depend on the batch: always off the CPU (and with ``batched``);
+    on the CPU ``auto`` skips empty groups instead (a CPU "launch" costs nothing, the work does)."""
+    method = current_method()
+    return method == "batched" or (method == "auto" and device.type != "cpu")
 
 
 class ImageBank:
@@ -228,7 +264,7 @@ def crop_resize(
         raise ValueError(f"{len(bx)} boxes but {len(which)} image indices")
     if len(bx) and ((bx[:, 2] <= 0).any() or (bx[:, 3] <= 0).any()):
         raise ValueError("crop boxes need a positive height and width")
-    method = method or RESIZE_METHOD
+    method = method or current_method()
     if method == "native" or (method == "auto" and bank.device.type == "cpu"):
         return _crop_resize_native(bank, bx, which, size)
     if method not in ("auto", "batched"):
@@ -281,10 +317,14 @@ class Groups:
         b = len(keys)
         order = np.argsort(keys, kind="stable")
         counts = np.bincount(keys, minlength=num_keys)
+        self.counts = counts
         starts = np.concatenate([[0], np.cumsum(counts)])
         # empty groups point at the scratch row b: lay out [order..., b] and give them slice [b, b+1)
         self.perm = torch.from_numpy(np.concatenate([order, [b]])).to(device)
         self.slices = [(int(s), int(s + c)) if c else (b, b + 1) for s, c in zip(starts[:-1], counts)]
+
+    def empty(self, key: int) -> bool:
+        return not self.counts[key]
 
     def index(self, key: int) -> torch.Tensor:
         s, e = self.slices[key]

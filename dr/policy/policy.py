@@ -166,10 +166,8 @@ class Policy:
         flat = self.sample_views(rng, sizes[pos, 0], sizes[pos, 1], own=pos, pool=np.arange(start, start + n), pool_sizes=sizes)
         return {k: a.reshape(n, views, *a.shape[1:]) for k, a in flat.items()}
 
-    def _chain(
-        self, bank: kernels.ImageBank, params: Mapping[str, np.ndarray], idx: np.ndarray, size: int, method: str | None
-    ) -> torch.Tensor:
-        views = self.crop.apply(bank, params, idx, size, method)
+    def _chain(self, bank: kernels.ImageBank, params: Mapping[str, np.ndarray], idx: np.ndarray, size: int) -> torch.Tensor:
+        views = self.crop.apply(bank, params, idx, size)
         for op in self.ops:
             views = op.apply(views, params)
         return views
@@ -205,7 +203,17 @@ class Policy:
         Returns:
             ``[B,3,S,S]`` uint8 views on the images' device.
         """
-        bank = kernels.ImageBank.of(images)
+        with kernels.replay_method(method):
+            return self._replay(kernels.ImageBank.of(images), params, image_index, partner_index, output_size)
+
+    def _replay(
+        self,
+        bank: kernels.ImageBank,
+        params: Mapping[str, torch.Tensor | np.ndarray],
+        image_index: torch.Tensor | np.ndarray | None,
+        partner_index: torch.Tensor | np.ndarray | None,
+        output_size: int | None,
+    ) -> torch.Tensor:
         host = {k: _host(v) for k, v in params.items()}
         n = len(next(iter(host.values())))
         idx = np.arange(n) if image_index is None else _host(image_index).astype(np.int64).reshape(-1)
@@ -215,13 +223,13 @@ class Policy:
                 if f.output_pixels and f.name in host:
                     host[f.name] = np.rint(host[f.name].astype(np.float64) * size / self.output_size).astype(np.int64)
         if self.mix is None:
-            return self._chain(bank, host, idx, size, method)
+            return self._chain(bank, host, idx, size)
         mixed = np.flatnonzero(host["mix_kind"] != 0)
         if mixed.size and partner_index is None:
             raise PolicyError("mixed views need partner_index= (the position of each view's partner image)")
         pidx = _host(partner_index).astype(np.int64).reshape(-1)[mixed] if partner_index is not None else mixed
         chain = {f.name: np.concatenate([host[f.name], host[PARTNER + f.name][mixed]]) for f in self.chain_fields()}
-        views = self._chain(bank, chain, np.concatenate([idx, pidx]), size, method)
+        views = self._chain(bank, chain, np.concatenate([idx, pidx]), size)
         return self.mix.combine(views[:n], views[n:], mixed, host)
 
     def to_dict(self) -> dict[str, Any]:

@@ -54,9 +54,7 @@ def test_launch_count_does_not_grow_with_the_batch(name: str, cifar64: Path) -> 
     policy = get_policy(name, 24 if name.startswith("rrc") else 32)
     bank = _bank(cifar64, 32, (48, 40) if name.startswith("rrc") else None)
     flat, index, partner = _params(policy, bank, 8)
-    policy.replay(
-        bank, {k: v[:8] for k, v in flat.items()}, index[:8], partner_index=None if partner is None else partner[:8]
-    )  # warm caches
+    policy.replay(bank, flat, index, partner_index=partner, method="batched")  # warm host-side caches
     counts = []
     for b in (8, 256):
         one = {k: v[:b] for k, v in flat.items()}
