@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
@@ -16,7 +16,16 @@ from pydantic import ValidationError
 from dr import __version__
 from dr.errors import DRError
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "EXIT_RESUMABLE", "FIELD_FLAGS"]
+
+#: Exit status of a build that stopped with chunks left to do (``--max-chunks``, or a stop before
+#: the end): the store is sound but ``building``; the same command with ``--resume`` finishes it.
+#: 1 is an error (the message says what and how to fix it), 2 a usage error.
+EXIT_RESUMABLE = 3
+
+#: BuildConfig field -> its command-line form where that is not ``--field-name`` (tests check
+#: that every field has one; none is config-file only).
+FIELD_FLAGS = {"source": "SOURCE", "teachers": "--teacher", "storage_options": "--storage-option"}
 
 EPILOG_REINFORCE = """\b
 Examples:
@@ -52,12 +61,29 @@ def yaml_scalar(value: str) -> Any:
         return value
 
 
-def _fail(e: Exception) -> None:
-    if isinstance(e, ValidationError):
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise click.UsageError(f"invalid {where}: {first['msg']} (got {first.get('input')!r})")
-    raise click.ClickException(str(e))
+def _fail(e: Exception, as_json: bool = False) -> NoReturn:
+    """Raise ``e`` as a click error (text on stderr); with ``--json`` also print
+    ``{"ok": false, "error": ..., "kind": ..., "exit_code": ...}`` on stdout."""
+    if isinstance(e, click.ClickException):
+        exc = e
+    elif isinstance(e, ValidationError):
+        problems = [f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()]
+        exc = click.UsageError("; ".join(problems))
+    else:
+        exc = click.ClickException(str(e))
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": exc.format_message(), "kind": type(e).__name__, "exit_code": exc.exit_code}))
+    raise exc
+
+
+class _PolicyOption(click.Option):
+    """``--policy``: its help lists every preset, read when help is shown (dr.policy imports torch)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from dr.policy import list_policies
+
+        self.help = f"Augmentation preset: {', '.join(list_policies())} (see `dr-build policies`)."
+        return super().get_help_record(ctx)
 
 
 def _check_teacher(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -100,7 +126,7 @@ def cli(verbose: int) -> None:
     metavar="KEY=VALUE",
     help="fsspec option for a remote --out (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.",
 )
-@click.option("--policy", default="rrc", show_default=True, help="Augmentation preset: rrc (ImageNet) or cifar; see `dr-build policies`.")
+@click.option("--policy", cls=_PolicyOption, default="rrc", show_default=True, help="Augmentation preset (see `dr-build policies`).")
 @click.option("--views", "-V", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Augmented views per image.")
 @click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Soft-label entries kept per view.")
 @click.option("--out", "-o", help="Output store (.zarr path or fsspec URL such as s3://bucket/x.zarr).")
@@ -109,10 +135,22 @@ def cli(verbose: int) -> None:
 @click.option("--temperature", default=1.0, show_default=True, type=float, help="Softmax temperature for every teacher.")
 @click.option("--chunk-size", default=256, show_default=True, type=click.IntRange(1), help="Images per store chunk and per work unit.")
 @click.option("--forward-group", type=click.IntRange(1), help="Images per teacher batch (default: auto, ~512 views, divides --chunk-size).")
-@click.option("--address", help="Ray cluster address (auto, ray://head:10001); default: start Ray locally.")
+@click.option(
+    "--address",
+    help="Ray cluster to join: auto (this host's, on purpose), ray://head:10001, host:port; default: a private local Ray "
+    "that ignores RAY_ADDRESS and other programs' Ray.",
+)
 @click.option("--workers", type=click.IntRange(1), help="Teacher actors (default: one per GPU, else 1).")
 @click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), help="CPUs reserved per actor (default: share the cluster's).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Teacher device.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Teacher math: auto = bf16 autocast on CUDA, fp32 on CPU.",
+)
+@click.option("--compile", is_flag=True, help="torch.compile the teachers (15-40 s once per worker; pays off on big builds).")
 @click.option("--decode-threads", default=4, show_default=True, type=click.IntRange(1, 256), help="Image-decoding threads per actor.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted build of OUT (same settings): done chunks are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
@@ -122,7 +160,21 @@ def cli(verbose: int) -> None:
     help="With --resume: check every done chunk against the digests recorded when it was written and recompute the "
     "damaged ones (what `dr-build verify` reports as FAIL chunk).",
 )
-@click.option("--max-chunks", type=click.IntRange(1), help="Stop after writing this many chunks (finish later with --resume).")
+@click.option(
+    "--max-chunks",
+    type=click.IntRange(1),
+    help=f"Stop after writing this many chunks (exit code {EXIT_RESUMABLE}; finish later with --resume).",
+)
+@click.option(
+    "--max-retries", default=3, show_default=True, type=click.IntRange(0, 100), help="Times a chunk is retried after its worker died."
+)
+@click.option(
+    "--start-timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds to wait for a teacher worker to start while none runs; then the build fails, naming why.",
+)
 @click.option(
     "--on-bad-image",
     type=click.Choice(["fail", "skip"]),
@@ -156,7 +208,7 @@ def cli(verbose: int) -> None:
     help="Images labelled before the --min-agreement guard judges the build.",
 )
 @click.option("--allow-random-teachers", is_flag=True, help="Accept teacher specs without weights (seeded random init; tests, benchmarks).")
-@click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build summary (or the error) as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def reinforce(
     source: str | None,
@@ -173,6 +225,10 @@ def reinforce(
     store is identical for any number of workers); the teacher ensemble labels every view and
     the top --topk probabilities are stored with the view's parameters. Settings may come
     from --config build.yaml; flags given on the command line override the file.
+
+    Exit status: 0 the store is complete; 3 stopped with chunks left (--max-chunks): the same
+    command with --resume finishes it; 1 an error (no worker could start, a bad image, ...);
+    2 bad usage.
     """
     from click.core import ParameterSource
 
@@ -185,12 +241,12 @@ def reinforce(
         given["source"] = source
     if teachers:
         given["teachers"] = teachers
-    if storage_options:
-        pairs = [o.split("=", 1) for o in storage_options]
-        if any(len(p) != 2 for p in pairs):
-            raise click.BadParameter(f"--storage-option takes KEY=VALUE, got {storage_options!r}")
-        given["storage_options"] = {k: yaml_scalar(v) for k, v in pairs}
     try:
+        if storage_options:
+            pairs = [o.split("=", 1) for o in storage_options]
+            if any(len(p) != 2 for p in pairs):
+                raise click.BadParameter(f"--storage-option takes KEY=VALUE, got {storage_options!r}")
+            given["storage_options"] = {k: yaml_scalar(v) for k, v in pairs}
         if config_file:
             config = load_config_file(config_file, given)
         else:
@@ -200,21 +256,27 @@ def reinforce(
                 raise click.UsageError(f"missing {', '.join(missing)} (or pass --config build.yaml)")
             config = BuildConfig(**{**options, **given})
         result = run_build(config, progress=not quiet, echo=lambda m: click.echo(m, err=as_json))
-    except (DRError, ValidationError) as e:
-        _fail(e)
-        return
-    if as_json:
-        click.echo(json.dumps(result.to_dict()))
-        return
+    except (DRError, ValidationError, click.ClickException) as e:
+        _fail(e, as_json)
     r = result.to_dict()
-    click.echo(
-        f"{r['status']}: {r['out']} -- computed {r['chunks_computed']} chunk(s), skipped {r['chunks_skipped']} done, "
-        f"{r['views_computed']} views in {r['seconds']:.1f}s ({r['views_per_second']:.0f} views/s overall, {r['working_views_per_second']:.0f} views/s once workers were up) on {len(r['workers'])} worker(s)"
-    )
-    if result.complete:
-        click.echo(f"inspect it with: dr-build info {result.out}")
+    if as_json:
+        click.echo(json.dumps(r))
     else:
-        click.echo("the store is not complete yet: run the same command with --resume to finish it")
+        click.echo(
+            f"{r['status']}: {r['out']} -- computed {r['chunks_computed']} chunk(s), skipped {r['chunks_skipped']} done, "
+            f"{r['views_computed']} views in {r['seconds']:.1f}s ({r['views_per_second']:.0f} views/s overall, {r['working_views_per_second']:.0f} views/s once workers were up) on {len(r['workers'])} worker(s)"
+        )
+    if result.complete:
+        if not as_json:
+            click.echo(f"inspect it with: dr-build info {result.out}")
+        return
+    left = r["chunks_total"] - r["chunks_skipped"] - r["chunks_computed"]
+    click.echo(
+        f"stopped with {left} of {r['chunks_total']} chunk(s) left: the store is sound but not complete; "
+        f"run the same command with --resume to finish it (exit code {EXIT_RESUMABLE})",
+        err=True,
+    )
+    sys.exit(EXIT_RESUMABLE)
 
 
 @cli.command()
@@ -224,12 +286,17 @@ def reinforce(
 def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
     """Describe STORE: header, counts, sizes, bytes/view, teacher agreement with labels."""
     from dr.build.inspect import format_summary, store_summary
+    from dr.errors import StoreIncompleteError
 
     try:
         s = store_summary(store, allow_incomplete=allow_incomplete)
+    except StoreIncompleteError as e:
+        message = str(e).replace("allow_incomplete=True", "--allow-incomplete")
+        if "--allow-incomplete" not in message:
+            message += f"; or describe it as it is with `dr-build info {store} --allow-incomplete`"
+        _fail(StoreIncompleteError(message), as_json)
     except DRError as e:
-        _fail(e)
-        return
+        _fail(e, as_json)
     click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
 
 
@@ -255,9 +322,8 @@ def show(store: str, source: str | None, index: int, out: str, max_views: int) -
 
     try:
         path = draw_views(store, source, index, out, max_views=max_views)
-    except (DRError, IndexError) as e:
+    except DRError as e:
         _fail(e)
-        return
     click.echo(f"wrote {path}")
 
 
@@ -307,8 +373,7 @@ def verify(
     try:
         checks = verify_store(store, source, teachers=list(teachers) or None, fraction=fraction, content=content, max_dp=max_dp)
     except DRError as e:
-        _fail(e)
-        return
+        _fail(e, as_json)
     if as_json:
         click.echo(json.dumps({"store": store, "ok": all(c.ok for c in checks), "checks": [c.__dict__ for c in checks]}, indent=2))
     else:
@@ -360,8 +425,7 @@ def teachers_eval(
         probe_classes(ensemble, src.classes, class_map, view)
         report = evaluate_teachers(ensemble, folder, size=view, max_images=images)
     except DRError as e:
-        _fail(e)
-        return
+        _fail(e, as_json)
     threshold = agreement_threshold(report["classes"])
     if as_json:
         click.echo(json.dumps({"ok": True, **report, "threshold": threshold}, indent=2))
@@ -370,9 +434,10 @@ def teachers_eval(
 
 
 @cli.command()
-@click.option("--example", is_flag=True, required=True, help="Print a commented example build.yaml.")
+@click.option("--example", is_flag=True, help="Print a commented example build.yaml (the default; kept for scripts).")
 def config(example: bool) -> None:
-    """Print a commented example build config for `dr-build reinforce --config`."""
+    """Print a commented example build config (every key) for `dr-build reinforce --config`:
+    `dr-build config > build.yaml`."""
     from dr.build.config import EXAMPLE_CONFIG
 
     click.echo(EXAMPLE_CONFIG, nl=False)

@@ -60,7 +60,9 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    # address="local": a Ray of our own even when another program's cluster runs on this host
+    # (RAY_ADDRESS, /tmp/ray/ray_current_cluster), so parallel test runs do not disturb each other
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -6,8 +6,14 @@ receive chunk ranges and return small arrays. Ray is imported here, never by ``i
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
+import re
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,15 +25,19 @@ from dr import __version__
 from dr.build.config import BuildConfig
 from dr.build.plan import Unit, plan_units
 from dr.build.worker import SourceRef, UnitWorker
-from dr.errors import ConfigError, DRError
+from dr.errors import ConfigError, DRError, WorkerStartError
 from dr.policy import get_policy
 from dr.sources import Source, absolute_location, open_source
 from storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
 from storage.lock import StoreLock
 
-__all__ = ["BuildResult", "reinforce", "make_header"]
+__all__ = ["BuildResult", "reinforce", "make_header", "START_BACKOFF_S"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds to wait before each new attempt to start a teacher worker whose start failed; after
+#: the last one that worker is given up (the build fails if no worker is running then).
+START_BACKOFF_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 @dataclass
@@ -123,12 +133,73 @@ def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray, l
     return writer
 
 
+#: The private local Ray this process started for builds: its temp dir (sockets, logs) and
+#: whether to keep that dir at exit (a build failed: its logs are evidence).
+_PRIVATE_RAY: dict[str, Any] = {}
+
+
 def _init_ray(address: str | None) -> Any:
+    """Connect to Ray for a build.
+
+    * Ray already initialised in this process (a library user's, the tests'): use it.
+    * ``address`` given (``auto``: this host's cluster, ``ray://head:10001``, ``host:port``):
+      join that cluster, on purpose.
+    * Otherwise start a **private** local Ray: ``address="local"`` ignores ``RAY_ADDRESS``
+      and ``/tmp/ray/ray_current_cluster`` (a cluster another program started is never
+      joined, so its shutdown cannot cancel our workers); sockets and logs live in a temp
+      dir of its own; and, unless ``RAY_AUTH_MODE=disabled``, it requires a random token
+      that only this process and its Ray processes hold, so no other program can join it.
+    """
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return ray
+    if address is not None:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+        return ray
+    temp_dir = tempfile.mkdtemp(prefix="dr-ray-")
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "disabled":
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # read by the Ray processes we start
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = auth_log.level
+    auth_log.setLevel(logging.ERROR)  # "token authentication is enabled": ours, nothing to do
+    try:
+        ray.init(address="local", _temp_dir=temp_dir, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    finally:
+        auth_log.setLevel(level)
+        for k, v in saved.items():  # the driver keeps the token it loaded; other code sees the user's
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    _PRIVATE_RAY.update(temp_dir=temp_dir, keep=False)
+    atexit.register(_stop_private_ray)
+    log.info("started a private local Ray (logs in %s)", temp_dir)
     return ray
+
+
+def _stop_private_ray() -> None:
+    import ray
+
+    temp_dir = _PRIVATE_RAY.pop("temp_dir", None)
+    if temp_dir is None:
+        return
+    ray.shutdown()
+    if not _PRIVATE_RAY.pop("keep", False):
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray_logs() -> str:
+    """Where this build's Ray logs are (private Ray: kept after a failed build)."""
+    if "temp_dir" in _PRIVATE_RAY:
+        _PRIVATE_RAY["keep"] = True
+        return os.path.join(_PRIVATE_RAY["temp_dir"], "session_latest", "logs")
+    return "/tmp/ray/session_latest/logs on each node"
 
 
 def _teacher_math(config: BuildConfig) -> dict[str, Any]:
@@ -272,15 +343,24 @@ def _run_units(
         )
 
     actors: list[Any] = []
-    starting: dict[Any, Any] = {}
-    for _ in range(workers):
+    starting: dict[Any, tuple[Any, int]] = {}  # ping ref -> (actor, start attempt)
+    retry_at: list[tuple[float, int]] = []  # (monotonic time, attempt) of worker starts to retry
+    start_errors: list[str] = []  # Ray's reason for each failed start
+    t_start = time.monotonic()
+    waiting_since: float | None = t_start  # since when no worker has been running
+
+    def start(attempt: int) -> None:
         actor = new_actor()
-        starting[actor.ping.remote()] = actor
+        starting[actor.ping.remote()] = (actor, attempt)
+
+    for _ in range(workers):
+        start(1)
     names: list[str] = []
     pending = list(reversed(units))
     in_flight: dict[Any, tuple[Unit, Any]] = {}
     retries: dict[int, int] = {}
     failure: BaseException | None = None
+    computed = views = 0
 
     def fill() -> None:
         """Give every live actor up to two units (the next is ready when one returns)."""
@@ -291,10 +371,33 @@ def _run_units(
                 in_flight[actor.compute.remote(unit.start, unit.stop)] = (unit, actor)
                 busy += 1
 
+    def no_worker() -> WorkerStartError:
+        """Why no worker is running: Ray's error, what each worker asks for, what is free."""
+        total, free = ray.cluster_resources(), ray.available_resources()
+        settle = time.monotonic() + 2.0  # a worker that just died frees its share a moment later
+        while start_errors and free.get("CPU", 0.0) < per_cpu <= total.get("CPU", 0.0) and time.monotonic() < settle:
+            time.sleep(0.2)
+            free = ray.available_resources()
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        waited = time.monotonic() - t_start
+        if start_errors:
+            backoff = f" (retried after {', '.join(f'{d:g}' for d in START_BACKOFF_S)}s)" if len(start_errors) > 1 else ""
+            head = f"no teacher worker could start: {len(start_errors)} attempt(s) failed in {waited:.0f}s{backoff}. Ray said: {start_errors[-1]}"
+            fix = "fix the cause Ray names (see its logs), then run the same command with --resume"
+        else:
+            head = f"no teacher worker started within {config.start_timeout:g}s (--start-timeout): Ray scheduled none"
+            fix = "lower --cpus-per-worker or --workers, add nodes, or free the cluster; then run the same command with --resume"
+        asked = (
+            f"each of {workers} worker(s) asks for {per_cpu:g} CPU and {per_gpu:g} GPU; the cluster has "
+            f"{free.get('CPU', 0.0):g} of {total.get('CPU', 0.0):g} CPU and {free.get('GPU', 0.0):g} of {total.get('GPU', 0.0):g} GPU free "
+            f"on {nodes} node(s)"
+        )
+        kept = f"; {computed} chunk(s) written before are kept" if computed else ""
+        return WorkerStartError(f"{head}\n  {asked}\n  {fix}{kept}\n  Ray's logs: {_ray_logs()}")
+
     # Let the initial workers come up together (bounded), so work spreads over every node.
     ray.wait(list(starting), num_returns=len(starting), timeout=config.start_timeout)
     t_ready = time.perf_counter()
-    computed = views = 0
     bar = tqdm(
         total=sum(u.size for u in units) * header.views,
         unit="view",
@@ -305,21 +408,47 @@ def _run_units(
         smoothing=0.1,
     )
     try:
-        while in_flight or (pending and starting and failure is None):
-            ready, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=None if in_flight else config.start_timeout)
+        while in_flight or (pending and failure is None and (starting or retry_at)):
+            now = time.monotonic()
+            for due in [r for r in retry_at if r[0] <= now]:
+                retry_at.remove(due)
+                start(due[1])
+            if waiting_since is not None and not in_flight and now - waiting_since >= config.start_timeout:
+                raise no_worker()
+            # Wake up for the next retry, and (while nothing computes) for the start deadline.
+            wakes = [t - now for t, _ in retry_at]
+            if not in_flight and waiting_since is not None:
+                wakes.append(waiting_since + config.start_timeout - now)
+            timeout = max(0.0, min(wakes)) if wakes else None
+            waitables = list(in_flight) + list(starting)
+            if not waitables:
+                time.sleep(timeout or 0.0)
+                continue
+            ready, _ = ray.wait(waitables, num_returns=1, timeout=timeout)
             if not ready:
-                raise DRError(
-                    f"no teacher worker could start within {config.start_timeout:.0f}s (the cluster lacks {per_gpu} GPU / {per_cpu} CPU per worker?): add nodes or lower --cpus-per-worker"
-                )
+                continue
             ref = ready[0]
             if ref in starting:
-                actor = starting.pop(ref)
+                actor, attempt = starting.pop(ref)
                 try:
                     info = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
-                    log.warning("a teacher worker failed to start: %s", e)
+                    start_errors.append(_ray_error_text(e))
+                    if attempt <= len(START_BACKOFF_S):
+                        delay = START_BACKOFF_S[attempt - 1]
+                        log.warning(
+                            "a teacher worker failed to start (attempt %d of %d; retrying in %gs): %s",
+                            attempt,
+                            len(START_BACKOFF_S) + 1,
+                            delay,
+                            start_errors[-1],
+                        )
+                        retry_at.append((time.monotonic() + delay, attempt + 1))
+                    else:
+                        log.warning("a teacher worker failed to start %d times: giving it up", attempt)
                     continue
                 actors.append(actor)
+                waiting_since = None
                 names.append(f"{info['host']}:{info['node'][:8]}:{info['device']}")
                 fill()
                 continue
@@ -337,8 +466,9 @@ def _run_units(
                 pending.append(unit)
                 if any(a is actor for a in actors):
                     actors[:] = [a for a in actors if a is not actor]
-                    replacement = new_actor()  # used once it is up; survivors go on meanwhile
-                    starting[replacement.ping.remote()] = replacement
+                    if not actors:
+                        waiting_since = time.monotonic()
+                    start(1)  # the replacement is used once it is up; survivors go on meanwhile
                 fill()
                 continue
             except ray.exceptions.RayTaskError as e:
@@ -354,12 +484,30 @@ def _run_units(
             if on_chunk is not None:
                 on_chunk(unit.index)
             fill()
+        if failure is None and pending:
+            raise no_worker()  # every worker's start attempts are spent
     finally:
         bar.close()
         for ref in in_flight:
             ray.cancel(ref)
-        for actor in actors + list(starting.values()):
+        for actor in actors + [a for a, _ in starting.values()]:
             ray.kill(actor)
     if failure is not None:
         raise failure
     return computed, views, names, time.perf_counter() - t_ready
+
+
+def _ray_error_text(e: BaseException) -> str:
+    """Ray's error in one line: its message without colour codes, ids and traceback frames."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    text = re.sub(r" ?\((pid|actor_id)=[^)]*\)", "", text)
+    lines, skip = [], False
+    for line in (raw.strip() for raw in text.splitlines()):
+        if skip or not line or line.startswith(("^", "Traceback", "class_name:", "actor_id:", "pid:", "name:", "namespace:", "ip:")):
+            skip = False
+            continue
+        skip = line.startswith("File ")  # a frame: drop it and its source line
+        if not skip:
+            lines.append(line)
+    one = " ".join(lines)
+    return one if len(one) <= 600 else one[:300] + " ... " + one[-300:]
