@@ -59,6 +59,7 @@ def draw_views(
         raise ConfigError(f"--index {index}: the build skipped this image, so it has no stored views ({reason})")
     classes = ds.header.dataset.classes
     names = target_class_names(ds.header)
+    topn = min(topn, ds.header.topk)  # the title and every tile show the same number of labels
     views = min(ds.views, max_views)
     cols = min(8, views + 1)
     rows = math.ceil((views + 1) / cols)
@@ -82,7 +83,10 @@ def draw_views(
         ax.imshow(view.permute(1, 2, 0).numpy())
         label = "\n".join(f"{names[int(c)][:10]} {float(q):.2f}" for c, q in zip(ids[:topn], probs[:topn]))
         ax.set_title(f"view {v}{note}\n{label}", fontsize=7)
-    fig.suptitle(f"{Path(store).name}: policy {ds.policy.name}, {ds.views} views, top-{ds.header.topk}", fontsize=9)
+    fig.suptitle(
+        f"{Path(store).name}: policy {ds.policy.name}, {ds.views} views; top-{topn} labels shown (of the stored top-{ds.header.topk})",
+        fontsize=9,
+    )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,27 +30,29 @@ class BuildConfig(BaseModel):
     out: str = Field(description="store path or fsspec URL (.zarr)")
     views: int = Field(8, ge=1, le=10_000, description="augmented views per image (V)")
     topk: int = Field(5, ge=1, le=1000, description="soft-label entries kept per view (k)")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of all augmentation sampling")
     output_size: int | None = Field(None, ge=1, le=8192, description="view size in pixels (default: the preset's)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature applied to every teacher")
     chunk_size: int = Field(256, ge=1, le=1 << 20, description="images per store chunk = per work unit")
     forward_group: int | None = Field(None, ge=1, description="images per teacher forward batch (default: auto, divides chunk_size)")
-    address: str | None = Field(None, description="Ray address (ray://host:10001, auto); default: start a local Ray")
+    address: str | None = Field(None, description="Ray address (ray://host:10001, auto); default: a private local Ray")
     workers: int | None = Field(None, ge=1, description="teacher actors (default: one per GPU, else 1)")
-    cpus_per_worker: float | None = Field(None, gt=0)
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs reserved per actor (default: share the cluster's)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="teacher math: auto = bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the teachers (15-40 s once per worker; pays off on big builds)")
-    decode_threads: int = Field(4, ge=1, le=256)
-    resume: bool = False
-    overwrite: bool = False
-    force: bool = False
+    decode_threads: int = Field(4, ge=1, le=256, description="image-decoding threads per actor")
+    resume: bool = Field(False, description="continue an interrupted build of out (same settings)")
+    overwrite: bool = Field(False, description="replace out if it exists")
+    force: bool = Field(False, description="take over the store's writer lock")
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="fail: stop naming the file; skip: record it as skipped")
     max_retries: int = Field(3, ge=0, le=100, description="times a unit is retried after its worker died")
-    start_timeout: float = Field(600.0, gt=0, description="seconds to wait for a worker when none is running")
+    start_timeout: float = Field(
+        600.0, gt=0, description="seconds to wait for a teacher worker while none is running; then the build fails"
+    )
     max_chunks: int | None = Field(None, ge=1, description="stop after writing this many chunks (staged builds)")
     repair: bool = Field(False, description="with resume: check every done chunk against its digests and recompute the damaged ones")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for remote stores and sources")
     class_map: str | None = Field(
         None, description="teacher classes -> dataset classes: identity, names, or a JSON/YAML file {dataset_class: teacher class(es)}"
     )
@@ -93,16 +96,29 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
     allowed = sorted(BuildConfig.model_fields)
-    unknown = sorted(set(map(str, data)) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in {str(path)!r}; allowed keys: {', '.join(allowed)}")
-    merged = {**data, **(overrides or {})}
+    problems: list[str] = []
+    meant: set[str] = set()  # keys a misspelt key probably stands for (their "missing" is not news)
+    for key in sorted(set(map(str, data)) - set(allowed)):
+        near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        meant.update(near)
+        problems.append(f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    merged = {k: v for k, v in {**data, **(overrides or {})}.items() if k in allowed}
     try:
-        return BuildConfig(**merged)
+        config = BuildConfig(**merged)
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{str(path)!r}: {key}: {first['msg']} (got {first.get('input')!r})") from None
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "missing":
+                if key not in meant:
+                    problems.append(f"{key}: missing (a required key)")
+            else:
+                problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    if problems:
+        listing = "".join(f"\n  - {p}" for p in problems)
+        raise ConfigError(
+            f"{len(problems)} problem(s) in config file {str(path)!r}:{listing}\nallowed keys: {', '.join(allowed)}"
+        ) from None
+    return config
 
 
 EXAMPLE_CONFIG = """\
@@ -120,17 +136,26 @@ temperature: 1.0
 chunk_size: 256                       # images per store chunk and per work unit
 # output_size: 224                    # default: the preset's
 # forward_group: 8                    # images per teacher batch (default: auto)
-address: auto                         # Ray: auto (this node's cluster), ray://head:10001, or omit for local
-# workers: 8                          # default: one per GPU
+address: auto                         # Ray: auto (join this host's cluster), ray://head:10001; omit: a private local Ray
+# workers: 8                          # default: one per GPU, else 1
+# cpus_per_worker: 4                  # CPUs reserved per actor (default: share the cluster's)
 device: auto                          # auto | cpu | cuda
+precision: auto                       # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+compile: false                        # torch.compile the teachers (pays off on big builds)
 decode_threads: 4
 on_bad_image: fail                    # fail | skip
 max_retries: 3                        # per unit, after a worker dies
+start_timeout: 600                    # seconds to wait for a worker while none runs; then fail
+# max_chunks: 10                      # stop after this many chunks (exit code 3; finish with --resume)
 resume: false
 # repair: false                       # with resume: recompute chunks that fail their digests (see dr-build verify)
 overwrite: false
+force: false                          # take over the store's writer lock
 storage_options: {}                   # fsspec options for remote stores, e.g. {endpoint_url: ...}
 # class_map: names                    # teacher classes -> dataset classes: identity | names | map.json
 # check_on: /data/imagenet/val        # pre-flight: each teacher's top-1 on a labelled folder first
 # min_agreement: 0.002                # stop if teacher top-1 agreement with labels is lower (default 2x chance; 0 off)
+# check_images: 1000                  # at most this many check_on images
+# agreement_check_images: 512         # images labelled before the agreement guard judges the build
+# allow_random_teachers: false        # accept teacher specs without weights (tests, benchmarks only)
 """

@@ -233,7 +233,14 @@ def verify_store(
         p = torch.from_numpy(probs.astype(np.float64))
         t_ids = torch.from_numpy(ids.astype(np.int64))
         agree += int(int(q.argmax()) == int(t_ids[0]))
-        kls.append(float((p * (p.clamp_min(1e-12).log() - q[t_ids].clamp_min(1e-12).log())).sum()))
+        # KL of the stored top-k plus one "rest" bucket against the same buckets of the re-run: a
+        # true divergence, >= 0 (a top-k-only sum goes negative when float16 rounds p down); the
+        # clamp only absorbs p summing a hair above 1 after rounding.
+        qk = q[t_ids]
+        p_rest, q_rest = max(0.0, 1.0 - float(p.sum())), max(0.0, 1.0 - float(qk.sum()))
+        kl = float((p * (p.clamp_min(1e-12).log() - qk.clamp_min(1e-12).log())).sum())
+        kl += p_rest * (math.log(p_rest) - math.log(max(q_rest, 1e-12))) if p_rest > 0 else 0.0
+        kls.append(max(0.0, kl))
         dp = float((p - q[t_ids]).abs().max())
         if math.isfinite(max_abs):  # a NaN, once seen, stays (it must fail the check)
             max_abs = dp if not math.isfinite(dp) else max(max_abs, dp)
