@@ -48,6 +48,18 @@ Teacher specs: KIND:NAME[@WEIGHTS][?key=value&...] with KIND one of
   model factory (num_classes=10, depth=20). WEIGHTS may be an fsspec URL (s3://...).
   Specs without weights need --allow-random-teachers; programs need mean/std or
   normalize=none. Check teachers first: dr-build teachers eval SPEC --on VAL_DIR.
+
+\b
+Sources: a bare path or URL is an ImageFolder (SOURCE/<class>/<image>); otherwise
+KIND:LOCATION[?key=value&...] with KIND one of
+  wds:/data/train-{000000..000127}.tar?label=cls   WebDataset shards (local or s3://...);
+      label=cls or json:FIELD, image=EXT, classes=FILE|a,b,c
+  list:/data/train.csv  or  list:/data/train.jsonl  path,label rows (paths relative to the
+      list, absolute, or URLs; labels are ids or class names); classes=FILE|a,b,c
+  hf-disk:/data/hf?image=img&label=label           a Hugging Face save_to_disk folder
+      (split=NAME for a DatasetDict; read with pyarrow, no network)
+  cifar10:/data/cifar  cifar100:/data/cifar        torchvision's CIFAR layout (never
+      downloaded); split=train|test, cifar100: labels=fine|coarse
 """
 
 
@@ -219,7 +231,9 @@ def reinforce(
     quiet: bool,
     **options: Any,
 ) -> None:
-    """Reinforce SOURCE (an ImageFolder-layout directory: SOURCE/<class>/<image>) into --out.
+    """Reinforce SOURCE into --out: an ImageFolder-layout directory (SOURCE/<class>/<image>) or a
+    source spec -- wds:SHARDS?label=cls, list:FILE.csv|.jsonl, hf-disk:PATH?image=img&label=label,
+    cifar10:DIR, cifar100:DIR (see "Sources" below).
 
     Each image gets --views augmented views sampled with --policy (seeded per image, so the
     store is identical for any number of workers); the teacher ensemble labels every view and

@@ -1,6 +1,8 @@
 """Input datasets for a build and for training.
 
-A *source* is an indexed, labelled collection of images. Two kinds exist:
+A *source* is an indexed, labelled collection of images. Two kinds live here (more --
+WebDataset shards, file lists, saved Hugging Face datasets, CIFAR's binary layout -- in
+:mod:`dr.source_kinds`, named by spec strings such as ``wds:train-{0..9}.tar?label=cls``):
 
 * :class:`ImageFolderSource` -- a directory in the ImageFolder layout
   (``root/<class>/<image>``, the ImageNet layout); ordering is identical to
@@ -341,6 +343,10 @@ def absolute_location(location: str) -> str:
     ``dr-build verify`` and the Dataset find the source from any working directory)."""
     if "://" in location:
         return location
+    from dr.source_kinds import canonical_spec, looks_like_spec
+
+    if looks_like_spec(location):  # KIND:LOCATION[?opts] (see dr.source_kinds)
+        return canonical_spec(location)
     return os.path.abspath(os.path.expanduser(location))
 
 
@@ -357,12 +363,23 @@ def _refuse_empty_classes(location: str, empty: Sequence[str], exts: tuple[str, 
 def open_source(source: Any, storage_options: Mapping[str, Any] | None = None) -> Source:
     """Turn a path, an fsspec URL or a dataset object into a :class:`Source`.
 
-    Strings and paths name an ImageFolder-layout directory (local, or ``s3://...`` etc. with
-    ``storage_options``); a :class:`Source` passes through; any other map-style dataset is
-    wrapped in :class:`TorchDatasetSource`.
+    Strings are source specs ``KIND:LOCATION[?opts]`` (``wds:``, ``list:``, ``hf-disk:``,
+    ``cifar10:``, ``cifar100:``; see :mod:`dr.source_kinds`) or name an ImageFolder-layout
+    directory (local, or ``s3://...`` etc. with ``storage_options``); a :class:`Source` passes
+    through; any other map-style dataset is wrapped in :class:`TorchDatasetSource`.
+
+    Raises:
+        SourceError: an unknown kind (the message lists the kinds), a bad option or location.
     """
-    if isinstance(source, (ImageFolderSource, TorchDatasetSource)):
-        return source
+    if isinstance(source, (ImageFolderSource, TorchDatasetSource)) or all(
+        hasattr(source, a) for a in ("read", "describe", "fingerprint", "labels")
+    ):
+        return source  # type: ignore[no-any-return]
+    if isinstance(source, str):
+        from dr.source_kinds import looks_like_spec, open_spec
+
+        if looks_like_spec(source):
+            return open_spec(source, storage_options)  # type: ignore[no-any-return]
     if isinstance(source, (str, os.PathLike)):
         return ImageFolderSource(source, storage_options=storage_options)
     return TorchDatasetSource(source)

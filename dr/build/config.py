@@ -24,7 +24,9 @@ class BuildConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: str = Field(description="ImageFolder-layout directory (root/<class>/<image>)")
+    source: str = Field(
+        description="ImageFolder-layout directory (root/<class>/<image>) or a source spec: wds:, list:, hf-disk:, cifar10:, cifar100:"
+    )
     teachers: tuple[str, ...] = Field(min_length=1, description="teacher specs, e.g. timm:resnet50@w.safetensors")
     policy: str = Field("rrc", description="augmentation preset (see `dr-build policies`)")
     out: str = Field(description="store path or fsspec URL (.zarr)")
@@ -123,7 +125,7 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
 
 EXAMPLE_CONFIG = """\
 # dr-build reinforce --config build.yaml   (command-line flags override these keys)
-source: /data/imagenet/train          # ImageFolder layout: <source>/<class>/<image>
+source: /data/imagenet/train          # ImageFolder layout <source>/<class>/<image>, or wds:/data/train-{000000..000127}.tar?label=cls, list:train.csv, hf-disk:PATH?image=img&label=label, cifar10:DIR
 out: /shared/stores/imagenet+.zarr    # or s3://bucket/prefix/imagenet+.zarr
 teachers:                             # KIND:NAME[@WEIGHTS][?options]; an ensemble averages probabilities
   - timm:resnet50@/weights/resnet50.safetensors
