@@ -1,25 +1,27 @@
 #!/usr/bin/env python
 """Proof of value: students trained on CIFAR-10+ vs CIFAR-10 at the same cost.
 
-    python examples/cifar10plus.py all --data ../shared/data/cifar10 --workdir runs/c10p          # full (GPU)
-    python examples/cifar10plus.py all --data ../shared/data/cifar10 --workdir /tmp/q --quick     # minutes on a CPU
-    python examples/cifar10plus.py report --workdir runs/c10p    # table (Markdown), results.json, accuracy.png
+    python examples/cifar10plus.py all --cpu --workdir runs/c10p-cpu --publish   # the CPU protocol (hours; resumable)
+    python examples/cifar10plus.py all --workdir runs/c10p --publish             # the GPU protocol (one H100)
+    python examples/cifar10plus.py all --workdir /tmp/q --quick                  # a pipeline check, minutes on a CPU
+    python examples/cifar10plus.py report --cpu --workdir runs/c10p-cpu          # table, JSON, plot
 
 Stages -- ``teachers``, ``reinforce``, ``students``, ``report`` (``all`` runs them in order) --
-cache their outputs in the workdir and skip what is done, so a long run can be split into
-separate calls. The protocol is fixed up front and the same for every condition:
+cache their outputs in the workdir and skip what is done (a store resumes chunk by chunk, a
+student run is one JSON file), so a long protocol spreads over several sittings: rerun the same
+command. The protocol is fixed up front and the same for every condition:
 
 * data: the CIFAR-10 JPEGs (train 50,000 / test 10,000), extracted once into the workdir;
-* teachers: an ensemble of 3 CIFAR ResNets (different depths and seeds) trained by
-  ``examples/train_teacher.py`` on the train split;
-* reinforce: ``dr-build``'s pipeline with that ensemble, preset ``cifar+mix+ra/re``, V views, k = 10;
-* students: one smaller ResNet, the same optimiser (SGD + Nesterov, cosine, weight decay),
-  batch size and schedule in every condition, at budgets E and 3E epochs, over seeds:
-  ``plain`` (pad-crop + flip, hard labels), ``plain-strong`` (the store's policy sampled fresh,
-  hard mixed labels), ``reinforced`` (stored views + sparse soft targets), ``kd`` (the
-  ensemble run on every batch of fresh strong views). All four use the same batched loader
-  (``dr.batched.DeviceReplay``), so the comparison measures the targets, not the loaders.
-  Hyperparameters were chosen once on ``plain`` and reused.
+* teachers: ``--cpu`` uses the ensemble shipped in ``examples/assets/teachers`` (3 CIFAR
+  ResNets trained by ``examples/train_teachers.sh``); the GPU protocol trains wider ones;
+* reinforce: one store per policy (``cifar`` and a strong one), V views, k = 10;
+* students: one small ResNet, the same optimiser (SGD + Nesterov, one-cycle, weight decay),
+  batch and schedule in every condition, at each budget over seeds: ``plain`` (fresh
+  pad-crop + flip views, hard labels), ``plain-strong`` (fresh views of the strong policy,
+  hard mixed labels), ``reinforced:<policy>`` (stored views + sparse soft targets, one per
+  store), ``kd`` (the ensemble run online on every batch of fresh ``cifar`` views). All use
+  the same batched loader (``dr.batched.DeviceReplay``), so the comparison measures the
+  targets, not the loaders. Hyperparameters were chosen once on ``plain`` and reused.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cifar_data import extract_split, sgd_nesterov
 
+import dr
 from dr.batched import DeviceReplay
 from dr.build import BuildConfig, reinforce
 from dr.loss import soft_cross_entropy
@@ -48,28 +53,63 @@ from dr.sources import ImageFolderSource
 from teachers import Ensemble
 from teachers.zoo import CIFAR_MEAN, CIFAR_STD, cifar_resnet
 
-CONDITIONS = ("plain", "plain-strong", "reinforced", "kd")
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "examples" / "assets" / "teachers"
 
 
 @dataclass(frozen=True)
 class Protocol:
+    name: str
     train_per_class: int | None
     test_per_class: int | None
-    teachers: tuple[tuple[int, int, int], ...]  # (depth, width, seed)
+    teachers: tuple[tuple[int, int, int], ...] | None  # (depth, width, seed) to train; None: the shipped ensemble
     teacher_epochs: int
     views: int
+    stores: tuple[str, ...]  # one reinforced store per policy; the last is the "strong" policy
     student: tuple[int, int]  # (depth, width)
-    budgets: tuple[int, int]
-    seeds: tuple[int, ...]
+    runs: tuple[tuple[int, tuple[int, ...]], ...]  # (epochs, seeds)
     batch: int
     lr: float
     wd: float
 
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return ("plain", "plain-strong", *(f"reinforced:{p}" for p in self.stores), "kd")
 
-FULL = Protocol(None, None, ((20, 32, 0), (32, 32, 1), (44, 32, 2)), 60, 50, (8, 16), (15, 45), (0, 1, 2), 256, 0.2, 5e-4)
-# a CPU-sized run with a real signal: 500 train images per class, the full test split
-MEDIUM = Protocol(500, None, ((20, 16, 0), (20, 16, 1), (20, 16, 2)), 12, 20, (8, 16), (5, 15), (0,), 128, 0.2, 5e-4)
-QUICK = Protocol(40, 20, ((8, 8, 0), (8, 8, 1), (14, 8, 2)), 2, 4, (8, 4), (1, 3), (0,), 64, 0.1, 5e-4)
+
+GPU = Protocol(
+    "gpu",
+    None,
+    None,
+    ((20, 32, 0), (32, 32, 1), (44, 32, 2)),
+    60,
+    50,
+    ("cifar", "cifar+mix+ra/re"),
+    (8, 16),
+    ((15, (0, 1, 2)), (45, (0, 1, 2))),
+    256,
+    0.2,
+    5e-4,
+)
+CPU = Protocol("cpu", None, None, None, 0, 10, ("cifar", "cifar+ra/re"), (8, 16), ((5, (0, 1)), (15, (0,))), 256, 0.2, 5e-4)
+# v0.1's medium run: 500 train images per class, 3 ResNet-20 teachers trained here
+MEDIUM = Protocol(
+    "medium",
+    500,
+    None,
+    ((20, 16, 0), (20, 16, 1), (20, 16, 2)),
+    12,
+    20,
+    ("cifar+mix+ra/re",),
+    (8, 16),
+    ((5, (0,)), (15, (0,))),
+    128,
+    0.2,
+    5e-4,
+)
+QUICK = Protocol(
+    "quick", 40, 20, ((8, 8, 0), (8, 8, 1), (14, 8, 2)), 2, 4, ("cifar", "cifar+ra/re"), (8, 4), ((1, (0,)), (3, (0,))), 64, 0.1, 5e-4
+)
 
 
 def data(args: argparse.Namespace, proto: Protocol) -> tuple[Path, Path]:
@@ -82,10 +122,27 @@ def data(args: argparse.Namespace, proto: Protocol) -> tuple[Path, Path]:
     return train, test
 
 
+def shipped_teachers() -> list[dict]:
+    """The cards of the shipped ensemble (examples/assets/teachers/*.json), specs made absolute."""
+    cards = []
+    for path in sorted(SHIPPED.glob("*.json")):
+        card = json.loads(path.read_text())
+        card["teacher_spec"] = card["teacher_spec"].replace("@examples/", f"@{REPO}/examples/")
+        cards.append(card)
+    if len(cards) < 3:
+        raise SystemExit(
+            f"the CPU protocol uses the 3 teachers shipped in {SHIPPED}, found {len(cards)}: "
+            "train them with `bash examples/train_teachers.sh` (resumable; tens of minutes each on a CPU)"
+        )
+    return cards
+
+
 def stage_teachers(args: argparse.Namespace, proto: Protocol) -> list[str]:
     import train_teacher
 
     data(args, proto)
+    if proto.teachers is None:
+        return [c["teacher_spec"] for c in shipped_teachers()]
     specs = []
     for depth, width, seed in proto.teachers:
         out = Path(args.workdir) / "teachers" / f"resnet{depth}w{width}s{seed}"
@@ -111,24 +168,33 @@ def stage_teachers(args: argparse.Namespace, proto: Protocol) -> list[str]:
     return specs
 
 
-def stage_reinforce(args: argparse.Namespace, proto: Protocol) -> str:
+def store_path(args: argparse.Namespace, policy: str) -> str:
+    return str(Path(args.workdir) / f"cifar10+{policy.replace('/', '-')}.zarr")
+
+
+def stage_reinforce(args: argparse.Namespace, proto: Protocol) -> dict[str, str]:
     train, _ = data(args, proto)
     specs = stage_teachers(args, proto)
-    store = str(Path(args.workdir) / "cifar10+.zarr")
-    cfg = BuildConfig(
-        source=str(train),
-        teachers=specs,
-        policy="cifar+mix+ra/re",
-        views=proto.views,
-        topk=10,
-        chunk_size=256,
-        out=store,
-        resume=True,
-        force=True,
-    )
-    result = reinforce(cfg, progress=not args.quiet)
-    print(f"reinforce: {result.to_dict()}", flush=True)
-    return store
+    stores = {}
+    for policy in proto.stores:
+        store = store_path(args, policy)
+        cfg = BuildConfig(
+            source=str(train), teachers=specs, policy=policy, views=proto.views, topk=10, chunk_size=256, out=store, resume=True, force=True
+        )
+        t = time.perf_counter()
+        result = reinforce(cfg, progress=not args.quiet)
+        if not result.complete:
+            raise SystemExit(f"store {store} is not complete yet: run the same command again to resume it")
+        if result.chunks_computed:
+            _log(args, f"reinforce {policy}: {result.views_computed} views in {time.perf_counter() - t:.0f}s")
+        stores[policy] = store
+    return stores
+
+
+def _log(args: argparse.Namespace, text: str) -> None:
+    print(text, flush=True)
+    with open(Path(args.workdir) / "timings.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
 
 def _test_set(test: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,11 +221,14 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm) ->
     return float(correct.mean()), ece
 
 
-def train_student(args: argparse.Namespace, proto: Protocol, condition: str, epochs: int, seed: int, store: str, specs: list[str]) -> dict:
+def train_student(
+    args: argparse.Namespace, proto: Protocol, condition: str, epochs: int, seed: int, stores: dict[str, str], specs: list[str]
+) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train, test = data(args, proto)
     torch.manual_seed(seed)
-    rep = DeviceReplay(store, train, device=device, seed=seed)
+    store_policy = condition.split(":", 1)[1] if condition.startswith("reinforced:") else None
+    rep = DeviceReplay(stores[store_policy or proto.stores[0]], train, device=device, seed=seed)
     x_test, y_test = _test_set(test, device)
     mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1) * 255
@@ -169,7 +238,7 @@ def train_student(args: argparse.Namespace, proto: Protocol, condition: str, epo
 
     model = cifar_resnet(depth=proto.student[0], width=proto.student[1], num_classes=10).to(device).to(memory_format=torch.channels_last)
     teachers = Ensemble.from_specs(specs).to(device) if condition == "kd" else None
-    plain_policy = get_policy("cifar")
+    fresh_policy = get_policy(proto.stores[-1] if condition == "plain-strong" else "cifar")
     opt = sgd_nesterov(model, proto.lr, proto.wd)
     steps = epochs * math.ceil(len(rep) / proto.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=proto.lr, total_steps=steps, pct_start=0.15)
@@ -179,14 +248,13 @@ def train_student(args: argparse.Namespace, proto: Protocol, condition: str, epo
         te = time.perf_counter()
         model.train()
         order = torch.randperm(len(rep), generator=gen).numpy()
+        total = torch.zeros((), device=device)
         for s in range(0, len(order), proto.batch):
             items = order[s : s + proto.batch]
-            if condition == "reinforced":
+            if store_policy is not None:
                 views, target = rep.batch(items, epoch)
-            elif condition == "plain":
-                views, target = rep.fresh(items, epoch, policy=plain_policy, seed=seed + 1)
             else:
-                views, target = rep.fresh(items, epoch, seed=seed + 1)
+                views, target = rep.fresh(items, epoch, policy=fresh_policy, seed=seed + 1)
                 if teachers is not None:
                     target = teachers(views).clone()  # a normal tensor (the forward runs in inference mode)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -197,11 +265,20 @@ def train_student(args: argparse.Namespace, proto: Protocol, condition: str, epo
             opt.step()
             sched.step()
             seen += len(items)
+            total += loss.detach() * len(items)  # no per-step device sync
         epoch_times.append(time.perf_counter() - te)
+        if not args.quiet:
+            eta = np.mean(epoch_times) * (epochs - epoch - 1)
+            print(
+                f"  [{condition} E={epochs} seed={seed}] epoch {epoch + 1}/{epochs} loss {float(total) / len(order):.4f} "
+                f"{len(order) / epoch_times[-1]:,.0f} img/s, ETA {eta:.0f}s",
+                flush=True,
+            )
     train_s = time.perf_counter() - t0
     acc, ece = _evaluate(model, x_test, y_test, norm)
     return {
         "condition": condition,
+        "store_policy": store_policy,
         "epochs": epochs,
         "seed": seed,
         "test_top1": acc,
@@ -213,109 +290,132 @@ def train_student(args: argparse.Namespace, proto: Protocol, condition: str, epo
     }
 
 
+def _run_name(condition: str, epochs: int, seed: int) -> str:
+    return f"{condition.replace(':', '-').replace('/', '-')}-e{epochs}-s{seed}"
+
+
 def stage_students(args: argparse.Namespace, proto: Protocol) -> list[dict]:
-    store = stage_reinforce(args, proto)
+    stores = stage_reinforce(args, proto)
     specs = stage_teachers(args, proto)
+    plan = [(c, e, s) for e, seeds in proto.runs for c in proto.conditions for s in seeds]
+    todo = [r for r in plan if not (Path(args.workdir) / "students" / f"{_run_name(*r)}.json").exists()]
+    _log(args, f"students: {len(plan)} runs in the protocol, {len(todo)} to do ({sum(e for _, e, _ in todo)} epochs)")
+    per_epoch: dict[str, float] = {}
     results = []
-    for epochs in proto.budgets:
-        for condition in CONDITIONS:
-            for seed in proto.seeds:
-                out = Path(args.workdir) / "students" / f"{condition}-e{epochs}-s{seed}.json"
-                if not out.exists():
-                    r = train_student(args, proto, condition, epochs, seed, store, specs)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_text(json.dumps(r, indent=2) + "\n")
-                    print(f"student {condition} E={epochs} seed={seed}: top-1 {r['test_top1']:.4f} ({r['train_seconds']:.0f}s)", flush=True)
-                results.append(json.loads(out.read_text()))
+    for condition, epochs, seed in plan:
+        out = Path(args.workdir) / "students" / f"{_run_name(condition, epochs, seed)}.json"
+        if not out.exists():
+            r = train_student(args, proto, condition, epochs, seed, stores, specs)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(r, indent=2) + "\n")
+            per_epoch[condition] = r["seconds_per_epoch"]
+            left = [x for x in todo if not (Path(args.workdir) / "students" / f"{_run_name(*x)}.json").exists()]
+            guess = np.mean(list(per_epoch.values()))
+            projected = sum(per_epoch.get(c, guess) * e for c, e, _ in left)
+            _log(
+                args,
+                f"student {condition} E={epochs} seed={seed}: top-1 {r['test_top1']:.4f} ECE {r['ece']:.3f} "
+                f"({r['train_seconds']:.0f}s, {r['images_per_second']:,.0f} img/s); projected time left {projected / 60:.0f} min",
+            )
+        results.append(json.loads(out.read_text()))
     return results
 
 
-def stage_report(args: argparse.Namespace, proto: Protocol | None) -> str:
+def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     work = Path(args.workdir)
     runs = [json.loads(p.read_text()) for p in sorted((work / "students").glob("*.json"))]
     if not runs:
         raise SystemExit(f"no student results under {work / 'students'}: run the students stage first")
-    cards = [json.loads(p.read_text()) for p in sorted((work / "teachers").glob("*.json"))]
-    store = work / "cifar10+.zarr"
+    cards = (
+        shipped_teachers() if proto.teachers is None else [json.loads(p.read_text()) for p in sorted((work / "teachers").glob("*.json"))]
+    )
     ens_acc = None
-    if cards and store.exists() and (work / "data" / "test").exists():
+    if cards and (work / "data" / "test").exists():
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ens = Ensemble.from_specs([c["teacher_spec"] for c in cards]).to(device)
         x, y = _test_set(work / "data" / "test", device)
         with torch.inference_mode():
             ens_acc = float(torch.cat([ens(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)]).eq(y).float().mean())
-    table: dict[str, dict[int, dict]] = {}
-    for r in runs:
-        table.setdefault(r["condition"], {}).setdefault(r["epochs"], {"acc": [], "ece": [], "ips": [], "spe": []})
-        cell = table[r["condition"]][r["epochs"]]
-        cell["acc"].append(r["test_top1"])
-        cell["ece"].append(r["ece"])
-        cell["ips"].append(r["images_per_second"])
-        cell["spe"].append(r["seconds_per_epoch"])
     budgets = sorted({r["epochs"] for r in runs})
+    conditions = [c for c in proto.conditions if any(r["condition"] == c for r in runs)]
+    cell = {(c, b): [r for r in runs if r["condition"] == c and r["epochs"] == b] for c in conditions for b in budgets}
     names = [f"{Path(c['teacher_spec'].split('@')[1].split('?')[0]).stem} {100 * c['test_top1']:.2f}%" for c in cards]
-    lines = ["Teachers: " + ", ".join(names) + (f"; ensemble {100 * ens_acc:.2f}%" if ens_acc is not None else ""), ""]
-    lines.append("| condition | " + " | ".join(f"top-1 E={b} | ECE E={b} | img/s E={b} | s/epoch E={b}" for b in budgets) + " |")
-    lines.append("|---|" + "---|" * (4 * len(budgets)))
+    lines = [
+        "Teachers (top-1 on the 10,000 test JPEGs): "
+        + ", ".join(names)
+        + (f"; ensemble {100 * ens_acc:.2f}%" if ens_acc is not None else ""),
+        "",
+    ]
+    lines.append("| condition | " + " | ".join(f"top-1 % E={b} | ECE E={b} | img/s E={b}" for b in budgets) + " |")
+    lines.append("|---|" + "---|" * (3 * len(budgets)))
     summary = {}
-    for cond in CONDITIONS:
-        if cond not in table:
-            continue
-        row = [cond]
+    for c in conditions:
+        row = [c]
         for b in budgets:
-            c = table[cond].get(b)
-            if not c:
-                row += ["-"] * 4
+            rs = cell[(c, b)]
+            if not rs:
+                row += ["-"] * 3
                 continue
-            a = np.array(c["acc"]) * 100
+            a = np.array([r["test_top1"] for r in rs]) * 100
+            spread = f" ± {(a.max() - a.min()) / 2:.2f}" if len(a) > 1 else ""
             row += [
-                f"{a.mean():.2f} ± {a.std():.2f} (n={len(a)})",
-                f"{np.mean(c['ece']):.3f}",
-                f"{np.mean(c['ips']):.0f}",
-                f"{np.mean(c['spe']):.2f}",
+                f"{a.mean():.2f}{spread} (n={len(a)})",
+                f"{np.mean([r['ece'] for r in rs]):.3f}",
+                f"{np.mean([r['images_per_second'] for r in rs]):,.0f}",
             ]
-            summary[f"{cond}@{b}"] = {
-                "top1_mean": float(a.mean()),
-                "top1_std": float(a.std()),
-                "n": len(a),
-                "ece": float(np.mean(c["ece"])),
-                "images_per_second": float(np.mean(c["ips"])),
-                "seconds_per_epoch": float(np.mean(c["spe"])),
-            }
+            summary[f"{c}@{b}"] = {"top1_mean": float(a.mean()), "top1_half_range": float((a.max() - a.min()) / 2), "n": len(a)}
         lines.append("| " + " | ".join(row) + " |")
     device = runs[0]["device"]
-    lines += [
-        "",
-        f"Device: {device} ({torch.cuda.get_device_name() if device.startswith('cuda') and torch.cuda.is_available() else platform.processor() or platform.machine()}); torch {torch.__version__}.",
-    ]
+    machine = (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda") and torch.cuda.is_available()
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
+    lines += ["", f"Device: {device} ({machine}); torch {torch.__version__}; protocol `{proto.name}`; ± is half the range over seeds."]
     text = "\n".join(lines)
     (work / "results.md").write_text(text + "\n")
-    (work / "results.json").write_text(
-        json.dumps(
-            {"teachers": cards, "ensemble_top1": ens_acc, "conditions": summary, "protocol": asdict(proto) if proto else None}, indent=2
-        )
-        + "\n"
-    )
+    record = {
+        "protocol": asdict(proto),
+        "command": "python examples/cifar10plus.py " + " ".join(sys.argv[1:])
+        if sys.argv and sys.argv[0].endswith("cifar10plus.py")
+        else None,
+        "machine": machine,
+        "versions": {"torch": torch.__version__, "python": platform.python_version(), "dr": dr.__version__},
+        "teachers": [{k: c.get(k) for k in ("teacher_spec", "test_top1", "train_seconds", "epochs")} for c in cards],
+        "ensemble_top1": ens_acc,
+        "runs": [
+            {k: r.get(k) for k in ("condition", "store_policy", "epochs", "seed", "test_top1", "ece", "train_seconds", "images_per_second")}
+            for r in runs
+        ],
+        "summary": summary,
+    }
+    (work / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for cond in CONDITIONS:
-        if cond in table:
-            xs = [b for b in budgets if b in table[cond]]
-            ys = [100 * np.mean(table[cond][b]["acc"]) for b in xs]
-            es = [100 * np.std(table[cond][b]["acc"]) for b in xs]
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=cond)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for k, c in enumerate(conditions):
+        xs = [b for b in budgets if cell[(c, b)]]
+        ax.plot(xs, [100 * np.mean([r["test_top1"] for r in cell[(c, b)]]) for b in xs], marker="o", label=c, color=f"C{k}")
+        for b in xs:  # every seed's point
+            ax.scatter([b] * len(cell[(c, b)]), [100 * r["test_top1"] for r in cell[(c, b)]], s=12, color=f"C{k}", alpha=0.6)
     if ens_acc is not None:
         ax.axhline(100 * ens_acc, color="gray", ls="--", label="teacher ensemble")
     ax.set_xlabel("epochs")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("CIFAR-10 students: plain vs reinforced")
-    ax.legend()
+    ax.set_title(f"CIFAR-10 students: plain vs reinforced ({proto.name})")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(work / "accuracy.png", dpi=120)
+    if args.publish:
+        dest = REPO / "examples" / "results" / f"cifar10plus-{proto.name}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "accuracy.png", "results.json"):
+            shutil.copy(work / name, dest / name)
+        (REPO / "bench" / "results").mkdir(exist_ok=True)
+        shutil.copy(work / "results.json", REPO / "bench" / "results" / f"cifar10plus-{proto.name}.json")
     print(text)
     return text
 
@@ -323,19 +423,24 @@ def stage_report(args: argparse.Namespace, proto: Protocol | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["teachers", "reinforce", "students", "report", "all"])
-    p.add_argument(
-        "--data",
-        default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"),
-        help="folder with train.tar.gz/test.tar.gz",
-    )
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10"), help="folder with train.tar.gz/test.tar.gz")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--quick", action="store_true", help="a few hundred images, tiny teachers, 1 seed: a pipeline check (~30 s on a CPU)")
-    p.add_argument(
-        "--medium", action="store_true", help="5,000 train images, 3 ResNet-20 teachers, V=20, 1 seed: ~30-40 min on a 2-core CPU"
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--cpu", action="store_true", help="the CPU protocol: full CIFAR-10, the shipped teachers, V=10, E=5 (2 seeds) and 15"
     )
+    size.add_argument(
+        "--quick", action="store_true", help="a few hundred images, tiny teachers, 1 seed: a pipeline check (minutes on a CPU)"
+    )
+    size.add_argument(
+        "--medium", action="store_true", help="v0.1's medium run: 5,000 train images, 3 ResNet-20 teachers trained here, V=20"
+    )
+    p.add_argument("--publish", action="store_true", help="copy the report to examples/results/ and bench/results/")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    proto = QUICK if args.quick else MEDIUM if args.medium else FULL
+    proto = QUICK if args.quick else MEDIUM if args.medium else CPU if args.cpu else GPU
+    if proto is GPU and not torch.cuda.is_available() and args.stage != "report":
+        raise SystemExit("the GPU protocol needs CUDA: pass --cpu for the CPU protocol or --quick for a pipeline check")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.stage == "teachers":
         stage_teachers(args, proto)

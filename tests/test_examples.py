@@ -54,11 +54,16 @@ def test_cifar10plus_quick_pipeline_and_cache(ray_session, tmp_path: Path) -> No
     work = tmp_path / "q"
     mod.main(["all", "--data", str(SHARED), "--workdir", str(work), "--quick", "--quiet"])
     runs = sorted((work / "students").glob("*.json"))
-    assert len(runs) == 4 * 2  # four conditions x two budgets x one seed
+    conditions = ("plain", "plain-strong", "reinforced:cifar", "reinforced:cifar+ra/re", "kd")
+    assert len(runs) == len(conditions) * 2  # five conditions x two budgets x one seed
     results = json.loads((work / "results.json").read_text())
-    assert set(results["conditions"]) == {f"{c}@{e}" for c in ("plain", "plain-strong", "reinforced", "kd") for e in (1, 3)}
+    assert set(results["summary"]) == {f"{c}@{e}" for c in conditions for e in (1, 3)}
     assert len(results["teachers"]) == 3 and (work / "accuracy.png").stat().st_size > 1000
-    assert "| reinforced |" in (work / "results.md").read_text()
+    rec = results["runs"][0]
+    assert set(rec) == {"condition", "store_policy", "epochs", "seed", "test_top1", "ece", "train_seconds", "images_per_second"}
+    assert {r["store_policy"] for r in results["runs"]} == {None, "cifar", "cifar+ra/re"}
+    assert "| reinforced:cifar+ra/re |" in (work / "results.md").read_text()
+    assert "students: 10 runs in the protocol, 10 to do" in (work / "timings.log").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in runs + sorted((work / "teachers").glob("*"))}
     mod.main(["all", "--data", str(SHARED), "--workdir", str(work), "--quick", "--quiet"])  # everything cached
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
