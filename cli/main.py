@@ -222,6 +222,12 @@ def cli(verbose: int) -> None:
 @click.option("--allow-random-teachers", is_flag=True, help="Accept teacher specs without weights (seeded random init; tests, benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary (or the error) as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Plan only: images, chunks, views, projected store size, and -- after timing the first unit on one worker -- "
+    "projected wall-clock and GPU-hours. Writes nothing.",
+)
 def reinforce(
     source: str | None,
     config_file: str | None,
@@ -229,6 +235,7 @@ def reinforce(
     storage_options: tuple[str, ...],
     as_json: bool,
     quiet: bool,
+    dry_run: bool,
     **options: Any,
 ) -> None:
     """Reinforce SOURCE into --out: an ImageFolder-layout directory (SOURCE/<class>/<image>) or a
@@ -269,6 +276,13 @@ def reinforce(
             if missing:
                 raise click.UsageError(f"missing {', '.join(missing)} (or pass --config build.yaml)")
             config = BuildConfig(**{**options, **given})
+        if dry_run:
+            from dr.build.dryrun import dry_run as plan_build
+            from dr.build.dryrun import format_dry_run
+
+            plan = plan_build(config)
+            click.echo(json.dumps(plan.to_dict()) if as_json else format_dry_run(plan))
+            return
         result = run_build(config, progress=not quiet, echo=lambda m: click.echo(m, err=as_json))
     except (DRError, ValidationError, click.ClickException) as e:
         _fail(e, as_json)

@@ -1,0 +1,221 @@
+"""``dr-build reinforce ... --dry-run``: plan a build and project its cost before spending it.
+
+Counts images, chunks and views; projects the store's size from the policy's field widths
+(an exact uncompressed figure) and from the first unit's arrays compressed with the store's
+codec; times the first unit on the build's own hardware -- one teacher worker started on the
+Ray cluster with the resources the build would give it -- and projects wall-clock and
+GPU-hours for the whole build. Writes nothing: no store, no lock (Ray's own temporary
+files aside).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dr.build.config import BuildConfig
+from dr.build.plan import plan_units
+from dr.sources import Source, open_source
+from storage.schema import StoreHeader, ids_dtype
+
+__all__ = ["DryRun", "dry_run", "projected_bytes", "format_dry_run"]
+
+#: bytes per image outside the per-view arrays: labels int32, sizes 2 x uint32, digest 16, skipped 1
+PER_IMAGE_BYTES = 4 + 8 + 16 + 1
+
+
+@dataclass
+class DryRun:
+    """What ``--dry-run`` found (all sizes in bytes, times in seconds)."""
+
+    source: str
+    images: int
+    classes: int
+    chunks: int
+    chunk_size: int
+    views_per_image: int
+    views: int
+    topk: int
+    policy: str
+    bytes_per_view_raw: float
+    store_bytes_raw: int
+    device: str
+    workers: int
+    gpus_per_worker: float
+    timed: bool = False
+    unit_images: int = 0
+    worker_start_s: float = 0.0
+    first_unit_s: float = 0.0
+    warm_unit_s: float = 0.0
+    views_per_s_per_worker: float = 0.0
+    bytes_per_view_compressed: float = 0.0
+    store_bytes_compressed: int = 0
+    projected_wall_s: float = 0.0
+    projected_gpu_hours: float = 0.0
+    projected_cpu_hours: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def projected_bytes(header: StoreHeader) -> tuple[float, int]:
+    """(uncompressed bytes per view, uncompressed store bytes) from the header's field widths."""
+    per_view = sum(int(np.dtype(f.dtype).itemsize) * math.prod(f.shape) for f in header.param_fields)
+    per_view += header.topk * (np.dtype(ids_dtype(header.num_classes)).itemsize + np.dtype("float16").itemsize)
+    n = header.dataset.count
+    return float(per_view), int(per_view * n * header.views + PER_IMAGE_BYTES * n)
+
+
+def _compressed_bytes(arrays: dict[str, np.ndarray]) -> int:
+    """Bytes of a unit's arrays under the store's codec (Blosc zstd-9 + byte-shuffle; targets
+    with the top-k axis first, as the writer stores them)."""
+    from numcodecs import Blosc
+
+    codec = Blosc(cname="zstd", clevel=9, shuffle=Blosc.SHUFFLE)
+    total = 0
+    for name, a in arrays.items():
+        if name.startswith("targets/"):
+            a = np.moveaxis(a, -1, 0)
+        total += len(codec.encode(np.ascontiguousarray(a)))
+    return total
+
+
+def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_unit: bool = True) -> DryRun:
+    """Plan ``config``'s build without writing anything; with ``time_unit``, time its first
+    unit on one worker of the build's cluster (cold, then again warm) and project the cost."""
+    from dr.build import pipeline
+    from dr.build.preflight import probe_ensemble
+    from dr.build.worker import SourceRef, UnitWorker
+
+    src = open_source(source if source is not None else config.source, config.storage_options)
+    ensemble, ensemble_desc, num_classes = probe_ensemble(config, src.classes)
+    del ensemble
+    ensemble_desc = {**ensemble_desc, **pipeline._teacher_math(config)}
+    header = pipeline.make_header(config, src, ensemble_desc, num_classes)
+    units = plan_units(header.dataset.count, header.chunk_size)
+    per_view, raw = projected_bytes(header)
+    ray = pipeline._init_ray(config.address)
+    workers, per_cpu, per_gpu, device = pipeline._worker_resources(ray, config)
+    workers = min(workers, len(units))
+    n, v = header.dataset.count, header.views
+    plan = DryRun(
+        source=str(header.dataset.location),
+        images=n,
+        classes=len(header.dataset.classes),
+        chunks=len(units),
+        chunk_size=header.chunk_size,
+        views_per_image=v,
+        views=n * v,
+        topk=header.topk,
+        policy=config.policy,
+        bytes_per_view_raw=per_view,
+        store_bytes_raw=raw,
+        device=device,
+        workers=workers,
+        gpus_per_worker=per_gpu,
+    )
+    if not time_unit:
+        return plan
+    unit = units[0]
+    actor_cls = ray.remote(UnitWorker).options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=0, max_task_retries=0)
+    t0 = time.perf_counter()
+    actor = actor_cls.remote(
+        SourceRef(ray.put(src)),
+        header.policy,
+        list(config.teachers),
+        temperature=config.temperature,
+        views=v,
+        topk=header.topk,
+        seed=header.seed,
+        forward_group=header.forward_group,
+        device=device,
+        threads=max(1, int(per_cpu)),
+        decode_threads=config.decode_threads,
+        on_bad_image=config.on_bad_image,
+        precision=config.precision,
+        compile=config.compile,
+        class_map=header.ensemble.get("class_map"),
+        allow_random_teachers=config.allow_random_teachers,
+        init_seeds=[t.get("init_seed") or 0 for t in header.ensemble["teachers"]],
+    )
+    try:
+        ray.get(actor.ping.remote())
+        plan.worker_start_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        result = ray.get(actor.compute.remote(unit.start, unit.stop))
+        plan.first_unit_s = time.perf_counter() - t1
+        # the first unit pays one-off costs (cuDNN autotuning, torch.compile, caches): time it
+        # again when that is cheap, and project with the faster of the two
+        if plan.first_unit_s < 120:
+            t2 = time.perf_counter()
+            ray.get(actor.compute.remote(unit.start, unit.stop))
+            plan.warm_unit_s = time.perf_counter() - t2
+        else:
+            plan.warm_unit_s = plan.first_unit_s
+            plan.notes.append("the first unit took over 2 minutes: projected from it (cold) alone")
+    finally:
+        ray.kill(actor)
+    plan.timed = True
+    plan.unit_images = unit.size
+    plan.views_per_s_per_worker = unit.size * v / max(min(plan.first_unit_s, plan.warm_unit_s), 1e-9)
+    arrays = {k: a for k, a in result.arrays.items() if k.startswith(("params/", "targets/"))}
+    plan.bytes_per_view_compressed = _compressed_bytes(arrays) / (unit.size * v)
+    plan.store_bytes_compressed = int(plan.bytes_per_view_compressed * n * v + PER_IMAGE_BYTES * n)
+    plan.projected_wall_s = plan.worker_start_s + n * v / (plan.views_per_s_per_worker * workers)
+    plan.projected_gpu_hours = plan.projected_wall_s * workers * per_gpu / 3600
+    plan.projected_cpu_hours = plan.projected_wall_s * workers * per_cpu / 3600
+    if workers > 1:
+        plan.notes.append(f"assumes the {workers} workers each run at the timed worker's rate (one unit at a time: conservative)")
+    if unit.size < header.chunk_size or unit.size < 2 * header.forward_group:
+        plan.notes.append(f"timed on {unit.size} images only: the rate is rough")
+    return plan
+
+
+def _size(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if b < 1024 or unit == "TiB":
+            return f"{b:.1f} {unit}" if unit != "B" else f"{int(b)} B"
+        b /= 1024
+    return f"{b:.1f} TiB"  # pragma: no cover
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def format_dry_run(p: DryRun) -> str:
+    """The human-readable plan ``dr-build reinforce --dry-run`` prints."""
+    lines = [
+        f"dry run: {p.source}",
+        f"  images      {p.images:,} in {p.classes} classes",
+        f"  chunks      {p.chunks:,} of {p.chunk_size} images (one work unit each)",
+        f"  views       {p.views:,} ({p.views_per_image} per image, top-{p.topk}, policy {p.policy})",
+        f"  store size  {_size(p.store_bytes_raw)} uncompressed ({p.bytes_per_view_raw:.0f} B/view from the policy's field widths)",
+    ]
+    if p.timed:
+        lines += [
+            f"              ~{_size(p.store_bytes_compressed)} compressed ({p.bytes_per_view_compressed:.1f} B/view, the first unit's arrays under the store's codec)",
+            f"  timing      first unit ({p.unit_images} images, {p.unit_images * p.views_per_image:,} views) on 1 {p.device} worker: "
+            f"{p.first_unit_s:.1f} s cold, {p.warm_unit_s:.1f} s warm -> {p.views_per_s_per_worker:,.0f} views/s per worker "
+            f"(worker start {p.worker_start_s:.1f} s)",
+            f"  projected   {_duration(p.projected_wall_s)} wall-clock on {p.workers} worker(s); "
+            + (
+                f"{p.projected_gpu_hours:.2f} GPU-hours"
+                if p.gpus_per_worker
+                else f"0 GPU-hours (CPU build: {p.projected_cpu_hours:.2f} CPU-hours)"
+            ),
+        ]
+    else:
+        lines.append("  timing      not measured (--dry-run without timing)")
+    lines += [f"  note        {n}" for n in p.notes]
+    lines.append("nothing was written; run the same command without --dry-run to build")
+    return "\n".join(lines)
