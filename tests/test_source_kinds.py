@@ -104,6 +104,21 @@ def test_every_kind_gives_the_image_folders_images(kind: str, repacked: dict[str
     assert pickle.loads(pickle.dumps(src)).read(5)[1] == src.read(5)[1]
 
 
+def test_shards_and_lists_through_fsspec(repacked: dict[str, str], folder: ImageFolderSource) -> None:
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    local = repacked["wds"].split(":", 1)[1].split("?")[0].rsplit("/", 1)[0]
+    for f in sorted(Path(local).iterdir()):
+        mem.pipe(f"/wds/{f.name}", f.read_bytes())
+    src = open_source("wds:memory://wds/train-{000000..000002}.tar?label=cls&classes=" + ",".join(folder.classes))
+    assert len(src) == 64 and src.read(40)[1] == folder.read(40)[1]
+    assert absolute_location(src.location) == src.location  # URLs are recorded as given
+    mem.pipe("/lists/l.jsonl", (json.dumps({"path": "memory://wds/x.jpg", "label": 1}) + "\n").encode())
+    mem.pipe("/wds/x.jpg", (folder.root / folder.files[3]).read_bytes())
+    assert open_source("list:memory://lists/l.jsonl").read(0)[1] == folder.read(3)[1]
+
+
 def test_cifar_digests_match_a_wrapped_torchvision_dataset(repacked: dict[str, str]) -> None:
     from dr.sources import TorchDatasetSource
 
