@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 saved = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=saved)
         if epoch == config.get("fail_after_epoch") and start == 0:  # tests: a crash after a checkpoint
+            # let the controller collect the report first (it polls the workers every interval)
+            time.sleep(5 * config["poll_s"])
             raise RuntimeError(f"injected failure after epoch {epoch}")
 
 
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "examples_dir": EXAMPLES,
             "record_dir": args.record_dir,
             "fail_after_epoch": args.fail_after_epoch,
+            "poll_s": float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)),  # Ray Train's poll interval
         },
         scaling_config=ScalingConfig(
             num_workers=args.num_workers, use_gpu=args.use_gpu, resources_per_worker={"CPU": args.cpus_per_worker}
