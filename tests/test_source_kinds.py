@@ -119,6 +119,18 @@ def test_shards_and_lists_through_fsspec(repacked: dict[str, str], folder: Image
     assert open_source("list:memory://lists/l.jsonl").read(0)[1] == folder.read(3)[1]
 
 
+def test_hf_dataset_dict_splits(repacked: dict[str, str], tmp_path: Path) -> None:
+    import datasets
+
+    hf = datasets.load_from_disk(repacked["hf-disk"].split(":", 1)[1].split("?")[0])
+    datasets.DatasetDict({"train": hf.select(range(40)), "test": hf.select(range(40, 64))}).save_to_disk(str(tmp_path / "dd"))
+    assert len(open_source(f"hf-disk:{tmp_path}/dd?image=img")) == 40  # train by default
+    test = open_source(f"hf-disk:{tmp_path}/dd?image=img&split=test")
+    assert len(test) == 24 and test.read(0)[1] == open_source(repacked["hf-disk"]).read(40)[1]
+    with pytest.raises(SourceError, match=r"splits \['train', 'test'\]: pass \?split=NAME"):
+        open_source(f"hf-disk:{tmp_path}/dd?image=img&split=val")
+
+
 def test_cifar_digests_match_a_wrapped_torchvision_dataset(repacked: dict[str, str]) -> None:
     from dr.sources import TorchDatasetSource
 
