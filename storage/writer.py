@@ -27,8 +27,13 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _compressors() -> list[Any]:
-    return [zarr.codecs.ZstdCodec(level=19)]
+def _compressors(path: str) -> list[Any]:
+    """Per array, the smaller of two codecs measured on real stores (DESIGN-NOTES): Blosc-zstd
+    with byte-shuffle for the parameter fields and the float16 probabilities (5-35 % smaller
+    than zstd-19), plain zstd-19 for the class ids (shuffle cost 1000-class ids ~35 %)."""
+    if path == "targets/ids":
+        return [zarr.codecs.ZstdCodec(level=19)]
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=9, shuffle="shuffle")]
 
 
 class StoreWriter:
@@ -74,7 +79,12 @@ class StoreWriter:
         def arr(path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> zarr.Array:
             parent, name = path.rsplit("/", 1)
             return group.require_group(parent).create_array(
-                name, shape=shape, chunks=chunks, dtype=dtype, compressors=_compressors(), fill_value=fill_value(path, dtype)
+                name,
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                compressors=_compressors(path),
+                fill_value=fill_value(path, dtype),
             )
 
         for f in h.param_fields:

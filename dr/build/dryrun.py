@@ -72,15 +72,14 @@ def projected_bytes(header: StoreHeader) -> tuple[float, int]:
 
 
 def _compressed_bytes(arrays: dict[str, np.ndarray]) -> int:
-    """Bytes of a unit's arrays under the store's codec (Blosc zstd-9 + byte-shuffle; targets
-    with the top-k axis first, as the writer stores them)."""
-    from numcodecs import Blosc
+    """Bytes of a unit's arrays under the store's codecs, as the writer stores them (Blosc
+    zstd-9 + byte-shuffle; class ids plain zstd-19)."""
+    from numcodecs import Blosc, Zstd
 
-    codec = Blosc(cname="zstd", clevel=9, shuffle=Blosc.SHUFFLE)
+    shuffled, ids = Blosc(cname="zstd", clevel=9, shuffle=Blosc.SHUFFLE), Zstd(level=19)
     total = 0
     for name, a in arrays.items():
-        if name.startswith("targets/"):
-            a = np.moveaxis(a, -1, 0)
+        codec = ids if name == "targets/ids" else shuffled
         total += len(codec.encode(np.ascontiguousarray(a)))
     return total
 
