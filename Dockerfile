@@ -23,7 +23,7 @@ COPY docker/constraints.txt /tmp/constraints.txt
 COPY --from=build /wheels /tmp/wheels
 # DL3013: the constraints file pins every version; the wheel is this repository's package.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir -c /tmp/constraints.txt /tmp/wheels/*.whl "ray[data]" fsspec s3fs \
+RUN pip install --no-cache-dir -c /tmp/constraints.txt /tmp/wheels/*.whl "ray[data,default]" fsspec s3fs \
     && rm -rf /tmp/wheels /tmp/constraints.txt \
     && useradd --create-home --uid 1000 --shell /bin/bash dr
 USER 1000:1000

@@ -5,9 +5,13 @@ The CLI parses and validates (click + pydantic), calls the library, and prints; 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -283,9 +287,16 @@ def reinforce(
             plan = plan_build(config)
             click.echo(json.dumps(plan.to_dict()) if as_json else format_dry_run(plan))
             return
-        result = run_build(config, progress=not quiet, echo=lambda m: click.echo(m, err=as_json))
+        with _sigterm_as_interrupt():
+            result = run_build(config, progress=not quiet, echo=lambda m: click.echo(m, err=as_json))
     except (DRError, ValidationError, click.ClickException) as e:
         _fail(e, as_json)
+    except KeyboardInterrupt:
+        click.echo(
+            f"interrupted: finished chunks are kept; run the same command with --resume to finish the store (exit code {EXIT_RESUMABLE})",
+            err=True,
+        )
+        sys.exit(EXIT_RESUMABLE)
     r = result.to_dict()
     if as_json:
         click.echo(json.dumps(r))
@@ -305,6 +316,20 @@ def reinforce(
         err=True,
     )
     sys.exit(EXIT_RESUMABLE)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`ray job stop`, `kill`, a scheduler's preemption) stops a build like Ctrl-C:
+    the workers are killed, the writer lock is released, finished chunks are kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @cli.command()

@@ -13,7 +13,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,6 +157,17 @@ def _init_ray(address: str | None) -> Any:
 
     if ray.is_initialized():
         return ray
+    # ray.init installs Ray's crash-logging SIGTERM handler over the process's own: keep the
+    # caller's (the CLI turns SIGTERM, e.g. `ray job stop`, into a clean resumable stop).
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _start_ray(ray, address)
+    finally:
+        if callable(sigterm):
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+def _start_ray(ray: Any, address: str | None) -> Any:
     if address is not None:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
         return ray
@@ -241,7 +255,8 @@ def reinforce(
     Args:
         config: the build configuration.
         source: a dataset object to use instead of ``config.source`` (a path).
-        progress: show a tqdm bar (views/s and ETA).
+        progress: show a tqdm bar (views/s and ETA); without a terminal (a job log, a pipe),
+            a plain `progress: ...` line on stderr for the first and last chunk and every 10 s.
         on_chunk: called with each chunk index after it is written (monitoring, tests).
         echo: called with messages for the user (the ``check_on`` pre-flight table).
     """
@@ -398,15 +413,18 @@ def _run_units(
     # Let the initial workers come up together (bounded), so work spreads over every node.
     ray.wait(list(starting), num_returns=len(starting), timeout=config.start_timeout)
     t_ready = time.perf_counter()
+    total_views = sum(u.size for u in units) * header.views
+    lines = progress and not _is_tty(sys.stderr)  # a job log, a file, a pipe: plain lines, not \r bars
     bar = tqdm(
-        total=sum(u.size for u in units) * header.views,
+        total=total_views,
         unit="view",
         unit_scale=True,
         desc=f"reinforce {len(units)} chunks",
-        disable=not progress,
+        disable=not progress or lines,
         dynamic_ncols=True,
         smoothing=0.1,
     )
+    line = _ProgressLines(len(units), total_views) if lines else None
     try:
         while in_flight or (pending and failure is None and (starting or retry_at)):
             now = time.monotonic()
@@ -481,6 +499,8 @@ def _run_units(
             computed += 1
             views += unit.size * header.views
             bar.update(unit.size * header.views)
+            if line is not None:
+                line.update(computed, views)
             if on_chunk is not None:
                 on_chunk(unit.index)
             fill()
@@ -495,6 +515,40 @@ def _run_units(
     if failure is not None:
         raise failure
     return computed, views, names, time.perf_counter() - t_ready
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+#: Seconds between two plain progress lines (the first and the last chunk always get one).
+PROGRESS_LINE_EVERY_S = 10.0
+
+
+class _ProgressLines:
+    """Progress as whole lines on stderr for logs without a terminal (``ray job logs``, CI,
+    ``> build.log``): tqdm's bar redraws one line with carriage returns there."""
+
+    def __init__(self, chunks: int, views: int) -> None:
+        self.chunks, self.views = chunks, views
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, chunks_done: int, views_done: int) -> None:
+        now = time.monotonic()
+        if chunks_done not in (1, self.chunks) and now - self.last < PROGRESS_LINE_EVERY_S:
+            return
+        self.last = now
+        rate = views_done / max(now - self.t0, 1e-9)
+        eta = (self.views - views_done) / rate if rate > 0 else 0.0
+        print(
+            f"progress: {chunks_done}/{self.chunks} chunks, {views_done:,}/{self.views:,} views "
+            f"({100 * views_done / max(self.views, 1):.0f}%), {rate:,.0f} views/s, ETA {eta:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _ray_error_text(e: BaseException) -> str:
