@@ -27,14 +27,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=10
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check dr teachers storage cli tests examples bench
-	$(VENV)/bin/ruff format --check dr teachers storage cli tests examples bench
+	$(VENV)/bin/ruff check dr teachers storage cli tests examples bench deploy
+	$(VENV)/bin/ruff format --check dr teachers storage cli tests examples bench deploy
 	$(VENV)/bin/mypy dr teachers storage cli
 	$(VENV)/bin/hadolint Dockerfile
+	$(PY) deploy/check_manifests.py
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix dr teachers storage cli tests examples bench
-	$(VENV)/bin/ruff format dr teachers storage cli tests examples bench
+	$(VENV)/bin/ruff check --fix dr teachers storage cli tests examples bench deploy
+	$(VENV)/bin/ruff format dr teachers storage cli tests examples bench deploy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache *.egg-info
