@@ -210,3 +210,21 @@ def test_ray_job_stop_then_resubmitted_resume_gives_the_same_bytes(
     skipped = int(logs.split("skipped ")[1].split()[0])
     assert 1 <= skipped < 16, logs[-3000:]  # the stopped job's chunks were kept, not recomputed
     assert store_bytes(str(out)) == store_bytes(str(reference))
+
+
+def test_progress_lines_without_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Whole lines (no carriage returns) for the first and last chunk and every interval."""
+    from dr.build import pipeline
+
+    clock = iter([0.0, 1.0, 2.0, 13.0, 14.0])
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: next(clock))
+    lines = pipeline._ProgressLines(chunks=4, views=400)
+    for done in range(1, 5):
+        lines.update(done, done * 100)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines() == [
+        "progress: 1/4 chunks, 100/400 views (25%), 100 views/s, ETA 3s",
+        "progress: 3/4 chunks, 300/400 views (75%), 23 views/s, ETA 4s",
+        "progress: 4/4 chunks, 400/400 views (100%), 29 views/s, ETA 0s",
+    ]
