@@ -173,7 +173,7 @@ class RandAugment(ViewOp):
         signs = np.asarray(params["ra_signs"], dtype=np.int64).reshape(len(views), self.num_ops)
         size = views.shape[-1]
         fixed = kernels.fixed_sequence(views.device)
-        work = torch.cat([views, views.new_zeros((1, *views.shape[1:]))]) if fixed else views.clone()
+        work = torch.cat([views, views.new_zeros((1, *views.shape[1:]))]) if fixed else views  # in place on the CPU
         for slot in range(self.num_ops):
             groups = kernels.Groups(_KEY_OF[ops[:, slot], signs[:, slot]], len(_KEYS), views.device)
             for key, (op_id, neg) in enumerate(_KEYS):
@@ -277,5 +277,4 @@ class RandomErasing(ViewOp):
         return {"erase_box": box.astype(np.uint16)}
 
     def apply(self, views: torch.Tensor, params: Mapping[str, np.ndarray]) -> torch.Tensor:
-        boxes = torch.from_numpy(np.asarray(params["erase_box"], dtype=np.int64).reshape(-1, 4)).to(views.device)
-        return kernels.erase(views, boxes, self.value)
+        return kernels.erase(views, params["erase_box"], self.value)

@@ -275,9 +275,15 @@ def crop_resize(
 # -- simple batched view ops -------------------------------------------------------------------
 
 
-def hflip(views: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mirror the views whose ``mask`` entry is non-zero (``[B,C,H,W]``, ``[B]`` on the device)."""
-    return torch.where(mask.view(-1, 1, 1, 1).bool(), views.flip(-1), views)
+def _rows(sel: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(sel, dtype=np.int64)).to(device)
+
+
+def hflip(views: torch.Tensor, flip: np.ndarray) -> torch.Tensor:
+    """Mirror, in place, the views whose host ``flip`` entry is non-zero (``[B,C,H,W]``, ``[B]``):
+    only those views are read and written (one gather, one flip, one scatter for any B)."""
+    rows = _rows(np.flatnonzero(np.asarray(flip).reshape(-1)), views.device)
+    return views.index_copy_(0, rows, views.index_select(0, rows).flip(-1))
 
 
 def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -290,10 +296,15 @@ def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
-def erase(views: torch.Tensor, boxes: torch.Tensor, value: int) -> torch.Tensor:
-    """Fill each view's box with the constant ``value`` (a zero-height box erases nothing)."""
-    mask = box_mask(boxes, views.shape[-2], views.shape[-1])
-    return torch.where(mask, torch.full((), value, dtype=views.dtype, device=views.device), views)
+def erase(views: torch.Tensor, boxes: np.ndarray, value: int) -> torch.Tensor:
+    """Fill each view's box (host ``[B,4]``; zero height: not erased) with ``value``, in place;
+    only the erased views are read and written."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    sel = np.flatnonzero(boxes[:, 2] > 0)
+    rows = _rows(sel, views.device)
+    mask = box_mask(torch.from_numpy(boxes[sel]).to(views.device), views.shape[-2], views.shape[-1])
+    sub = torch.where(mask, torch.full((), value, dtype=views.dtype, device=views.device), views.index_select(0, rows))
+    return views.index_copy_(0, rows, sub)
 
 
 def to_uint8(views: torch.Tensor) -> torch.Tensor:

@@ -76,16 +76,26 @@ class Mix(Op):
         return {"mix_kind": kind.astype(np.uint8), "mix_lambda": lam.astype(np.float16), "mix_box": box.astype(np.uint16)}
 
     def combine(self, base: torch.Tensor, partner: torch.Tensor, mixed: np.ndarray, params: Mapping[str, np.ndarray]) -> torch.Tensor:
-        """Mix uint8 views: ``base [B,3,S,S]``; ``partner [M,3,S,S]`` are the partners of the
-        views at positions ``mixed [M]`` (host indices); ``params`` hold every view's fields.
-        Batched: MixUp with a ``[M,1,1,1]`` lambda, CutMix as a box mask, one pass for both."""
+        """Mix uint8 views in place: ``base [B,3,S,S]``; ``partner [M,3,S,S]`` are the partners
+        of the views at positions ``mixed [M]`` (host indices); ``params`` hold every view's
+        fields. Batched, grouped on the host: MixUp views with a ``[m,1,1,1]`` lambda, CutMix
+        views with box masks; only mixed views are read and written."""
         dev = base.device
-        sel = torch.from_numpy(np.asarray(mixed, dtype=np.int64)).to(dev)
+        mixed = np.asarray(mixed, dtype=np.int64)
         kind = np.asarray(params["mix_kind"])[mixed]
-        lam = torch.from_numpy(np.asarray(params["mix_lambda"])[mixed].astype(np.float32)).to(dev).view(-1, 1, 1, 1)
-        boxes = torch.from_numpy(np.asarray(params["mix_box"], dtype=np.int64).reshape(-1, 4)[mixed]).to(dev)
-        is_mixup = torch.from_numpy(kind == MIX_MIXUP).to(dev).view(-1, 1, 1, 1)
-        b = base.index_select(0, sel)
-        mixup = (lam * b.to(torch.float32) + (1 - lam) * partner.to(torch.float32)).round_().clamp_(0, 255).to(torch.uint8)
-        cutmix = torch.where(kernels.box_mask(boxes, base.shape[-2], base.shape[-1]), partner, b)
-        return base.index_copy(0, sel, torch.where(is_mixup, mixup, cutmix))
+        mu, cm = np.flatnonzero(kind == MIX_MIXUP), np.flatnonzero(kind == MIX_CUTMIX)
+        # MixUp: lam * base + (1 - lam) * partner, rounded
+        lam = torch.from_numpy(np.asarray(params["mix_lambda"])[mixed[mu]].astype(np.float32)).to(dev).view(-1, 1, 1, 1)
+        b = base.index_select(0, torch.from_numpy(mixed[mu]).to(dev)).to(torch.float32)
+        p = partner.index_select(0, torch.from_numpy(mu).to(dev)).to(torch.float32)
+        mixup = (lam * b + (1 - lam) * p).round_().clamp_(0, 255).to(torch.uint8)
+        base.index_copy_(0, torch.from_numpy(mixed[mu]).to(dev), mixup)
+        # CutMix: the partner inside the box
+        boxes = torch.from_numpy(np.asarray(params["mix_box"], dtype=np.int64).reshape(-1, 4)[mixed[cm]]).to(dev)
+        rows = torch.from_numpy(mixed[cm]).to(dev)
+        cut = torch.where(
+            kernels.box_mask(boxes, base.shape[-2], base.shape[-1]),
+            partner.index_select(0, torch.from_numpy(cm).to(dev)),
+            base.index_select(0, rows),
+        )
+        return base.index_copy_(0, rows, cut)

@@ -251,4 +251,4 @@ class HorizontalFlip(ViewOp):
         return {"flip": (rng.random(size=n) < self.p).astype(np.uint8)}
 
     def apply(self, views: torch.Tensor, params: Mapping[str, np.ndarray]) -> torch.Tensor:
-        return kernels.hflip(views, torch.from_numpy(np.asarray(params["flip"], dtype=np.bool_)).to(views.device))
+        return kernels.hflip(views, params["flip"])
