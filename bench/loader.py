@@ -74,7 +74,15 @@ def make_imagenet_sized(dest: Path, count: int) -> Path:
 def measure(folder: Path, size: int, store: str, args: argparse.Namespace) -> dict[str, float]:
     reinforce(
         BuildConfig(
-            source=str(folder), teachers=[TEACHER], policy="rrc", output_size=size, views=args.views, topk=10, chunk_size=100, out=store
+            source=str(folder),
+            teachers=[TEACHER],
+            policy="rrc",
+            output_size=size,
+            views=args.views,
+            topk=9,
+            chunk_size=100,
+            out=store,
+            class_map="names",  # a subset may miss some of the teacher's classes
         ),
         progress=False,
     )

@@ -12,6 +12,7 @@ through a small per-process cache -- pair that mode with :class:`ChunkAwareSampl
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -45,14 +46,19 @@ def view_choice(seed: int, index: np.ndarray, epoch: int, views: int) -> np.ndar
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     cycle, pos = divmod(int(epoch), int(views))
     keys = view_keys(seed, index, cycle)
-    order = splitmix64(keys[:, None] ^ splitmix64(np.arange(views, dtype=np.uint64))[None, :])
+    order = splitmix64(keys[:, None] ^ _salts(int(views))[None, :])
     return np.argsort(order, axis=1, kind="stable")[:, pos].astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _salts(views: int) -> np.ndarray:
+    return splitmix64(np.arange(views, dtype=np.uint64))
 
 
 def view_permutation(seed: int, index: int, cycle: int, views: int) -> np.ndarray:
     """The order in which image ``index`` uses its ``views`` stored views during ``cycle``."""
     keys = view_keys(seed, np.asarray([index]), cycle)
-    return np.argsort(splitmix64(keys[0] ^ splitmix64(np.arange(views, dtype=np.uint64))), kind="stable")
+    return np.argsort(splitmix64(keys[0] ^ _salts(int(views))), kind="stable")
 
 
 def to_float(view: torch.Tensor) -> torch.Tensor:
@@ -213,7 +219,8 @@ class ReinforcedDataset(Dataset):
         if "mix_kind" in params and int(params["mix_kind"][0]):
             images.append(self.image(int(params["mix_partner"][0])))
             partner_index = np.ones(1, dtype=np.int64)
-        view = self.policy.replay(images, params, np.zeros(1, dtype=np.int64), partner_index=partner_index, output_size=self.output_size)[0]
+        bank = images[0][None] if len(images) == 1 else images  # one image: no padded stack to build
+        view = self.policy.replay(bank, params, np.zeros(1, dtype=np.int64), partner_index=partner_index, output_size=self.output_size)[0]
         return self.transform(view), self._target(ids, probs)
 
     def _original(self, index: int, epoch: int, img: torch.Tensor) -> tuple[Any, Any]:

@@ -82,32 +82,50 @@ class ImageBank:
     """
 
     def __init__(self, images: torch.Tensor | Sequence[torch.Tensor], device: torch.device | str | None = None) -> None:
+        self._images: list[torch.Tensor] | None = None
+        self._data: torch.Tensor | None = None
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
                 raise ValueError(f"images must be [N,3,H,W], got {tuple(images.shape)}")
-            data = images
-            sizes = np.tile(np.asarray(images.shape[2:], dtype=np.int64), (images.shape[0], 1))
+            self._data = images
+            self.sizes = np.tile(np.asarray(images.shape[2:], dtype=np.int64), (images.shape[0], 1))
+            dtype, here = images.dtype, images.device
         else:
-            imgs = list(images)
-            if not imgs:
+            self._images = list(images)
+            if not self._images:
                 raise ValueError("an ImageBank needs at least one image")
-            sizes = np.asarray([t.shape[1:] for t in imgs], dtype=np.int64)
-            hp, wp = int(sizes[:, 0].max()), int(sizes[:, 1].max())
-            if (sizes == (hp, wp)).all():
-                data = torch.stack(imgs)
-            else:
-                data = imgs[0].new_zeros((len(imgs), 3, hp, wp))
-                for i, t in enumerate(imgs):  # host-side assembly, once per bank
-                    data[i, :, : t.shape[1], : t.shape[2]] = t
-        if data.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8, got {data.dtype}")
-        data = data.contiguous()
-        if device is not None and torch.device(device) != data.device:
-            if data.device.type == "cpu" and torch.device(device).type == "cuda":
-                data = data.pin_memory()  # one asynchronous host-to-device copy per bank
-            data = data.to(device, non_blocking=True)
-        self.data = data
-        self.sizes = sizes
+            self.sizes = np.asarray([t.shape[1:] for t in self._images], dtype=np.int64)
+            dtype, here = self._images[0].dtype, self._images[0].device
+        if dtype != torch.uint8:
+            raise ValueError(f"images must be uint8, got {dtype}")
+        self._device = torch.device(device) if device is not None else here
+        if self._device != here:
+            self._data = self._assemble()
+            if here.type == "cpu" and self._device.type == "cuda":
+                self._data = self._data.pin_memory()  # one asynchronous host-to-device copy per bank
+            self._data = self._data.to(self._device, non_blocking=True)
+            self._images = None
+
+    def _assemble(self) -> torch.Tensor:
+        if self._data is not None:
+            return self._data.contiguous()
+        imgs = self._images or []
+        hp, wp = int(self.sizes[:, 0].max()), int(self.sizes[:, 1].max())
+        if (self.sizes == (hp, wp)).all():
+            return torch.stack(imgs)
+        data = imgs[0].new_zeros((len(imgs), 3, hp, wp))
+        for i, t in enumerate(imgs):  # host-side assembly, once per bank
+            data[i, :, : t.shape[1], : t.shape[2]] = t
+        return data
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The zero-padded contiguous ``[N,3,Hp,Wp]`` tensor (assembled on first use: the
+        per-view native path on the CPU never needs it)."""
+        if self._data is None or not self._data.is_contiguous():
+            self._data = self._assemble()
+            self._images = None
+        return self._data
 
     @classmethod
     def of(cls, images: ImageBank | torch.Tensor | Sequence[torch.Tensor]) -> ImageBank:
@@ -115,15 +133,17 @@ class ImageBank:
 
     @property
     def device(self) -> torch.device:
-        return self.data.device
+        return self._device
 
     def __len__(self) -> int:
-        return int(self.data.shape[0])
+        return len(self.sizes)
 
     def image(self, i: int) -> torch.Tensor:
         """Image ``i`` without padding, ``[3,H,W]``."""
+        if self._images is not None:
+            return self._images[i]
         h, w = self.sizes[i]
-        return self.data[i, :, :h, :w]
+        return self._data[i, :, :h, :w] if self._data is not None else self.data[i, :, :h, :w]
 
 
 # -- crop + resize ----------------------------------------------------------------------------
@@ -282,7 +302,10 @@ def _rows(sel: np.ndarray, device: torch.device) -> torch.Tensor:
 def hflip(views: torch.Tensor, flip: np.ndarray) -> torch.Tensor:
     """Mirror, in place, the views whose host ``flip`` entry is non-zero (``[B,C,H,W]``, ``[B]``):
     only those views are read and written (one gather, one flip, one scatter for any B)."""
-    rows = _rows(np.flatnonzero(np.asarray(flip).reshape(-1)), views.device)
+    sel = np.flatnonzero(np.asarray(flip).reshape(-1))
+    if not sel.size and not fixed_sequence(views.device):
+        return views  # nothing to flip, and on the CPU no fixed sequence to keep
+    rows = _rows(sel, views.device)
     return views.index_copy_(0, rows, views.index_select(0, rows).flip(-1))
 
 
@@ -301,6 +324,8 @@ def erase(views: torch.Tensor, boxes: np.ndarray, value: int) -> torch.Tensor:
     only the erased views are read and written."""
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     sel = np.flatnonzero(boxes[:, 2] > 0)
+    if not sel.size and not fixed_sequence(views.device):
+        return views
     rows = _rows(sel, views.device)
     mask = box_mask(torch.from_numpy(boxes[sel]).to(views.device), views.shape[-2], views.shape[-1])
     sub = torch.where(mask, torch.full((), value, dtype=views.dtype, device=views.device), views.index_select(0, rows))

@@ -30,13 +30,33 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+_MASK = 0xFFFFFFFFFFFFFFFF
+_SEED = 0x243F6A8885A308D3
+
+
+def _splitmix64_int(x: int) -> int:
+    """:func:`splitmix64` on one Python int (the per-item path: no numpy call overhead)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+_START = _splitmix64_int(_SEED)
+
+
 def view_keys(*parts: int | np.ndarray) -> np.ndarray:
     """Hash integers (scalars or broadcastable arrays) into one uint64 key per element."""
+    if all(np.ndim(p) == 0 or np.size(p) == 1 for p in parts):  # one key: plain ints, same result
+        one = _START
+        for p in parts:
+            one = _splitmix64_int(one ^ (int(np.asarray(p).reshape(-1)[0]) & _MASK))
+        return np.asarray([one], dtype=np.uint64)
     arrays = np.broadcast_arrays(*[np.asarray(p, dtype=np.int64) for p in parts])
-    key = splitmix64(np.full(arrays[0].shape, 0x243F6A8885A308D3, dtype=np.uint64))
+    keys = np.full(arrays[0].shape, _START, dtype=np.uint64)
     for a in arrays:
-        key = splitmix64(key ^ a.astype(np.uint64))
-    return key.reshape(-1)
+        keys = splitmix64(keys ^ a.astype(np.uint64))
+    return keys.reshape(-1)
 
 
 class KeyedRNG:
