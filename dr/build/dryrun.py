@@ -124,23 +124,7 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
     actor_cls = ray.remote(UnitWorker).options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=0, max_task_retries=0)
     t0 = time.perf_counter()
     actor = actor_cls.remote(
-        SourceRef(ray.put(src)),
-        header.policy,
-        list(config.teachers),
-        temperature=config.temperature,
-        views=v,
-        topk=header.topk,
-        seed=header.seed,
-        forward_group=header.forward_group,
-        device=device,
-        threads=max(1, int(per_cpu)),
-        decode_threads=config.decode_threads,
-        on_bad_image=config.on_bad_image,
-        precision=config.precision,
-        compile=config.compile,
-        class_map=header.ensemble.get("class_map"),
-        allow_random_teachers=config.allow_random_teachers,
-        init_seeds=[t.get("init_seed") or 0 for t in header.ensemble["teachers"]],
+        SourceRef(ray.put(src)), header.policy, list(config.teachers), **pipeline.worker_options(config, header, device, per_cpu, views=v)
     )
     try:
         ray.get(actor.ping.remote())

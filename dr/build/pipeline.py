@@ -300,6 +300,27 @@ def reinforce(
     return result
 
 
+def worker_options(config: BuildConfig, header: StoreHeader, device: str, per_cpu: float, views: int | None = None) -> dict[str, Any]:
+    """The keyword arguments of a :class:`UnitWorker` for this build (one place: the build and
+    ``--dry-run`` start identical workers)."""
+    return dict(
+        temperature=config.temperature,
+        views=views or header.views,
+        topk=header.topk,
+        seed=header.seed,
+        forward_group=header.forward_group,
+        device=device,
+        threads=max(1, int(per_cpu)),
+        decode_threads=config.decode_threads,
+        on_bad_image=config.on_bad_image,
+        precision=config.precision,
+        compile=config.compile,
+        class_map=header.ensemble.get("class_map"),
+        allow_random_teachers=config.allow_random_teachers,
+        init_seeds=[t.get("init_seed") or 0 for t in header.ensemble["teachers"]],
+    )
+
+
 def _worker_resources(ray: Any, config: BuildConfig) -> tuple[int, float, float, str]:
     cluster = ray.cluster_resources()
     cpus = float(cluster.get("CPU", 1))
@@ -337,25 +358,7 @@ def _run_units(
     source_ref = SourceRef(ray.put(src))
 
     def new_actor() -> Any:
-        return actor_cls.remote(
-            source_ref,
-            header.policy,
-            list(config.teachers),
-            temperature=config.temperature,
-            views=header.views,
-            topk=header.topk,
-            seed=header.seed,
-            forward_group=header.forward_group,
-            device=device,
-            threads=max(1, int(per_cpu)),
-            decode_threads=config.decode_threads,
-            on_bad_image=config.on_bad_image,
-            precision=config.precision,
-            compile=config.compile,
-            class_map=header.ensemble.get("class_map"),
-            allow_random_teachers=config.allow_random_teachers,
-            init_seeds=[t.get("init_seed") or 0 for t in header.ensemble["teachers"]],
-        )
+        return actor_cls.remote(source_ref, header.policy, list(config.teachers), **worker_options(config, header, device, per_cpu))
 
     actors: list[Any] = []
     starting: dict[Any, tuple[Any, int]] = {}  # ping ref -> (actor, start attempt)

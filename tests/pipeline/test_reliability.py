@@ -92,7 +92,7 @@ def test_sigkilled_builds_resume_to_identical_bytes(cifar64: Path, tiny_teacher:
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     kills = []
-    for target in (2, 6, 10):  # 16 chunks: room to kill before the end
+    for target in (3, 9):  # 16 chunks: room to kill before the end
         args = cmd + (["--resume", "--force"] if kills else [])
         proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
@@ -103,7 +103,7 @@ def test_sigkilled_builds_resume_to_identical_bytes(cifar64: Path, tiny_teacher:
         kills.append(_done(str(out)))
         assert StoreReader(str(out), allow_incomplete=True).header.status == "building"
     print(f"chunks done when killed: {kills} of 16")
-    assert kills[0] >= 2 and kills[0] < kills[1] < kills[2] < 16, kills
+    assert kills[0] >= 3 and kills[0] < kills[1] < 16, kills
     # the killed build left its lock: a resume without --force names it and refuses
     with pytest.raises(StoreLockedError, match="stale writer lock"):
         reinforce(_config(cifar64, tiny_teacher, out, chunk_size=4, resume=True), progress=False)
