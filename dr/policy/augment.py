@@ -1,9 +1,10 @@
 """Photometric and geometric view ops: RandAugment, TrivialAugmentWide, RandomErasing.
 
 Sampling draws op ids, magnitude bins and signs with numpy (fixed draws per view); replay
-applies torchvision's public ``transforms.v2.functional`` kernels per view with exactly the
-magnitude semantics of ``torchvision.transforms.v2.RandAugment`` / ``TrivialAugmentWide``
-(checked against them in the tests), nearest interpolation and zero fill, as torchvision.
+groups the views by (op, magnitude, sign) on the host and runs torchvision's public
+``transforms.v2.functional`` kernel once per group, with exactly the magnitude semantics of
+``torchvision.transforms.v2.RandAugment`` / ``TrivialAugmentWide`` (checked against them in
+the tests), nearest interpolation and zero fill, as torchvision.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every kernel here takes a batch of views (or an :class:`ImageBank` plus a per-view image index)
 and per-view parameters, and issues a number of tensor operations that does not grow with the
-batch size B: no per-view Python loop. Parameters are planned on the host (numpy) and moved to
-the device once per call.
+batch size B: no per-view Python loop (the one exception is deliberate: on the CPU, ``auto``
+resizes with torch's native kernel one view at a time, see below). Parameters are planned on
+the host (numpy) and moved to the device once per call.
 
 **One arithmetic.** Crop + anti-aliased bilinear resize is torch's own uint8 algorithm (the one
 ``F.interpolate(uint8, mode="bilinear", antialias=True)`` runs on the CPU, after Pillow-SIMD):
