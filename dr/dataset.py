@@ -27,7 +27,7 @@ from dr.checks import ChunkGuard, check_source
 from dr.errors import StoreMismatchError
 from dr.loss import densify
 from dr.policy import TAG_ORIGINAL, Policy, fresh_rng
-from dr.policy.rng import KeyedRNG, splitmix64, view_keys
+from dr.policy.rng import KeyedRNG, _splitmix64_int, splitmix64, view_keys
 from dr.sources import Source, open_source
 from storage import StoreReader
 
@@ -45,6 +45,10 @@ def view_choice(seed: int, index: np.ndarray, epoch: int, views: int) -> np.ndar
     a pure function of ``(seed, index, cycle)``."""
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     cycle, pos = divmod(int(epoch), int(views))
+    if len(index) == 1 and views <= 64:  # one item (a DataLoader worker's call): plain ints are faster
+        key = int(view_keys(seed, index, cycle)[0])
+        order = [_splitmix64_int(key ^ salt) for salt in _salts_int(int(views))]
+        return np.asarray([sorted(range(views), key=order.__getitem__)[pos]], dtype=np.int64)
     keys = view_keys(seed, index, cycle)
     order = splitmix64(keys[:, None] ^ _salts(int(views))[None, :])
     return np.argsort(order, axis=1, kind="stable")[:, pos].astype(np.int64)
@@ -53,6 +57,11 @@ def view_choice(seed: int, index: np.ndarray, epoch: int, views: int) -> np.ndar
 @functools.lru_cache(maxsize=64)
 def _salts(views: int) -> np.ndarray:
     return splitmix64(np.arange(views, dtype=np.uint64))
+
+
+@functools.lru_cache(maxsize=64)
+def _salts_int(views: int) -> tuple[int, ...]:
+    return tuple(int(x) for x in _salts(views))
 
 
 def view_permutation(seed: int, index: int, cycle: int, views: int) -> np.ndarray:

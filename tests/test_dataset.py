@@ -122,3 +122,17 @@ def test_refuses_a_different_source(ds: ReinforcedDataset, cifar64: Path, tmp_pa
     with pytest.raises(StoreMismatchError, match="63 images vs 64"):
         ReinforcedDataset(ds.store, other)
     np.testing.assert_array_equal(ReinforcedDataset(ds.store, cifar64, verify_source="all").labels, ds.labels)
+
+
+def test_view_choice_is_the_same_one_item_at_a_time_or_vectorised() -> None:
+    from dr.dataset import view_choice
+
+    idx = np.arange(300)
+    for views in (1, 3, 8, 50, 100):
+        for epoch in (0, 7, 151):
+            batch = view_choice(3, idx, epoch, views)
+            single = np.concatenate([view_choice(3, [i], epoch, views) for i in idx])
+            np.testing.assert_array_equal(batch, single)
+    # each view exactly once per cycle of V epochs
+    seen = np.stack([view_choice(1, idx, e, 8) for e in range(8)])
+    assert (np.sort(seen, axis=0) == np.arange(8)[:, None]).all()
