@@ -47,8 +47,8 @@ def view_choice(seed: int, index: np.ndarray, epoch: int, views: int) -> np.ndar
     cycle, pos = divmod(int(epoch), int(views))
     if len(index) == 1 and views <= 64:  # one item (a DataLoader worker's call): plain ints are faster
         key = int(view_keys(seed, index, cycle)[0])
-        order = [_splitmix64_int(key ^ salt) for salt in _salts_int(int(views))]
-        return np.asarray([sorted(range(views), key=order.__getitem__)[pos]], dtype=np.int64)
+        rank = [_splitmix64_int(key ^ salt) for salt in _salts_int(int(views))]
+        return np.asarray([sorted(range(views), key=rank.__getitem__)[pos]], dtype=np.int64)
     keys = view_keys(seed, index, cycle)
     order = splitmix64(keys[:, None] ^ _salts(int(views))[None, :])
     return np.argsort(order, axis=1, kind="stable")[:, pos].astype(np.int64)
