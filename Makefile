@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo.zarr
-DEMO_TEACHER := python:teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16
+DEMO_TEACHER := python:dr.teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16
 
 .PHONY: venv demo test lint format clean
 
@@ -14,6 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip uninstall --quiet --yes dr 2>/dev/null || true  # v0.1's distribution name
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -29,7 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dr teachers storage cli tests examples bench deploy
 	$(VENV)/bin/ruff format --check dr teachers storage cli tests examples bench deploy
-	$(VENV)/bin/mypy dr teachers storage cli
+	$(VENV)/bin/mypy -p dr
 	$(VENV)/bin/hadolint Dockerfile
 	$(PY) deploy/check_manifests.py
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from dr.build import BuildConfig, reinforce
-from teachers import Ensemble
+from dr.teachers import Ensemble
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from dr.policy import ImageBank, get_policy, list_policies
 from dr.sources import ImageFolderSource
-from teachers import Ensemble
+from dr.teachers import Ensemble
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"
-TEACHER = f"python:teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
+TEACHER = f"python:dr.teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from dr.build import BuildConfig, reinforce
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"
-TEACHER = f"python:teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
+TEACHER = f"python:dr.teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 
 
 def rate(loader: DataLoader, epochs: int, set_epoch=None) -> float:

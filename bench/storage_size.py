@@ -24,11 +24,11 @@ import torch
 
 from dr.build import BuildConfig, reinforce
 from dr.policy import list_policies
-from storage import StoreReader
+from dr.storage import StoreReader
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"
-CIFAR_TEACHER = f"python:teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
+CIFAR_TEACHER = f"python:dr.teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 MLDR = "73-104"
 
 

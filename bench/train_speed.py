@@ -32,11 +32,11 @@ from dr.batched import DeviceReplay
 from dr.build import BuildConfig, reinforce
 from dr.loss import soft_cross_entropy
 from dr.policy import get_policy
-from teachers.zoo import CIFAR_MEAN, CIFAR_STD, cifar_resnet
+from dr.teachers.zoo import CIFAR_MEAN, CIFAR_STD, cifar_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"
-TEACHER = f"python:teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
+TEACHER = f"python:dr.teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 
 
 def _sync(device: torch.device) -> None:

@@ -35,7 +35,7 @@ EPILOG_REINFORCE = """\b
 Examples:
   # CIFAR-style build with the bundled demo teacher (CPU is fine)
   dr-build reinforce examples/assets/cifar10-sample --policy cifar \\
-      --teacher 'python:teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20' \\
+      --teacher 'python:dr.teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20' \\
       --views 8 --topk 5 --out runs/demo.zarr --overwrite
   # ImageNet-style, an ensemble of two timm teachers with local weights, on a Ray cluster
   dr-build reinforce /data/imagenet/train --policy rrc --views 50 --topk 10 \\
@@ -103,7 +103,7 @@ class _PolicyOption(click.Option):
 
 
 def _check_teacher(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    from teachers.spec import parse_teacher_spec
+    from dr.teachers.spec import parse_teacher_spec
 
     for spec in value:
         try:
@@ -468,7 +468,7 @@ def teachers_eval(
     The teachers' classes must be the folder's, or be mapped with --class-map."""
     from dr.build.preflight import agreement_threshold, evaluate_teachers, format_evaluation, probe_classes
     from dr.sources import open_source
-    from teachers import Ensemble
+    from dr.teachers import Ensemble
 
     try:
         src = open_source(folder)

@@ -19,7 +19,7 @@ from dr.checks import ChunkGuard, check_source
 from dr.dataset import view_choice
 from dr.policy import ImageBank, Policy, fresh_rng
 from dr.sources import open_source
-from storage import StoreReader
+from dr.storage import StoreReader
 
 __all__ = ["DeviceReplay"]
 

@@ -2,7 +2,7 @@
 
 * :func:`check_source` -- is this source the dataset the store was built from?
 * :class:`ChunkGuard` -- refuse rows whose store chunk is damaged (missing, unreadable or
-  altered: see :mod:`storage.integrity`), naming the chunk and the repair command.
+  altered: see :mod:`dr.storage.integrity`), naming the chunk and the repair command.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 
 from dr.errors import StoreDamagedError, StoreMismatchError
 from dr.sources import Source
-from storage import StoreReader
-from storage.integrity import ChunkProblem, damage_message
+from dr.storage import StoreReader
+from dr.storage.integrity import ChunkProblem, damage_message
 
 __all__ = ["check_source", "ChunkGuard"]
 

@@ -29,7 +29,7 @@ from dr.loss import densify
 from dr.policy import TAG_ORIGINAL, Policy, fresh_rng
 from dr.policy.rng import KeyedRNG, _splitmix64_int, splitmix64, view_keys
 from dr.sources import Source, open_source
-from storage import StoreReader
+from dr.storage import StoreReader
 
 __all__ = ["ReinforcedDataset", "ChunkAwareSampler", "to_float", "view_choice", "view_permutation"]
 

@@ -50,8 +50,8 @@ from dr.build import BuildConfig, reinforce
 from dr.loss import soft_cross_entropy
 from dr.policy import get_policy
 from dr.sources import ImageFolderSource
-from teachers import Ensemble
-from teachers.zoo import CIFAR_MEAN, CIFAR_STD, cifar_resnet
+from dr.teachers import Ensemble
+from dr.teachers.zoo import CIFAR_MEAN, CIFAR_STD, cifar_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "assets" / "teachers"

@@ -3,7 +3,7 @@
 source (fresh augmentation, hard labels), then evaluate on a held-out split.
 
     python examples/train_student.py --store runs/demo.zarr --test data/cifar10/test \\
-        --model 'python:teachers.zoo:cifar_resnet?depth=8' --epochs 30 --out runs/student.json
+        --model 'python:dr.teachers.zoo:cifar_resnet?depth=8' --epochs 30 --out runs/student.json
     python examples/train_student.py ... --baseline --out runs/baseline.json
 
 --model takes a timm name (``resnet18``, with ``num_classes`` set for you) or any teacher-style
@@ -32,7 +32,7 @@ from cifar_data import sgd_nesterov
 from dr import ReinforcedDataset
 from dr.loss import soft_cross_entropy
 from dr.sources import ImageFolderSource
-from teachers import build_model
+from dr.teachers import build_model
 
 
 def make_model(spec: str, num_classes: int) -> torch.nn.Module:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--store", required=True, help="reinforced store (.zarr)")
     p.add_argument("--source", help="the store's source folder (default: recorded in the store)")
     p.add_argument("--test", required=True, help="held-out ImageFolder split for evaluation")
-    p.add_argument("--model", default="python:teachers.zoo:cifar_resnet?depth=8")
+    p.add_argument("--model", default="python:dr.teachers.zoo:cifar_resnet?depth=8")
     p.add_argument("--baseline", action="store_true", help="plain training: fresh policy views, hard labels")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)

@@ -10,7 +10,7 @@ Example (the demo teacher bundled in examples/assets/teacher/ was made by)::
 Writes ``OUT.safetensors`` (weights only, no pickle) and ``OUT.json`` (architecture, the
 command, test accuracy, time). Use the result as a teacher spec::
 
-    --teacher python:teachers.zoo:cifar_resnet@OUT.safetensors?depth=20&width=16
+    --teacher python:dr.teachers.zoo:cifar_resnet@OUT.safetensors?depth=20&width=16
 
 Runs on a GPU when one is present, else on CPU (set --threads).
 """
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar_data import load_split, sgd_nesterov
 
-from teachers import zoo
+from dr.teachers import zoo
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -164,11 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
     digest = hashlib.sha256(out.with_suffix(".safetensors").read_bytes()).hexdigest()
     spec_query = "&".join(f"{k}={v}" for k, v in kwargs.items())
     card = {
-        "architecture": f"teachers.zoo.{args.arch}",
+        "architecture": f"dr.teachers.zoo.{args.arch}",
         "kwargs": kwargs,
         "params": sum(p_.numel() for p_ in model.parameters()),
         "classes": classes,
-        "teacher_spec": f"python:teachers.zoo:{args.arch}@{out.with_suffix('.safetensors')}?{spec_query}",
+        "teacher_spec": f"python:dr.teachers.zoo:{args.arch}@{out.with_suffix('.safetensors')}?{spec_query}",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "train_images": len(xtr_t),
         "test_images": len(xte_t),

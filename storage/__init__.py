@@ -1,8 +1,8 @@
 """The reinforced-dataset store: Zarr v3 schema, writer and reader (numpy + zarr only)."""
 
-from storage.reader import StoreReader, open_group, read_header, store_exists
-from storage.schema import FORMAT, SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, ids_dtype
-from storage.writer import StoreWriter, now_iso
+from dr.storage.reader import StoreReader, open_group, read_header, store_exists
+from dr.storage.schema import FORMAT, SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, ids_dtype
+from dr.storage.writer import StoreWriter, now_iso
 
 __all__ = [
     "FORMAT",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from storage.schema import DIGEST_BYTES, StoreHeader
+from dr.storage.schema import DIGEST_BYTES, StoreHeader
 
 if TYPE_CHECKING:
     import zarr

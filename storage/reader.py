@@ -10,8 +10,8 @@ import zarr
 from pydantic import ValidationError
 
 from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError
-from storage.integrity import ChunkProblem, load_checked, read_done
-from storage.schema import FORMAT, SCHEMA_VERSION, StoreHeader
+from dr.storage.integrity import ChunkProblem, load_checked, read_done
+from dr.storage.schema import FORMAT, SCHEMA_VERSION, StoreHeader
 
 __all__ = ["StoreReader", "open_group", "store_exists", "read_header"]
 
@@ -128,7 +128,7 @@ class StoreReader:
         self, paths: Sequence[str], *, chunks: Iterable[int] | None = None
     ) -> tuple[dict[str, np.ndarray], list[ChunkProblem]]:
         """Read ``paths`` (whole, or only ``chunks``) and check every done chunk's rows against
-        the digests recorded at write time; see :func:`storage.integrity.load_checked`."""
+        the digests recorded at write time; see :func:`dr.storage.integrity.load_checked`."""
         chunks = None if chunks is None else [int(c) for c in chunks]
         if chunks is None:
             done = self.done()

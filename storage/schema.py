@@ -14,14 +14,14 @@ A store is a Zarr v3 group. Its attributes are the header (:class:`StoreHeader`,
     build/done        [n_chunks]      uint8 1 once the chunk's rows are written and flushed
     build/digests     [n_chunks, A, 16] uint8 BLAKE2b-128 of each chunk's decoded rows of each
                       of the A arrays above (params, targets, source; sorted paths, see
-                      :func:`storage.integrity.digest_paths`), written just before ``done``
+                      :func:`dr.storage.integrity.digest_paths`), written just before ``done``
 
 Chunks run along N with ``chunk_size`` images; a work unit is one chunk.
 
 Fill values (what a missing chunk file reads as) can never pass for data: ``targets/probs``
 NaN, ``targets/ids`` the dtype's maximum (>= ``num_classes``), ``source/labels`` -1; a
 missing ``build/digests`` chunk reads as zeros, which no digest equals. Every reader of this
-package checks the digests of the rows it serves (:mod:`storage.integrity`).
+package checks the digests of the rows it serves (:mod:`dr.storage.integrity`).
 
 The ensemble record (``header.ensemble``, part of the resume key) holds the *resolved* teacher
 math: ``precision`` (``fp32``, or ``bf16`` = bf16 autocast body with an fp32 classifier head

@@ -14,9 +14,9 @@ import zarr
 import zarr.codecs
 
 from dr.errors import SchemaVersionError, StoreError, StoreMismatchError
-from storage.integrity import DIGESTS_PATH, ChunkProblem, digest_paths, load_checked, read_done, rows_digest
-from storage.reader import StoreReader, open_group, read_header, store_exists
-from storage.schema import DIGEST_BYTES, StoreHeader, fill_value, ids_dtype
+from dr.storage.integrity import DIGESTS_PATH, ChunkProblem, digest_paths, load_checked, read_done, rows_digest
+from dr.storage.reader import StoreReader, open_group, read_header, store_exists
+from dr.storage.schema import DIGEST_BYTES, StoreHeader, fill_value, ids_dtype
 
 __all__ = ["StoreWriter", "now_iso"]
 

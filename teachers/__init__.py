@@ -1,9 +1,9 @@
 """Teachers: spec strings, loading (timm, torchvision, TorchScript, torch.export, python
 factories), preprocessing, ensembles and sparse top-k."""
 
-from teachers.classes import ClassMap, read_class_names, resolve_class_map
-from teachers.ensemble import Ensemble, topk
-from teachers.load import (
+from dr.teachers.classes import ClassMap, read_class_names, resolve_class_map
+from dr.teachers.ensemble import Ensemble, topk
+from dr.teachers.load import (
     Preprocess,
     Teacher,
     build_model,
@@ -13,7 +13,7 @@ from teachers.load import (
     program_metadata,
     resolve_torchvision_weights,
 )
-from teachers.spec import KINDS, TeacherSpec, parse_teacher_spec
+from dr.teachers.spec import KINDS, TeacherSpec, parse_teacher_spec
 
 __all__ = [
     "ClassMap",

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from dr.errors import TeacherError
-from teachers.classes import ClassMap
-from teachers.load import Teacher, load_teacher
-from teachers.precision import fp32_head, resolved_precision
-from teachers.spec import TeacherSpec
+from dr.teachers.classes import ClassMap
+from dr.teachers.load import Teacher, load_teacher
+from dr.teachers.precision import fp32_head, resolved_precision
+from dr.teachers.spec import TeacherSpec
 
 __all__ = ["Ensemble", "topk"]
 
@@ -40,7 +40,7 @@ class Ensemble(nn.Module):
         if precision not in ("auto", "fp32", "bf16"):
             raise TeacherError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         self.precision = precision
-        if precision != "fp32":  # bf16 bodies, fp32 classifier heads (see teachers.precision)
+        if precision != "fp32":  # bf16 bodies, fp32 classifier heads (see dr.teachers.precision)
             for t in self.members:
                 fp32_head(t.model)
         w = torch.tensor([t.spec.weight for t in teachers], dtype=torch.float32)

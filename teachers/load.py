@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dr.errors import TeacherError
-from teachers.classes import read_class_names, sidecar_metadata
-from teachers.spec import TeacherSpec, parse_teacher_spec
+from dr.teachers.classes import read_class_names, sidecar_metadata
+from dr.teachers.spec import TeacherSpec, parse_teacher_spec
 
 __all__ = [
     "Preprocess",
@@ -315,6 +315,8 @@ def _build_program(spec: TeacherSpec, local: str | None) -> _Built:
 
 def _build_python(spec: TeacherSpec, local: str | None) -> _Built:
     module_name, factory_name = spec.name.split(":")
+    if module_name.split(".")[0] in ("teachers", "storage", "cli"):
+        module_name = "dr." + module_name  # v0.1 specs named the helper packages top-level
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

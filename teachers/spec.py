@@ -10,7 +10,7 @@ Grammar::
     torchvision:resnet18@/w/r18.pth            torchvision architecture + local weights
     torchscript:/models/teacher.pt             a TorchScript program (torch.jit.save)
     export:/models/teacher.pt2                 a torch.export program (torch.export.save)
-    python:teachers.zoo:cifar_resnet@w.safetensors?depth=20   any factory returning nn.Module
+    python:dr.teachers.zoo:cifar_resnet@w.safetensors?depth=20   any factory returning nn.Module
 
 Options (after ``?``): ``input_size`` (``224`` or ``3x224x224``/``224x224``), ``mean`` and
 ``std`` (three comma-separated floats), ``normalize=none`` (the model normalises inside: it gets
@@ -120,7 +120,7 @@ def parse_teacher_spec(spec: str) -> TeacherSpec:
     if not name:
         raise TeacherError(f"teacher spec {spec!r}: missing model name after '{kind}:'")
     if kind == "python" and name.count(":") != 1:
-        raise TeacherError(f"teacher spec {spec!r}: python teachers are python:MODULE:FACTORY, e.g. python:teachers.zoo:cifar_resnet")
+        raise TeacherError(f"teacher spec {spec!r}: python teachers are python:MODULE:FACTORY, e.g. python:dr.teachers.zoo:cifar_resnet")
     fields: dict[str, Any] = {"kind": kind, "name": name, "weights": weights or None, "text": spec}
     kwargs: dict[str, int | float | bool | str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):

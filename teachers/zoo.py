@@ -1,7 +1,7 @@
 """Small CIFAR-sized networks the project trains itself (demo teacher, tests).
 
 These are ordinary ``torch.nn.Module`` factories, usable as teacher specs through
-``python:teachers.zoo:cifar_resnet`` (plus ``@weights.safetensors``). Each model carries
+``python:dr.teachers.zoo:cifar_resnet`` (plus ``@weights.safetensors``). Each model carries
 a timm-style ``pretrained_cfg`` so preprocessing resolves the same way as for timm models.
 """
 
@@ -83,12 +83,12 @@ class CifarResNet(nn.Module):
 
 
 def cifar_resnet(depth: int = 20, width: int = 16, num_classes: int = 10) -> CifarResNet:
-    """Factory for :class:`CifarResNet` (teacher spec ``python:teachers.zoo:cifar_resnet``)."""
+    """Factory for :class:`CifarResNet` (teacher spec ``python:dr.teachers.zoo:cifar_resnet``)."""
     return CifarResNet(depth=depth, width=width, num_classes=num_classes)
 
 
 def tiny_cnn(num_classes: int = 10, width: int = 8) -> nn.Module:
-    """A few-thousand-parameter CNN for fast tests (``python:teachers.zoo:tiny_cnn``)."""
+    """A few-thousand-parameter CNN for fast tests (``python:dr.teachers.zoo:tiny_cnn``)."""
     model = nn.Sequential(
         nn.Conv2d(3, width, 3, 2, 1),
         nn.ReLU(),

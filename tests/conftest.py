@@ -45,13 +45,13 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A seeded tiny CNN saved as safetensors; returns its teacher spec string."""
     from safetensors.torch import save_file
 
-    from teachers.zoo import tiny_cnn
+    from dr.teachers.zoo import tiny_cnn
 
     torch.manual_seed(1234)
     model = tiny_cnn(num_classes=10)
     path = tmp_path_factory.mktemp("teacher") / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return f"python:teachers.zoo:tiny_cnn@{path}"
+    return f"python:dr.teachers.zoo:tiny_cnn@{path}"
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,8 @@ def store_bytes(url: str, arrays: tuple[str, ...] = STORE_ARRAYS, storage_option
 def rehash_store(url: str) -> None:
     """Record chunk digests for a store's current content, as a consistent but wrong writer
     would (so verify's later checks, not the digests, must catch the edit)."""
-    from storage import StoreReader
-    from storage.integrity import digest_paths, rows_digest
+    from dr.storage import StoreReader
+    from dr.storage.integrity import digest_paths, rows_digest
 
     g = zarr.open_group(url, mode="r+")
     h = StoreReader(url).header

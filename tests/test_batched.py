@@ -13,12 +13,12 @@ from dr.build.config import BuildConfig
 from dr.build.pipeline import make_header
 from dr.policy import list_policies
 from dr.sources import ImageFolderSource
-from storage import StoreWriter
+from dr.storage import StoreWriter
 
 
 def _build_in_process(src: Path, teacher: str, policy: str, out: Path) -> str:
     """A real store written without Ray (the worker class in-process), for fast tests."""
-    from teachers import Ensemble
+    from dr.teachers import Ensemble
 
     cfg = BuildConfig(source=str(src), teachers=[teacher], policy=policy, output_size=32, views=3, topk=3, chunk_size=32, out=str(out))
     source = ImageFolderSource(src)

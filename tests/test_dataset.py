@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from dr import ChunkAwareSampler, ReinforcedDataset
 from dr.errors import StoreMismatchError
 from dr.loss import soft_cross_entropy
-from teachers import Ensemble
+from dr.teachers import Ensemble
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,7 @@ def test_each_kind_builds_verifies_and_trains(kind: str, repacked: dict[str, str
     from dr import ReinforcedDataset
     from dr.build import BuildConfig, reinforce
     from dr.loss import soft_cross_entropy
-    from teachers.zoo import tiny_cnn
+    from dr.teachers.zoo import tiny_cnn
 
     out = tmp_path / "s.zarr"
     config = BuildConfig(

@@ -20,7 +20,7 @@ import numpy as np
 from dr.build.config import BuildConfig
 from dr.build.plan import plan_units
 from dr.sources import Source, open_source
-from storage.schema import StoreHeader, ids_dtype
+from dr.storage.schema import StoreHeader, ids_dtype
 
 __all__ = ["DryRun", "dry_run", "projected_bytes", "format_dry_run"]
 

@@ -8,8 +8,8 @@ import numpy as np
 
 from dr.build.preflight import LIKELY_CAUSES, agreement_threshold
 from dr.errors import StoreIncompleteError
-from storage import StoreReader
-from storage.integrity import digest_paths
+from dr.storage import StoreReader
+from dr.storage.integrity import digest_paths
 
 __all__ = ["store_summary", "format_summary"]
 
@@ -104,7 +104,7 @@ def _human(nbytes: float) -> str:
 
 def _teacher_lines(s: dict[str, Any]) -> list[str]:
     """Per teacher: resolved preprocessing and where its class names came from; the class map."""
-    from teachers.load import describe_preprocess
+    from dr.teachers.load import describe_preprocess
 
     lines = []
     for i, t in enumerate(s.get("teacher_details", [])):

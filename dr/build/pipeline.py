@@ -31,8 +31,8 @@ from dr.build.worker import SourceRef, UnitWorker
 from dr.errors import ConfigError, DRError, WorkerStartError
 from dr.policy import get_policy
 from dr.sources import Source, absolute_location, open_source
-from storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
-from storage.lock import StoreLock
+from dr.storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
+from dr.storage.lock import StoreLock
 
 __all__ = ["BuildResult", "reinforce", "make_header", "START_BACKOFF_S"]
 
@@ -220,7 +220,7 @@ def _teacher_math(config: BuildConfig) -> dict[str, Any]:
     """The teachers' resolved arithmetic, recorded in the header's ensemble record (so part of
     the resume key): a resume with another --precision or --compile, or ``auto`` on another
     device kind, would mix differently computed chunks in one store."""
-    from teachers.precision import resolved_precision
+    from dr.teachers.precision import resolved_precision
 
     device = _worker_resources(_init_ray(config.address), config)[3]
     return {"precision": resolved_precision(config.precision, device), "device": device, "compile": config.compile}

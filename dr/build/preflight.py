@@ -171,7 +171,7 @@ def probe_ensemble(config: Any, dataset_classes: Sequence[str]) -> tuple[Any, di
     teachers (allowed only with ``allow_random_teachers``) are seeded ``seed + i``.
     """
     from dr.policy import get_policy
-    from teachers import Ensemble
+    from dr.teachers import Ensemble
 
     size = get_policy(config.policy, config.output_size).output_size  # a bad policy fails before teachers load
     seeds = [int(config.seed) + i for i in range(len(config.teachers))]
@@ -190,7 +190,7 @@ def probe_ensemble(config: Any, dataset_classes: Sequence[str]) -> tuple[Any, di
 def probe_classes(ensemble: Any, dataset_classes: Sequence[str], class_map: str | None, size: int) -> int:
     """Learn how many classes the teachers predict (one dummy forward), check their classes
     against the dataset's and set ``ensemble.class_map``; returns the number of stored classes."""
-    from teachers import resolve_class_map
+    from dr.teachers import resolve_class_map
 
     ensemble.class_map = None
     with torch.inference_mode():

@@ -17,8 +17,8 @@ import torch
 
 from dr.errors import DRError
 from dr.policy import RA_OPS, Policy
-from storage import StoreReader, ids_dtype
-from storage.integrity import DIGESTS_PATH, digest_paths
+from dr.storage import StoreReader, ids_dtype
+from dr.storage.integrity import DIGESTS_PATH, digest_paths
 
 __all__ = ["Check", "verify_store", "format_report", "replay_tolerance"]
 
@@ -187,7 +187,7 @@ def verify_store(
     if not all(c.ok for c in checks):
         return checks
     from dr.dataset import ReinforcedDataset
-    from teachers import Ensemble
+    from dr.teachers import Ensemble
 
     h = r.header
     try:
@@ -197,7 +197,7 @@ def verify_store(
         checks.append(Check("source", False, str(e)))
         return checks
     from dr.build.preflight import label_agreement
-    from teachers import ClassMap
+    from dr.teachers import ClassMap
 
     checks.append(Check("labels", *label_agreement(r)))
     recorded = h.ensemble.get("teachers", [])

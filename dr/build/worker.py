@@ -98,14 +98,14 @@ class UnitWorker:
         allow_random_teachers: bool = False,
         init_seeds: Sequence[int] | None = None,
     ) -> None:
-        from teachers import Ensemble
+        from dr.teachers import Ensemble
 
         if threads:
             torch.set_num_threads(threads)
         self.source: Source = source.get() if isinstance(source, SourceRef) else source
         self.policy = Policy.from_dict(policy)
         self.device = resolve_device(device)
-        from teachers import ClassMap
+        from dr.teachers import ClassMap
 
         self.ensemble = Ensemble.from_specs(
             list(teachers),
@@ -145,7 +145,7 @@ class UnitWorker:
         """Rows ``[start, stop)``: ``params/<field>``, ``targets/ids``, ``targets/probs``,
         ``source/sizes``, ``source/digests``, ``source/skipped`` -- ready for
         :meth:`storage.StoreWriter.write_chunk` -- and the skipped images' reasons."""
-        from teachers import topk
+        from dr.teachers import topk
 
         n, v, size = stop - start, self.views, self.policy.output_size
         skipped: dict[int, str] = {}

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli.main import cli
+from dr.cli.main import cli
 
 
 def test_help_teaches() -> None:
@@ -29,7 +29,7 @@ def test_missing_source_names_the_path(tiny_teacher: str, tmp_path: Path) -> Non
 def test_bad_policy_and_missing_weights(cifar64: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(
         cli,
-        ["reinforce", str(cifar64), "--teacher", "python:teachers.zoo:tiny_cnn", "--policy", "fancy", "--out", str(tmp_path / "o.zarr")],
+        ["reinforce", str(cifar64), "--teacher", "python:dr.teachers.zoo:tiny_cnn", "--policy", "fancy", "--out", str(tmp_path / "o.zarr")],
     )
     assert r.exit_code != 0 and "'fancy'" in r.output
     r = CliRunner().invoke(
@@ -38,7 +38,7 @@ def test_bad_policy_and_missing_weights(cifar64: Path, tmp_path: Path) -> None:
             "reinforce",
             str(cifar64),
             "--teacher",
-            f"python:teachers.zoo:tiny_cnn@{tmp_path}/w.safetensors",
+            f"python:dr.teachers.zoo:tiny_cnn@{tmp_path}/w.safetensors",
             "--out",
             str(tmp_path / "o.zarr"),
         ],

@@ -12,7 +12,7 @@ import yaml
 import zarr
 from click.testing import CliRunner
 
-from cli.main import EXIT_RESUMABLE, FIELD_FLAGS, cli
+from dr.cli.main import EXIT_RESUMABLE, FIELD_FLAGS, cli
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -178,7 +178,7 @@ def test_verify_never_prints_a_negative_kl(cifar64_store: str, cifar64: Path, mo
     the stored ones down does): the KL over the top-k alone went negative (-3.17e-06 was
     printed); over the top-k plus the rest it is a true divergence, >= 0."""
     from dr.build.verify import format_report, verify_store
-    from teachers import Ensemble
+    from dr.teachers import Ensemble
 
     forward = Ensemble.forward
     monkeypatch.setattr(Ensemble, "forward", lambda self, views: forward(self, views) * 1.001)

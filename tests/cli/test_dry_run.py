@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli.main import cli
+from dr.cli.main import cli
 
 
 def test_dry_run_plans_times_and_writes_nothing(cifar64: Path, tiny_teacher: str, ray_session, tmp_path: Path) -> None:

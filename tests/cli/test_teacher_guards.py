@@ -9,14 +9,14 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from cli.main import cli
 from dr.build import BuildConfig, reinforce
 from dr.build.verify import verify_store
+from dr.cli.main import cli
 from dr.errors import TeacherError
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"
-DEMO = f"python:teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
+DEMO = f"python:dr.teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_a_wrong_class_map_is_stopped_by_the_preflight_the_guard_and_verify(bird
 
 
 def test_random_teachers_are_refused_or_seeded_and_verifiable(cifar64: Path, ray_session, tmp_path: Path) -> None:
-    cfg = dict(source=str(cifar64), teachers=["python:teachers.zoo:tiny_cnn"], policy="cifar", views=2, topk=2, chunk_size=32, workers=1)
+    cfg = dict(source=str(cifar64), teachers=["python:dr.teachers.zoo:tiny_cnn"], policy="cifar", views=2, topk=2, chunk_size=32, workers=1)
     with pytest.raises(TeacherError, match="has no weights.*--allow-random-teachers"):
         reinforce(BuildConfig(**cfg, out=str(tmp_path / "r.zarr")), progress=False)
     result = reinforce(BuildConfig(**cfg, out=str(tmp_path / "r.zarr"), allow_random_teachers=True, seed=7), progress=False)

@@ -10,7 +10,7 @@ import time
 
 from torch import nn
 
-from teachers.zoo import tiny_cnn
+from dr.teachers.zoo import tiny_cnn
 
 
 def slow_tiny_cnn(num_classes: int = 10) -> nn.Module:

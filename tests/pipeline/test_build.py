@@ -11,7 +11,7 @@ from dr.build import BuildConfig, UnitWorker, reinforce
 from dr.errors import ConfigError, StoreError, StoreIncompleteError
 from dr.policy import Policy
 from dr.sources import ImageFolderSource
-from storage import StoreReader
+from dr.storage import StoreReader
 
 ARRAYS = ("params/crop_box", "params/flip", "targets/ids", "targets/probs", "source/labels", "source/sizes", "source/digests")
 
@@ -115,7 +115,7 @@ def test_mixing_preset_builds_identically_and_dataset_replays_mixed_views(
     cifar64: Path, tiny_teacher: str, ray_session, tmp_path: Path
 ) -> None:
     from dr import ReinforcedDataset
-    from teachers import Ensemble
+    from dr.teachers import Ensemble
 
     a, b = tmp_path / "m1.zarr", tmp_path / "m2.zarr"
     reinforce(_config(cifar64, tiny_teacher, a, policy="cifar+mix+ra/re", workers=1), progress=False)

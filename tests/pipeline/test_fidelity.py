@@ -18,11 +18,11 @@ from PIL import Image
 from dr import ReinforcedDataset
 from dr.build import BuildConfig, reinforce
 from dr.sources import ImageFolderSource
-from storage import StoreReader
-from teachers import Ensemble
+from dr.storage import StoreReader
+from dr.teachers import Ensemble
 
 REPO = Path(__file__).resolve().parents[2]
-TEACHER = f"python:teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
+TEACHER = f"python:dr.teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 
 
 @pytest.fixture(scope="module")

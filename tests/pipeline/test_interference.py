@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from helpers import store_bytes
 
 import dr.build.pipeline as pipeline
-from cli.main import cli
 from dr.build import BuildConfig, reinforce
+from dr.cli.main import cli
 from dr.errors import WorkerStartError
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +67,7 @@ def test_two_builds_at_once_while_another_programs_cluster_starts_and_stops(
             **run,
         )
         procs.append(build_a)
-        cmd_b = [sys.executable, "-m", "cli.main", "reinforce", str(cifar64), "--teacher", tiny_teacher, "--policy", "cifar"]
+        cmd_b = [sys.executable, "-m", "dr.cli.main", "reinforce", str(cifar64), "--teacher", tiny_teacher, "--policy", "cifar"]
         cmd_b += ["--views", "4", "--topk", "3", "--chunk-size", "16", "--workers", "1", "--out", str(b_out), "-q", "--json"]
         build_b = subprocess.Popen(cmd_b, env=env | {"RAY_ADDRESS": address}, **run)
         procs.append(build_b)

@@ -19,8 +19,8 @@ from dr.build import BuildConfig, reinforce
 from dr.build.verify import verify_store
 from dr.errors import BadImageError, DRError, PolicyError, StoreError
 from dr.policy import Policy, get_policy
-from storage import StoreReader, read_header
-from storage.lock import LOCK_NAME, StoreLockedError
+from dr.storage import StoreReader, read_header
+from dr.storage.lock import LOCK_NAME, StoreLockedError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_sigkilled_builds_resume_to_identical_bytes(cifar64: Path, tiny_teacher:
     cmd = [
         sys.executable,
         "-m",
-        "cli.main",
+        "dr.cli.main",
         "reinforce",
         str(cifar64),
         "--teacher",
@@ -231,7 +231,7 @@ def test_verify_passes_on_a_sound_store_and_catches_damage(cifar64_store: str, c
     assert set(failed) == {"replay"} and failed["replay"].figures["top1_agreement"] < 0.98
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from dr.cli.main import cli
 
     r = CliRunner().invoke(cli, ["verify", str(broken), "--source", str(cifar64), "--fraction", "1", "--json"])
     assert r.exit_code == 1 and json.loads(r.output)["ok"] is False

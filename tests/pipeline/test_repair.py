@@ -12,10 +12,10 @@ import zarr
 from click.testing import CliRunner
 from helpers import rehash_store, store_bytes
 
-from cli.main import cli
 from dr.build import BuildConfig, reinforce
 from dr.build.inspect import format_summary, store_summary
 from dr.build.verify import format_report, verify_store
+from dr.cli.main import cli
 from dr.errors import ConfigError, StoreMismatchError
 
 ALL_ARRAYS = ("params/crop_box", "params/flip", "targets/ids", "targets/probs", "source/labels", "source/sizes", "source/digests")

@@ -18,7 +18,7 @@ from dr import ReinforcedDataset
 from dr.build import BuildConfig, reinforce
 from dr.build.inspect import store_summary
 from dr.build.verify import verify_store
-from storage.lock import LOCK_NAME, StoreLockedError
+from dr.storage.lock import LOCK_NAME, StoreLockedError
 
 
 def _free_port() -> int:

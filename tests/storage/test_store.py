@@ -5,8 +5,8 @@ import pytest
 import zarr
 
 from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError, StoreMismatchError
-from storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreReader, StoreWriter, now_iso
-from storage.integrity import digest_paths
+from dr.storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreReader, StoreWriter, now_iso
+from dr.storage.integrity import digest_paths
 
 
 def _header(**kw) -> StoreHeader:

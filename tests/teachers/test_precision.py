@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from teachers import Ensemble
-from teachers.precision import Fp32Head, fp32_head, resolved_precision
+from dr.teachers import Ensemble
+from dr.teachers.precision import Fp32Head, fp32_head, resolved_precision
 
 
 def test_resolved_precision() -> None:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from dr.errors import ConfigError, TeacherError
-from teachers import (
+from dr.teachers import (
     ClassMap,
     Ensemble,
     is_random_init,
@@ -20,10 +20,10 @@ from teachers import (
     resolve_class_map,
     resolve_torchvision_weights,
 )
-from teachers.zoo import cifar_resnet, tiny_cnn
+from dr.teachers.zoo import cifar_resnet, tiny_cnn
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = f"python:teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
+DEMO = f"python:dr.teachers.zoo:cifar_resnet@{REPO}/examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -76,7 +76,7 @@ def test_class_map_file_many_to_one_and_apply(tmp_path: Path) -> None:
 
 
 def test_random_teachers_are_refused_unless_allowed_and_then_seeded() -> None:
-    spec = "python:teachers.zoo:tiny_cnn?num_classes=10"
+    spec = "python:dr.teachers.zoo:tiny_cnn?num_classes=10"
     assert is_random_init(spec) and not is_random_init(DEMO) and not is_random_init("timm:resnet18?pretrained=true")
     with pytest.raises(TeacherError, match="has no weights.*--allow-random-teachers"):
         load_teacher(spec)
@@ -140,14 +140,14 @@ def test_weights_through_fsspec_urls(tmp_path: Path) -> None:
     fs = fsspec.filesystem("memory")
     fs.pipe("/dr-test/tiny.safetensors", (tmp_path / "tiny.safetensors").read_bytes())
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    local = load_teacher(f"python:teachers.zoo:tiny_cnn@{tmp_path / 'tiny.safetensors'}")
-    remote = load_teacher("python:teachers.zoo:tiny_cnn@memory://dr-test/tiny.safetensors")
-    file_url = load_teacher(f"python:teachers.zoo:tiny_cnn@file://{tmp_path / 'tiny.safetensors'}")
+    local = load_teacher(f"python:dr.teachers.zoo:tiny_cnn@{tmp_path / 'tiny.safetensors'}")
+    remote = load_teacher("python:dr.teachers.zoo:tiny_cnn@memory://dr-test/tiny.safetensors")
+    file_url = load_teacher(f"python:dr.teachers.zoo:tiny_cnn@file://{tmp_path / 'tiny.safetensors'}")
     torch.testing.assert_close(remote(x), local(x))
     torch.testing.assert_close(file_url(x), local(x))
     assert remote.weights_sha256 == local.weights_sha256
     with pytest.raises(TeacherError, match="not found"):
-        load_teacher("python:teachers.zoo:tiny_cnn@memory://dr-test/missing.safetensors")
+        load_teacher("python:dr.teachers.zoo:tiny_cnn@memory://dr-test/missing.safetensors")
 
 
 def test_checkpoint_wrappers_go_through_timms_reader(tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_checkpoint_wrappers_go_through_timms_reader(tmp_path: Path) -> None:
     torch.save(
         {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "state_dict_ema": ema, "epoch": 3}, tmp_path / "c.pth"
     )
-    t = load_teacher(f"python:teachers.zoo:tiny_cnn@{tmp_path / 'c.pth'}")
+    t = load_teacher(f"python:dr.teachers.zoo:tiny_cnn@{tmp_path / 'c.pth'}")
     assert all(torch.equal(v, torch.ones_like(v)) for v in t.model.state_dict().values())  # EMA preferred, prefixes gone
 
 

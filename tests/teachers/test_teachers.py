@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from dr.errors import TeacherError
-from teachers import Ensemble, load_teacher, parse_teacher_spec, topk
-from teachers.zoo import cifar_resnet, tiny_cnn
+from dr.teachers import Ensemble, load_teacher, parse_teacher_spec, topk
+from dr.teachers.zoo import cifar_resnet, tiny_cnn
 
 
 def test_parse_specs() -> None:
@@ -20,8 +20,8 @@ def test_parse_specs() -> None:
         2.0,
     )
     assert s.kwargs == {"num_classes": 10, "drop_rate": 0.1}
-    s = parse_teacher_spec("python:teachers.zoo:cifar_resnet@w.safetensors?depth=20")
-    assert (s.name, s.weights, s.kwargs) == ("teachers.zoo:cifar_resnet", "w.safetensors", {"depth": 20})
+    s = parse_teacher_spec("python:dr.teachers.zoo:cifar_resnet@w.safetensors?depth=20")
+    assert (s.name, s.weights, s.kwargs) == ("dr.teachers.zoo:cifar_resnet", "w.safetensors", {"depth": 20})
     s = parse_teacher_spec("torchscript:/m/t.pt")
     assert s.weights == "/m/t.pt"
 
@@ -46,7 +46,7 @@ def test_bad_specs_name_the_problem(spec: str, match: str) -> None:
 def test_python_factory_with_safetensors_weights(tmp_path: Path) -> None:
     model = cifar_resnet(depth=8, width=8).eval()
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
-    t = load_teacher(f"python:teachers.zoo:cifar_resnet@{tmp_path / 'w.safetensors'}?depth=8&width=8")
+    t = load_teacher(f"python:dr.teachers.zoo:cifar_resnet@{tmp_path / 'w.safetensors'}?depth=8&width=8")
     assert t.preprocess.input_size == (32, 32)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     mean = torch.tensor(t.preprocess.mean).view(1, 3, 1, 1)
@@ -55,7 +55,7 @@ def test_python_factory_with_safetensors_weights(tmp_path: Path) -> None:
         expect = model((x.float() / 255 - mean) / std)
         torch.testing.assert_close(t(x), expect, rtol=1e-5, atol=1e-5)
     with pytest.raises(TeacherError, match="do not fit"):
-        load_teacher(f"python:teachers.zoo:cifar_resnet@{tmp_path / 'w.safetensors'}?depth=14&width=8")
+        load_teacher(f"python:dr.teachers.zoo:cifar_resnet@{tmp_path / 'w.safetensors'}?depth=14&width=8")
 
 
 def test_timm_torchvision_pth_weights_only(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_torchscript_and_export_programs_give_identical_logits(tmp_path: Path) -
     opts = "?mean=0.4914,0.4822,0.4465&std=0.247,0.2435,0.2616"
     a = load_teacher(f"torchscript:{tmp_path / 'm.pt'}{opts}")(x)
     b = load_teacher(f"export:{tmp_path / 'm.pt2'}{opts}")(x)
-    c = load_teacher("python:teachers.zoo:cifar_resnet?depth=8&width=8", allow_random=True)
+    c = load_teacher("python:dr.teachers.zoo:cifar_resnet?depth=8&width=8", allow_random=True)
     c.model.load_state_dict(model.state_dict())
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a, c(x), rtol=1e-5, atol=1e-5)
@@ -103,7 +103,7 @@ def test_ensemble_is_weighted_mean_of_tempered_probabilities(tmp_path: Path) -> 
         paths.append(tmp_path / f"t{seed}.safetensors")
         save_file(tiny_cnn().state_dict(), str(paths[-1]))
     ens = Ensemble.from_specs(
-        [f"python:teachers.zoo:tiny_cnn@{paths[0]}?weight=3", f"python:teachers.zoo:tiny_cnn@{paths[1]}"], temperature=2.0
+        [f"python:dr.teachers.zoo:tiny_cnn@{paths[0]}?weight=3", f"python:dr.teachers.zoo:tiny_cnn@{paths[1]}"], temperature=2.0
     )
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
@@ -121,7 +121,7 @@ def test_ensemble_is_weighted_mean_of_tempered_probabilities(tmp_path: Path) -> 
 
 def test_ensemble_refuses_mismatched_label_spaces() -> None:
     ens = Ensemble.from_specs(
-        ["python:teachers.zoo:tiny_cnn?num_classes=10", "python:teachers.zoo:tiny_cnn?num_classes=7"], allow_random=True
+        ["python:dr.teachers.zoo:tiny_cnn?num_classes=10", "python:dr.teachers.zoo:tiny_cnn?num_classes=7"], allow_random=True
     )
     with pytest.raises(TeacherError, match="share the label space"):
         ens(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
