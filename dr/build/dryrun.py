@@ -160,11 +160,9 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
 
 
 def _size(b: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if b < 1024 or unit == "TiB":
-            return f"{b:.1f} {unit}" if unit != "B" else f"{int(b)} B"
-        b /= 1024
-    return f"{b:.1f} TiB"  # pragma: no cover
+    from dr.build.inspect import _human
+
+    return _human(b)
 
 
 def _duration(s: float) -> str:
