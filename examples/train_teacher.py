@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--label-smoothing", type=float, default=0.0, help="0 (default): smoothed teachers distil worse")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast for the forward pass (weights, loss and optimiser stay fp32): ~2x faster on CPUs with "
+        "AVX-512 BF16 (measured 395 -> 773 img/s for ResNet-20 on a 2-core EPYC) and on CUDA",
+    )
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (smoke tests)")
     p.add_argument("--out", required=True, help="output path without suffix")
     p.add_argument("--no-resume", action="store_true", help="ignore OUT.ckpt (a per-epoch checkpoint) and start over")
@@ -134,7 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
             idx = perm[s * args.batch_size : (s + 1) * args.batch_size]
             x = augment(xtr_t[idx], gen).to(device, non_blocking=True).float().div_(255)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(x), ytr_t[idx].to(device), label_smoothing=args.label_smoothing)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), ytr_t[idx].to(device), label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -175,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_top1": round(acc, 4),
         "epochs": args.epochs,
         "label_smoothing": args.label_smoothing,
+        "bf16_autocast": args.bf16,
         "train_seconds": round(train_s, 1),
         "device": torch.cuda.get_device_name()
         if device == "cuda"
