@@ -18,7 +18,7 @@ import click
 from pydantic import ValidationError
 
 from dr import __version__
-from dr.errors import DRError
+from dr.errors import ConfigError, DRError, WorkerStartError
 
 __all__ = ["cli", "main", "EXIT_RESUMABLE", "FIELD_FLAGS"]
 
@@ -77,7 +77,7 @@ def yaml_scalar(value: str) -> Any:
         return value
 
 
-def _fail(e: Exception, as_json: bool = False) -> NoReturn:
+def _fail(e: Exception, as_json: bool = False, kind: str | None = None) -> NoReturn:
     """Raise ``e`` as a click error (text on stderr); with ``--json`` also print
     ``{"ok": false, "error": ..., "kind": ..., "exit_code": ...}`` on stdout."""
     if isinstance(e, click.ClickException):
@@ -88,8 +88,38 @@ def _fail(e: Exception, as_json: bool = False) -> NoReturn:
     else:
         exc = click.ClickException(str(e))
     if as_json:
-        click.echo(json.dumps({"ok": False, "error": exc.format_message(), "kind": type(e).__name__, "exit_code": exc.exit_code}))
+        _echo_json_error(exc, kind or type(e).__name__)
     raise exc
+
+
+def _echo_json_error(exc: click.ClickException, kind: str) -> None:
+    click.echo(json.dumps({"ok": False, "error": exc.format_message(), "kind": kind, "exit_code": exc.exit_code}))
+    exc.dr_json_printed = True  # type: ignore[attr-defined]
+
+
+class _Resumable(click.ClickException):
+    """A build that stopped with chunks left: exit code 3 (``EXIT_RESUMABLE``)."""
+
+    exit_code = 3
+
+
+class _Group(click.Group):
+    """The ``dr-build`` group: under ``--json`` even errors click finds while it parses the
+    command line (a bad ``--teacher`` spec, a ``--precision`` that is not a choice) are also a
+    JSON object on stdout, like every other error."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["dr.json"] = "--json" in args
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        as_json = bool(ctx.meta.get("dr.json"))
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            if as_json and not getattr(e, "dr_json_printed", False):
+                _echo_json_error(e, type(e).__name__)
+            raise
 
 
 class _PolicyOption(click.Option):
@@ -113,7 +143,7 @@ def _check_teacher(ctx: click.Context, param: click.Parameter, value: tuple[str,
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="dr-build")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int) -> None:
@@ -273,7 +303,10 @@ def reinforce(
                 raise click.BadParameter(f"--storage-option takes KEY=VALUE, got {storage_options!r}")
             given["storage_options"] = {k: yaml_scalar(v) for k, v in pairs}
         if config_file:
-            config = load_config_file(config_file, given)
+            try:
+                config = load_config_file(config_file, given)
+            except ConfigError as e:  # an invalid config file is bad usage (exit code 2), like a bad flag
+                raise click.UsageError(str(e)) from e
         else:
             need = {"source": "SOURCE", "teachers": "--teacher SPEC", "out": "--out STORE"}
             missing = [flag for name, flag in need.items() if not given.get(name) and not options.get(name)]
@@ -289,6 +322,11 @@ def reinforce(
             return
         with _sigterm_as_interrupt():
             result = run_build(config, progress=not quiet, echo=lambda m: click.echo(m, err=as_json))
+    except WorkerStartError as e:
+        if not e.chunks_written:
+            _fail(e, as_json)
+        # workers lost after chunks were written: the store is sound and --resume finishes it
+        _fail(_Resumable(f"{e}\n  the store is sound but not complete (exit code {EXIT_RESUMABLE})"), as_json, "WorkerStartError")
     except (DRError, ValidationError, click.ClickException) as e:
         _fail(e, as_json)
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dr.checks import ChunkGuard, check_source
-from dr.errors import StoreMismatchError
+from dr.errors import ConfigError, StoreMismatchError
 from dr.loss import densify
 from dr.policy import TAG_ORIGINAL, Policy, fresh_rng
 from dr.policy.rng import KeyedRNG, _splitmix64_int, splitmix64, view_keys
@@ -119,7 +119,7 @@ class ReinforcedDataset(Dataset):
         cache_chunks: int = 8,
     ) -> None:
         if not 0.0 <= p_original <= 1.0:
-            raise ValueError(f"p_original must be in [0, 1], got {p_original}")
+            raise ConfigError(f"p_original must be in [0, 1], got {p_original}")
         self.store = str(store)
         self.storage_options = dict(storage_options or {})
         reader = StoreReader(self.store, storage_options=self.storage_options)
@@ -279,7 +279,7 @@ class ChunkAwareSampler(Sampler[int]):
         self, dataset: ReinforcedDataset, *, window: int = 4, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0
     ) -> None:
         if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} must be in [0, {num_replicas})")
+            raise ConfigError(f"rank {rank} must be in [0, {num_replicas}): pass rank < num_replicas")
         self.n = len(dataset)
         self.chunk_size = dataset.header.chunk_size
         self.window, self.shuffle, self.seed = window, shuffle, seed

@@ -11,6 +11,7 @@ is given a :class:`ClassMap` (``--class-map identity|names|FILE``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 from dr.errors import ConfigError, TeacherError
 
 __all__ = ["ClassMap", "read_class_names", "resolve_class_map", "sidecar_metadata"]
+
+log = logging.getLogger(__name__)
 
 
 def _names_from(data: Any, where: str) -> tuple[str, ...]:
@@ -181,7 +184,14 @@ def resolve_class_map(
         if tc is not None and tc == ds:
             return None
         if tc is None and num_teacher_classes == len(ds):
-            return None  # names unknown: ids are taken as the dataset's (the agreement guard checks it)
+            # names unknown: ids are taken as the dataset's (the agreement guard checks it)
+            log.warning(
+                "the teachers' class names are unknown: their %d class ids are taken as the dataset's classes in order (%s); "
+                "name them (?classes=FILE, or a JSON card next to the weights) to have the build check it",
+                num_teacher_classes,
+                _preview(ds),
+            )
+            return None
         if tc is None:
             what = f"the teachers predict {num_teacher_classes} classes (their names are unknown)"
             hint = (

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dr.errors import TeacherError
+from dr.errors import DRError, TeacherError
 from dr.teachers.classes import read_class_names, sidecar_metadata
 from dr.teachers.spec import TeacherSpec, parse_teacher_spec
 
@@ -176,11 +176,16 @@ def _build_timm(spec: TeacherSpec, local: str | None) -> _Built:
     import timm
     from timm.models import load_checkpoint
 
+    pretrained = spec.pretrained and local is None
     try:
         kwargs: dict[str, Any] = dict(spec.kwargs)
-        model = timm.create_model(spec.name, pretrained=spec.pretrained and local is None, **kwargs)
+        model = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
         raise TeacherError(f"timm cannot create {spec.name!r}: {e}. List names with timm.list_models()") from e
+    except Exception as e:
+        if not pretrained:
+            raise TeacherError(f"timm cannot create {spec.name!r} with {kwargs}: {type(e).__name__}: {e}") from e
+        raise TeacherError(_download_hint(str(spec), e, "$HF_HOME (or $TORCH_HOME)")) from e
     if local is not None and local.lower().endswith((".npz", ".npy")):
         load_checkpoint(model, local)  # timm's own loader for JAX/Flax archives
     else:
@@ -255,8 +260,20 @@ def _build_torchvision(spec: TeacherSpec, local: str | None) -> _Built:
         _apply_weights(built.model, spec, local)
     elif w is not None:
         # the only network access: hub weights the spec asked for (cached under $TORCH_HOME/hub)
-        built.model.load_state_dict(w.get_state_dict(progress=False, check_hash=True))
+        try:
+            state = w.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:
+            raise TeacherError(_download_hint(str(spec), e, "$TORCH_HOME/hub/checkpoints")) from e
+        built.model.load_state_dict(state)
     return built
+
+
+def _download_hint(spec: str, e: BaseException, cache: str) -> str:
+    return (
+        f"teacher {spec}: cannot get its hub weights ({type(e).__name__}: {e}). Either give this machine network "
+        f"access once (the weights are then cached under {cache}), or download the weights elsewhere and name the file: "
+        "KIND:NAME@/path/weights.safetensors (or .pth)"
+    )
 
 
 PROGRAM_METADATA = "dr.json"
@@ -326,7 +343,15 @@ def _build_python(spec: TeacherSpec, local: str | None) -> _Built:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise TeacherError(f"teacher spec python:{spec.name}: {module_name} has no callable {factory_name!r}")
-    model = factory(**spec.kwargs)
+    try:
+        model = factory(**spec.kwargs)
+    except DRError:
+        raise
+    except Exception as e:
+        raise TeacherError(
+            f"teacher spec python:{spec.name}: {factory_name}({', '.join(f'{k}={v!r}' for k, v in spec.kwargs.items())}) failed: "
+            f"{type(e).__name__}: {e}. Check the spec's ?options against the factory's arguments"
+        ) from e
     if not isinstance(model, nn.Module):
         raise TeacherError(f"python:{spec.name} returned {type(model).__name__}, not a torch.nn.Module")
     _apply_weights(model, spec, local)
@@ -458,6 +483,8 @@ class Teacher(nn.Module):
         hub_weights: str | None = None,
     ) -> None:
         super().__init__()
+        #: inputs go to the network channels-last (set by ``Ensemble.optimize``)
+        self.channels_last = False
         try:
             model.eval()
         except NotImplementedError:  # torch.export programs are exported in eval mode already
@@ -485,7 +512,7 @@ class Teacher(nn.Module):
             else:
                 x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last or x.is_cuda else x
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         out = self.model(self.prepare(views))

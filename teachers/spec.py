@@ -25,14 +25,15 @@ float, bool or str. ``@WEIGHTS`` may be a local path or an fsspec URL (``s3://``
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dr.errors import TeacherError
 
-__all__ = ["TeacherSpec", "parse_teacher_spec", "KINDS"]
+__all__ = ["TeacherSpec", "parse_teacher_spec", "absolute_teacher_spec", "KINDS"]
 
 KINDS = ("timm", "torchvision", "torchscript", "export", "python")
 _OPTION_KEYS = {"input_size", "mean", "std", "interpolation", "weight", "pretrained", "normalize", "classes"}
@@ -153,3 +154,31 @@ def parse_teacher_spec(spec: str) -> TeacherSpec:
         return TeacherSpec(**fields)
     except ValueError as e:
         raise TeacherError(f"teacher spec {spec!r}: {e}") from e
+
+
+def _absolute_path(path: str) -> str:
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_teacher_spec(spec: str) -> str:
+    """``spec`` with its local files made absolute -- ``@WEIGHTS``, a ``torchscript:``/``export:``
+    program, a ``classes=FILE`` -- so a store records teachers that ``dr-build verify`` (and a
+    resume) finds from any working directory. URLs, hub names and options stay as written.
+
+    Raises:
+        TeacherError: ``spec`` does not parse (see :func:`parse_teacher_spec`).
+    """
+    parsed = parse_teacher_spec(spec)
+    kind, rest = spec.split(":", 1)
+    rest, sep, query = rest.partition("?")
+    if kind in ("torchscript", "export"):
+        rest = _absolute_path(rest)
+    elif parsed.weights is not None:
+        name, _, weights = rest.partition("@")
+        rest = f"{name}@{_absolute_path(weights)}"
+    if parsed.classes and "://" not in parsed.classes and os.path.isfile(os.path.expanduser(parsed.classes)):
+        pairs = [(k, _absolute_path(v) if k == "classes" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="/,:=@")
+    return f"{kind}:{rest}{sep}{query}"

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dr.errors import TeacherError
+
 __all__ = ["CIFAR_MEAN", "CIFAR_STD", "CifarResNet", "cifar_resnet", "tiny_cnn"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -59,7 +61,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"CifarResNet depth must be 6n+2 (8, 14, 20, ...), got {depth}")
+            raise TeacherError(f"CifarResNet depth must be 6n+2 (8, 14, 20, ...), got {depth}")
         n = (depth - 2) // 6
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         layers: list[nn.Module] = []

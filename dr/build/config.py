@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +71,25 @@ class BuildConfig(BaseModel):
     @classmethod
     def _listify(cls, v: Any) -> Any:
         return (v,) if isinstance(v, str) else v
+
+    @field_validator("teachers")
+    @classmethod
+    def _absolute_teachers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """Local weight/program/classes files as absolute paths: the header records them, and
+        ``verify`` or a resume may run from another directory."""
+        from dr.teachers.spec import absolute_teacher_spec
+
+        try:
+            return tuple(absolute_teacher_spec(s) for s in v)
+        except Exception as e:
+            raise ConfigError(str(e)) from e  # a ValueError: pydantic reports it
+
+    @field_validator("class_map")
+    @classmethod
+    def _absolute_class_map(cls, v: str | None) -> str | None:
+        if v is None or v in ("identity", "names") or "://" in v:
+            return v
+        return os.path.abspath(os.path.expanduser(v))
 
     def resolved_forward_group(self) -> int:
         """Images per teacher forward pass: explicit, else the largest power of two with

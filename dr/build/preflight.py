@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,8 @@ __all__ = [
     "probe_ensemble",
     "run_check_on",
 ]
+
+log = logging.getLogger(__name__)
 
 LIKELY_CAUSES = (
     "Likely causes: (1) class order -- the teachers' class i is not the dataset's class i (compare the class names in "
@@ -182,6 +185,13 @@ def probe_ensemble(config: Any, dataset_classes: Sequence[str]) -> tuple[Any, di
         # random teachers predict no real classes: ids stay in their space (tests, benchmarks)
         with torch.inference_mode():
             num_classes = int(ensemble(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1])
+        if num_classes != len(dataset_classes):
+            log.warning(
+                "random teachers: the store's ids are the teachers' %d classes, not the dataset's %d "
+                "(no class check; pass --class-map to store dataset ids)",
+                num_classes,
+                len(dataset_classes),
+            )
     else:
         num_classes = probe_classes(ensemble, dataset_classes, config.class_map, size)
     return ensemble, ensemble.describe(), num_classes

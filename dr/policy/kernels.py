@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dr.errors import PolicyError
+
 __all__ = [
     "ImageBank",
     "crop_resize",
@@ -87,18 +89,18 @@ class ImageBank:
         self._data: torch.Tensor | None = None
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
-                raise ValueError(f"images must be [N,3,H,W], got {tuple(images.shape)}")
+                raise PolicyError(f"images must be [N,3,H,W], got {tuple(images.shape)}")
             self._data = images
             self.sizes = np.tile(np.asarray(images.shape[2:], dtype=np.int64), (images.shape[0], 1))
             dtype, here = images.dtype, images.device
         else:
             self._images = list(images)
             if not self._images:
-                raise ValueError("an ImageBank needs at least one image")
+                raise PolicyError("an ImageBank needs at least one image")
             self.sizes = np.asarray([t.shape[1:] for t in self._images], dtype=np.int64)
             dtype, here = self._images[0].dtype, self._images[0].device
         if dtype != torch.uint8:
-            raise ValueError(f"images must be uint8, got {dtype}")
+            raise PolicyError(f"images must be uint8, got {dtype}")
         self._device = torch.device(device) if device is not None else here
         if self._device != here:
             self._data = self._assemble()
@@ -282,14 +284,14 @@ def crop_resize(
     bx = np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes).astype(np.int64).reshape(-1, 4)
     which = np.asarray(image_index.cpu() if isinstance(image_index, torch.Tensor) else image_index).astype(np.int64).reshape(-1)
     if len(bx) != len(which):
-        raise ValueError(f"{len(bx)} boxes but {len(which)} image indices")
+        raise PolicyError(f"{len(bx)} boxes but {len(which)} image indices")
     if len(bx) and ((bx[:, 2] <= 0).any() or (bx[:, 3] <= 0).any()):
-        raise ValueError("crop boxes need a positive height and width")
+        raise PolicyError("crop boxes need a positive height and width")
     method = method or current_method()
     if method == "native" or (method == "auto" and bank.device.type == "cpu"):
         return _crop_resize_native(bank, bx, which, size)
     if method not in ("auto", "batched"):
-        raise ValueError(f"unknown resize method {method!r}: use auto, batched or native")
+        raise PolicyError(f"unknown resize method {method!r}: use auto, batched or native")
     return _crop_resize_batched(bank, bx, which, size)
 
 

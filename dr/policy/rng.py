@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from dr.errors import PolicyError
+
 __all__ = ["splitmix64", "view_keys", "KeyedRNG"]
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -77,7 +79,7 @@ class KeyedRNG:
     def _shape(self, size: int | tuple[int, ...] | None) -> tuple[int, ...]:
         shape = (self.n,) if size is None else ((size,) if isinstance(size, int) else tuple(size))
         if not shape or shape[0] != self.n:
-            raise ValueError(f"KeyedRNG over {self.n} streams cannot draw size={size}")
+            raise PolicyError(f"KeyedRNG over {self.n} streams cannot draw size={size}")
         return shape
 
     def random(self, size: int | tuple[int, ...] | None = None) -> np.ndarray:

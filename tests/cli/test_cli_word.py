@@ -112,7 +112,7 @@ def test_config_file_reports_every_problem_with_suggestions(tmp_path: Path) -> N
     path = tmp_path / "build.yaml"
     path.write_text(yaml.safe_dump(bad))
     r = CliRunner().invoke(cli, ["reinforce", "--config", str(path), "--out", str(tmp_path / "o.zarr")])
-    assert r.exit_code != 0
+    assert r.exit_code == 2  # bad usage, as the README's exit-code table says (it was 1)
     out = r.output
     assert "5 problem(s)" in out
     assert "unknown key 'teacher' (did you mean 'teachers'?)" in out
@@ -202,7 +202,27 @@ def test_show_title_and_tiles_agree(cifar64_store: str, cifar64: Path, tmp_path:
     monkeypatch.setattr(Figure, "suptitle", lambda self, t, **kw: titles.append(t))
     real_set_title = Axes.set_title
     monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **kw: (tiles.append(t), real_set_title(self, t, *a, **kw))[1])
-    draw_views(cifar64_store, cifar64, 0, tmp_path / "v.png", max_views=2)
-    shown = int(re.search(r"top-(\d+) labels shown", titles[0]).group(1))
-    views = [t for t in tiles if t.startswith("view ")]
-    assert views and all(len(t.splitlines()) - 1 == shown for t in views), (titles, views)
+    for topn in (2, 3):  # fewer labels than the store's top-k too (the title said top-5 over top-3 tiles)
+        titles.clear()
+        tiles.clear()
+        draw_views(cifar64_store, cifar64, 0, tmp_path / "v.png", max_views=2, topn=topn)
+        shown = int(re.search(r"top-(\d+) labels shown", titles[0]).group(1))
+        views = [t for t in tiles if t.startswith("view ")]
+        assert shown == topn
+        assert views and all(len(t.splitlines()) - 1 == shown for t in views), (titles, views)
+
+
+def test_workers_lost_after_chunks_exit_resumable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dr.errors import WorkerStartError
+
+    lost = WorkerStartError("no teacher worker could start: 1 attempt(s) failed; 3 chunk(s) written before are kept")
+    lost.chunks_written = 3
+    _fake_build(monkeypatch, error=lost)
+    args = ["reinforce", "src", "--teacher", "timm:resnet18@w.safetensors", "--out", str(tmp_path / "o.zarr")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == EXIT_RESUMABLE and "3 chunk(s) written before are kept" in r.output and "exit code 3" in r.output
+    r = CliRunner().invoke(cli, [*args, "--json"])
+    assert r.exit_code == EXIT_RESUMABLE and json.loads(r.stdout)["kind"] == "WorkerStartError"
+    never = WorkerStartError("no teacher worker started within 2s")
+    _fake_build(monkeypatch, error=never)
+    assert CliRunner().invoke(cli, args).exit_code == 1  # nothing written: an error
