@@ -75,4 +75,10 @@ class StoreDamagedError(StoreError):
 
 
 class WorkerStartError(DRError):
-    """No teacher worker could start (Ray's error, the resources asked for and available)."""
+    """No teacher worker could start (Ray's error, the resources asked for and available).
+
+    ``chunks_written``: chunks the build wrote before its last worker was lost; when it is
+    not 0 the store is sound and ``--resume`` finishes it (``dr-build`` exits 3, resumable).
+    """
+
+    chunks_written: int = 0

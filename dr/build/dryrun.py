@@ -19,6 +19,7 @@ import numpy as np
 
 from dr.build.config import BuildConfig
 from dr.build.plan import plan_units
+from dr.errors import WorkerStartError
 from dr.sources import Source, open_source
 from dr.storage.schema import StoreHeader, ids_dtype
 
@@ -127,7 +128,21 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
         SourceRef(ray.put(src)), header.policy, list(config.teachers), **pipeline.worker_options(config, header, device, per_cpu, views=v)
     )
     try:
-        ray.get(actor.ping.remote())
+        try:
+            ray.get(actor.ping.remote(), timeout=config.start_timeout)
+        except (ray.exceptions.GetTimeoutError, *pipeline.start_errors_of_ray()) as e:
+            why = (
+                f"Ray scheduled none within {config.start_timeout:g}s (--start-timeout)"
+                if isinstance(e, ray.exceptions.GetTimeoutError)
+                else f"Ray said: {pipeline._ray_error_text(e)}"
+            )
+            free, total = ray.available_resources(), ray.cluster_resources()
+            raise WorkerStartError(
+                f"--dry-run: its teacher worker did not start: {why}\n"
+                f"  it asks for {per_cpu:g} CPU and {per_gpu:g} GPU; the cluster has {free.get('CPU', 0.0):g} of "
+                f"{total.get('CPU', 0.0):g} CPU and {free.get('GPU', 0.0):g} of {total.get('GPU', 0.0):g} GPU free\n"
+                "  lower --cpus-per-worker, add nodes, or free the cluster"
+            ) from e
         plan.worker_start_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         result = ray.get(actor.compute.remote(unit.start, unit.stop))

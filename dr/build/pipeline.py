@@ -38,6 +38,14 @@ __all__ = ["BuildResult", "reinforce", "make_header", "START_BACKOFF_S"]
 
 log = logging.getLogger(__name__)
 
+
+def start_errors_of_ray() -> tuple[type[BaseException], ...]:
+    """What a worker's start may fail with: it died starting, or Ray cannot place it."""
+    import ray
+
+    return (ray.exceptions.RayActorError, getattr(ray.exceptions, "ActorUnschedulableError", ray.exceptions.RayActorError))
+
+
 #: Seconds to wait before each new attempt to start a teacher worker whose start failed; after
 #: the last one that worker is given up (the build fails if no worker is running then).
 START_BACKOFF_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -411,7 +419,9 @@ def _run_units(
             f"on {nodes} node(s)"
         )
         kept = f"; {computed} chunk(s) written before are kept" if computed else ""
-        return WorkerStartError(f"{head}\n  {asked}\n  {fix}{kept}\n  Ray's logs: {_ray_logs()}")
+        err = WorkerStartError(f"{head}\n  {asked}\n  {fix}{kept}\n  Ray's logs: {_ray_logs()}")
+        err.chunks_written = computed
+        return err
 
     # Let the initial workers come up together (bounded), so work spreads over every node.
     ray.wait(list(starting), num_returns=len(starting), timeout=config.start_timeout)
@@ -453,7 +463,7 @@ def _run_units(
                 actor, attempt = starting.pop(ref)
                 try:
                     info = ray.get(ref)
-                except ray.exceptions.RayActorError as e:
+                except start_errors_of_ray() as e:
                     start_errors.append(_ray_error_text(e))
                     if attempt <= len(START_BACKOFF_S):
                         delay = START_BACKOFF_S[attempt - 1]

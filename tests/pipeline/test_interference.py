@@ -165,3 +165,43 @@ def test_worker_start_is_retried_then_reported_with_rays_error(
     assert "Ray said: The actor died because of an error raised in its creation task" in message
     assert "RuntimeError: simulated: this worker cannot start" in message
     assert "asks for" in message and "CPU" in message and "Ray's logs" in message
+
+
+def test_losing_every_worker_after_some_chunks_is_resumable(
+    cifar64: Path, tiny_teacher: str, ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last worker dies after one chunk and no replacement can start: the error says how
+    many chunks are kept (the CLI then exits 3, resumable), and --resume finishes the store."""
+    computed = tmp_path / "computed-one"
+
+    class DiesAfterOne:
+        def __init__(self, *args, **kwargs) -> None:
+            if computed.exists():
+                raise RuntimeError("simulated: no replacement can start")
+            from dr.build.worker import UnitWorker
+
+            self.worker = UnitWorker(*args, **kwargs)
+
+        def ping(self) -> dict:
+            return self.worker.ping()
+
+        def compute(self, start: int, stop: int):
+            if start == 0:
+                out = self.worker.compute(start, stop)
+                computed.write_text("x")
+                return out
+            deadline = time.monotonic() + 120  # units run two at a time: die once chunk 0 is back
+            while not computed.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            os._exit(1)  # the worker process dies mid-build
+
+    monkeypatch.setattr(pipeline, "START_BACKOFF_S", ())
+    monkeypatch.setattr(pipeline, "UnitWorker", DiesAfterOne)
+    cfg = _config(cifar64, tiny_teacher, tmp_path / "lost.zarr")
+    with pytest.raises(WorkerStartError) as e:
+        reinforce(cfg, progress=False)
+    assert e.value.chunks_written == 1 and "1 chunk(s) written before are kept" in str(e.value)
+    monkeypatch.undo()
+    done = reinforce(cfg.model_copy(update={"resume": True, "force": True}), progress=False)
+    assert done.complete and done.chunks_skipped == 1 and done.chunks_computed == 1
