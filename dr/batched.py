@@ -17,9 +17,11 @@ import torch
 
 from dr.checks import ChunkGuard, check_source
 from dr.dataset import view_choice
+from dr.errors import StoreError
 from dr.policy import ImageBank, Policy, fresh_rng
 from dr.sources import open_source
 from dr.storage import StoreReader
+from dr.storage.schema import StoreHeader
 
 __all__ = ["DeviceReplay"]
 
@@ -53,16 +55,18 @@ class DeviceReplay:
         verify_source: Literal["sample", "all", "none"] = "sample",
     ) -> None:
         reader = StoreReader(store, storage_options=storage_options)
-        self.header = reader.header
-        self.policy = Policy.from_dict(self.header.policy)
+        header = reader.header
+        #: the store's header (``None`` for :meth:`fresh_only`)
+        self.header: StoreHeader | None = header
+        self.policy = Policy.from_dict(header.policy)
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.views = self.header.views
-        self.output_size = output_size or self.header.output_size
-        src = open_source(source if source is not None else self.header.dataset.location, storage_options)
-        fields = [f"params/{f.name}" for f in self.header.param_fields]
+        self.views = header.views
+        self.output_size = output_size or header.output_size
+        src = open_source(source if source is not None else header.dataset.location, storage_options)
+        fields = [f"params/{f.name}" for f in header.param_fields]
         meta, damaged = reader.load_checked(["source/labels", "source/skipped", "targets/ids", "targets/probs", *fields])
-        self.guard = ChunkGuard(store, self.header.chunk_size, damaged)  # rows of damaged chunks are refused
+        self.guard = ChunkGuard(store, header.chunk_size, damaged)  # rows of damaged chunks are refused
         self.labels = torch.from_numpy(meta["source/labels"].astype(np.int64))
         self.skipped = meta["source/skipped"].astype(bool)
         self.indices = np.flatnonzero(~self.skipped)
@@ -73,7 +77,37 @@ class DeviceReplay:
         self.params = {p.split("/", 1)[1]: meta[p] for p in fields}
         self.ids = meta["targets/ids"].astype(np.int64)
         self.probs = meta["targets/probs"].astype(np.float32)
-        self.num_classes = self.header.num_classes
+        self.num_classes = header.num_classes
+
+    @classmethod
+    def fresh_only(
+        cls,
+        source: Any,
+        policy: Policy,
+        *,
+        device: str | torch.device = "cpu",
+        output_size: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> DeviceReplay:
+        """A replay of ``source`` without a store: :meth:`fresh` views of ``policy`` with hard
+        labels only (plain baselines that need no teachers); :meth:`batch` has nothing to replay.
+        Same images, index space and :meth:`fresh` streams as a store-backed instance."""
+        src = open_source(source, storage_options)
+        self = cls.__new__(cls)
+        self.header = None
+        self.policy = policy
+        self.device = torch.device(device)
+        self.seed, self.views = 0, 0
+        self.output_size = output_size or policy.output_size
+        self.guard = ChunkGuard("(no store)", 1 << 62, [])
+        self.labels = torch.from_numpy(np.asarray(src.labels(), dtype=np.int64))
+        self.skipped = np.zeros(len(src), dtype=bool)
+        self.indices = np.arange(len(src))
+        self.images = ImageBank([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))], device=self.device)
+        self.sizes = self.images.sizes
+        self.params, self.ids, self.probs = {}, np.zeros((0, 0, 0), np.int64), np.zeros((0, 0, 0), np.float32)
+        self.num_classes = len(src.classes)
+        return self
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -85,6 +119,8 @@ class DeviceReplay:
     def batch(self, items: np.ndarray | torch.Tensor, epoch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Replayed uint8 views ``[B,3,S,S]`` and sparse targets ``(ids, probs)`` ``[B,k]`` for
         dataset items ``items`` (positions among the non-skipped images) at ``epoch``."""
+        if self.header is None:
+            raise StoreError("this DeviceReplay has no store (DeviceReplay.fresh_only): use fresh(), or open one on a store")
         index = self.indices[np.asarray(items, dtype=np.int64)]
         self.guard.check(index)
         view = self.view_ids(index, epoch)

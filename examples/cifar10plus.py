@@ -71,6 +71,9 @@ class Protocol:
     batch: int
     lr: float
     wd: float
+    # torch.compile the teachers (build and online KD): 2.5x faster ResNet-20 inference on a
+    # 2-core CPU than eager (measured 284 -> 705 img/s, batch 256), ~45 s once per teacher
+    compile_teachers: bool = False
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -90,8 +93,11 @@ GPU = Protocol(
     256,
     0.2,
     5e-4,
+    compile_teachers=True,
 )
-CPU = Protocol("cpu", None, None, None, 0, 10, ("cifar", "cifar+ra/re"), (8, 16), ((5, (0, 1)), (15, (0,))), 256, 0.2, 5e-4)
+CPU = Protocol(
+    "cpu", None, None, None, 0, 10, ("cifar", "cifar+ra/re"), (8, 16), ((5, (0, 1)), (15, (0,))), 256, 0.2, 5e-4, compile_teachers=True
+)
 # v0.1's medium run: 500 train images per class, 3 ResNet-20 teachers trained here
 MEDIUM = Protocol(
     "medium",
@@ -179,7 +185,16 @@ def stage_reinforce(args: argparse.Namespace, proto: Protocol) -> dict[str, str]
     for policy in proto.stores:
         store = store_path(args, policy)
         cfg = BuildConfig(
-            source=str(train), teachers=specs, policy=policy, views=proto.views, topk=10, chunk_size=256, out=store, resume=True, force=True
+            source=str(train),
+            teachers=specs,
+            policy=policy,
+            views=proto.views,
+            topk=10,
+            chunk_size=256,
+            out=store,
+            resume=True,
+            force=True,
+            compile=proto.compile_teachers,
         )
         t = time.perf_counter()
         result = reinforce(cfg, progress=not args.quiet)
@@ -228,7 +243,11 @@ def train_student(
     train, test = data(args, proto)
     torch.manual_seed(seed)
     store_policy = condition.split(":", 1)[1] if condition.startswith("reinforced:") else None
-    rep = DeviceReplay(stores[store_policy or proto.stores[0]], train, device=device, seed=seed)
+    fresh_policy = get_policy(proto.stores[-1] if condition == "plain-strong" else "cifar")
+    if store_policy is not None:
+        rep = DeviceReplay(stores[store_policy], train, device=device, seed=seed)
+    else:  # fresh views of the source: the same images and streams, no store needed
+        rep = DeviceReplay.fresh_only(train, fresh_policy, device=device)
     x_test, y_test = _test_set(test, device)
     mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1) * 255
@@ -237,8 +256,10 @@ def train_student(
         return ((v.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 
     model = cifar_resnet(depth=proto.student[0], width=proto.student[1], num_classes=10).to(device).to(memory_format=torch.channels_last)
-    teachers = Ensemble.from_specs(specs).to(device) if condition == "kd" else None
-    fresh_policy = get_policy(proto.stores[-1] if condition == "plain-strong" else "cifar")
+    teachers = None
+    if condition == "kd":
+        teachers = Ensemble.from_specs(specs).to(device)
+        teachers.optimize(channels_last=True, compile=proto.compile_teachers)
     opt = sgd_nesterov(model, proto.lr, proto.wd)
     steps = epochs * math.ceil(len(rep) / proto.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=proto.lr, total_steps=steps, pct_start=0.15)
@@ -294,22 +315,57 @@ def _run_name(condition: str, epochs: int, seed: int) -> str:
     return f"{condition.replace(':', '-').replace('/', '-')}-e{epochs}-s{seed}"
 
 
+def published_runs(proto: Protocol) -> Path:
+    """Where ``--publish`` keeps one JSON per finished student run, inside the repository: a
+    committed record is a cached stage, so a protocol spread over sittings (and machines whose
+    work tree is fresh) never trains the same run twice."""
+    return REPO / "examples" / "results" / f"cifar10plus-{proto.name}" / "runs"
+
+
+def _done_run(args: argparse.Namespace, proto: Protocol, run: tuple[str, int, int]) -> Path | None:
+    for folder in (Path(args.workdir) / "students", published_runs(proto)):
+        path = folder / f"{_run_name(*run)}.json"
+        if path.exists():
+            return path
+    return None
+
+
 def stage_students(args: argparse.Namespace, proto: Protocol) -> list[dict]:
-    stores = stage_reinforce(args, proto)
-    specs = stage_teachers(args, proto)
-    plan = [(c, e, s) for e, seeds in proto.runs for c in proto.conditions for s in seeds]
-    todo = [r for r in plan if not (Path(args.workdir) / "students" / f"{_run_name(*r)}.json").exists()]
+    # the cheapest complete comparison first: every condition at the small budget, seed by seed
+    plan = [(c, e, s) for e, seeds in proto.runs for s in seeds for c in proto.conditions]
+    if args.only:
+        plan = [r for r in plan if r[0] in args.only]
+    todo = [r for r in plan if _done_run(args, proto, r) is None]
+    if not todo:
+        _log(args, f"students: all {len(plan)} runs asked for are done")
+        return [json.loads(p.read_text()) for r in plan if (p := _done_run(args, proto, r)) is not None]
+    # plain conditions need neither teachers nor stores: they can run while teachers train
+    needs_teachers = any(c == "kd" or c.startswith("reinforced:") for c, _, _ in todo)
+    stores = stage_reinforce(args, proto) if needs_teachers else {}
+    specs = stage_teachers(args, proto) if needs_teachers else []
     _log(args, f"students: {len(plan)} runs in the protocol, {len(todo)} to do ({sum(e for _, e, _ in todo)} epochs)")
     per_epoch: dict[str, float] = {}
     results = []
     for condition, epochs, seed in plan:
-        out = Path(args.workdir) / "students" / f"{_run_name(condition, epochs, seed)}.json"
-        if not out.exists():
+        done = _done_run(args, proto, (condition, epochs, seed))
+        if done is None:
             r = train_student(args, proto, condition, epochs, seed, stores, specs)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(r, indent=2) + "\n")
+            r["command"] = "python examples/cifar10plus.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("cifar10plus.py") else None
+            r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            # images/s compare across runs only at equal load: other work on the machine shows here
+            r["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+            r["threads"] = torch.get_num_threads()
+            r["machine"] = _machine(r["device"])
+            r["versions"] = {"torch": torch.__version__, "python": platform.python_version(), "dr": dr.__version__}
+            text = json.dumps(r, indent=2) + "\n"
+            done = Path(args.workdir) / "students" / f"{_run_name(condition, epochs, seed)}.json"
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(text)
+            if args.publish:
+                published_runs(proto).mkdir(parents=True, exist_ok=True)
+                (published_runs(proto) / done.name).write_text(text)
             per_epoch[condition] = r["seconds_per_epoch"]
-            left = [x for x in todo if not (Path(args.workdir) / "students" / f"{_run_name(*x)}.json").exists()]
+            left = [x for x in todo if _done_run(args, proto, x) is None]
             guess = np.mean(list(per_epoch.values()))
             projected = sum(per_epoch.get(c, guess) * e for c, e, _ in left)
             _log(
@@ -317,13 +373,21 @@ def stage_students(args: argparse.Namespace, proto: Protocol) -> list[dict]:
                 f"student {condition} E={epochs} seed={seed}: top-1 {r['test_top1']:.4f} ECE {r['ece']:.3f} "
                 f"({r['train_seconds']:.0f}s, {r['images_per_second']:,.0f} img/s); projected time left {projected / 60:.0f} min",
             )
-        results.append(json.loads(out.read_text()))
+        results.append(json.loads(done.read_text()))
     return results
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     work = Path(args.workdir)
-    runs = [json.loads(p.read_text()) for p in sorted((work / "students").glob("*.json"))]
+    found = {p.name: p for p in sorted(published_runs(proto).glob("*.json"))} if args.publish else {}
+    found.update({p.name: p for p in sorted((work / "students").glob("*.json"))})
+    runs = [json.loads(p.read_text()) for _, p in sorted(found.items())]
     if not runs:
         raise SystemExit(f"no student results under {work / 'students'}: run the students stage first")
     cards = (
@@ -366,11 +430,7 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
             summary[f"{c}@{b}"] = {"top1_mean": float(a.mean()), "top1_half_range": float((a.max() - a.min()) / 2), "n": len(a)}
         lines.append("| " + " | ".join(row) + " |")
     device = runs[0]["device"]
-    machine = (
-        torch.cuda.get_device_name()
-        if device.startswith("cuda") and torch.cuda.is_available()
-        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    )
+    machine = runs[0].get("machine") or _machine(device)
     lines += ["", f"Device: {device} ({machine}); torch {torch.__version__}; protocol `{proto.name}`; ± is half the range over seeds."]
     text = "\n".join(lines)
     (work / "results.md").write_text(text + "\n")
@@ -436,6 +496,12 @@ def main(argv: list[str] | None = None) -> None:
         "--medium", action="store_true", help="v0.1's medium run: 5,000 train images, 3 ResNet-20 teachers trained here, V=20"
     )
     p.add_argument("--publish", action="store_true", help="copy the report to examples/results/ and bench/results/")
+    p.add_argument(
+        "--only",
+        type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+        default=None,
+        help="students: only these conditions (comma-separated, e.g. plain,plain-strong: they need no teachers or stores)",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     proto = QUICK if args.quick else MEDIUM if args.medium else CPU if args.cpu else GPU
