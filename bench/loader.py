@@ -12,7 +12,7 @@ the same DataLoader settings:
 Also times one image's metadata record (params + top-k) in both modes: in memory and read by
 chunk (``memory_budget=0``, chunk-aware order). Prints a table, then one JSON line.
 
-    python bench/loader.py [--workers 2] [--epochs 3] [--views 8]
+    python bench/loader.py [--workers 2] [--epochs 2] [--epochs-32 10] [--repeats 3] [--views 8]
 """
 
 from __future__ import annotations
@@ -92,8 +92,14 @@ def measure(folder: Path, size: int, store: str, args: argparse.Namespace) -> di
     )
     base = torchvision.datasets.ImageFolder(str(folder), transform=base_tf)
     ours = ReinforcedDataset(store, folder)
-    r_base = rate(DataLoader(base, **kw), args.epochs)
-    r_ours = rate(DataLoader(ours, **kw), args.epochs, ours.set_epoch)
+    # alternate the two loaders (ABAB...) and take each one's median: a short run on a shared
+    # machine is noisy, and whatever load drifts over the run falls on both alike
+    epochs = args.epochs_32 if size <= 64 else args.epochs
+    base_rates, our_rates = [], []
+    for _ in range(args.repeats):
+        base_rates.append(rate(DataLoader(base, **kw), epochs))
+        our_rates.append(rate(DataLoader(ours, **kw), epochs, ours.set_epoch))
+    r_base, r_ours = float(np.median(base_rates)), float(np.median(our_rates))
     order = list(np.random.default_rng(0).permutation(len(ours)))
     med, p99 = latency(ours, order, 1000)
     chunked = ReinforcedDataset(store, folder, memory_budget=0)
@@ -113,7 +119,11 @@ def measure(folder: Path, size: int, store: str, args: argparse.Namespace) -> di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement at 224 px")
+    p.add_argument(
+        "--epochs-32", type=int, default=10, help="timed epochs per measurement at 32 px (1,000 tiny images: an epoch is ~0.2 s)"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="alternating measurements of each loader (the median is reported)")
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--large-images", type=int, default=300)
@@ -126,7 +136,10 @@ def main() -> None:
     for name, r in (("CIFAR-10 32x32 -> 32", small), ("500x375 JPEG -> 224", large)):
         lat = f"{r['med']:.4f}/{r['p99']:.4f} | {r['med_c']:.4f}/{r['p99_c']:.4f}"
         print(f"{name:<30}{r['base']:>20.0f}{r['ours']:>20.0f}{r['ratio']:>8.3f}{lat:>44}")
-    print(f"samples/s with {args.workers} DataLoader workers, batch {args.batch_size}, {args.epochs} epochs after a warm-up epoch")
+    print(
+        f"samples/s with {args.workers} DataLoader workers, batch {args.batch_size}: median of {args.repeats} alternating "
+        f"measurements of {args.epochs} (224 px) / {args.epochs_32} (32 px) epochs after a warm-up epoch"
+    )
     out = {
         "ratio": round(large["ratio"], 3),
         "ratio_imagenet_size": round(large["ratio"], 3),
@@ -140,6 +153,8 @@ def main() -> None:
             "cifar32": [round(small["base"], 1), round(small["ours"], 1)],
         },
         "workers": args.workers,
+        "repeats": args.repeats,
+        "epochs": {"imagenet_size": args.epochs, "cifar32": args.epochs_32},
     }
     print(json.dumps(out))
 
