@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--policy", default="cifar")
     args = p.parse_args()
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # private: never another program's cluster
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = ray.cluster_resources().get("CPU", 1)
     rates = {}

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False)
+        ray.init(address=args.address or "local", include_dashboard=False)  # default: a private local Ray
     if __name__ != "__main__":  # imported (e.g. by a test): ship this module's code by value
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     trainer_only = (

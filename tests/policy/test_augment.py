@@ -143,3 +143,22 @@ def test_output_pixel_boxes_rescale_when_replaying_larger() -> None:
     big = p.replay(img, params, output_size=64)
     assert int((small[0, 0] == 0).sum()) == 64 and int((big[0, 0] == 0).sum()) == 256
     assert (big[0, 0, 16:32, 16:32] == 0).all()
+
+
+def test_integer_sharpness_is_torchvisions_bytes() -> None:
+    """The batched Sharpness (integer blur, no float convolution) equals torchvision's kernel
+    byte for byte: random and flat images, factors of both signs' range, tiny sizes."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from dr.policy.kernels import adjust_sharpness
+
+    g = torch.Generator().manual_seed(0)
+    images = [
+        torch.randint(0, 256, (6, 3, 40, 56), dtype=torch.uint8, generator=g),
+        torch.full((2, 3, 9, 9), 255, dtype=torch.uint8),
+        torch.randint(0, 256, (3, 3, 3, 4), dtype=torch.uint8, generator=g),
+        torch.randint(0, 256, (1, 3, 2, 7), dtype=torch.uint8, generator=g),  # too small to blur: unchanged
+    ]
+    for x in images:
+        for factor in (0.0, 0.1, 0.55, 1.0, 1.27, 1.9, 1.99):
+            assert torch.equal(adjust_sharpness(x, factor), TF.adjust_sharpness(x, factor)), (tuple(x.shape), factor)
