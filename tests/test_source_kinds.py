@@ -194,3 +194,21 @@ def test_each_kind_builds_verifies_and_trains(kind: str, repacked: dict[str, str
         loss.backward()
         opt.step()
     assert torch.isfinite(loss)
+
+
+def test_the_cli_takes_source_specs(repacked: dict[str, str], tiny_teacher: str, ray_session, tmp_path: Path) -> None:
+    """What a user types: `dr-build reinforce list:FILE.jsonl ...`, then `dr-build verify
+    STORE --source wds:...` -- another kind of the same images passes the content check."""
+    from click.testing import CliRunner
+
+    from dr.cli.main import cli
+
+    out = str(tmp_path / "cli.zarr")
+    args = ["reinforce", repacked["jsonl"], "--teacher", tiny_teacher, "--policy", "cifar"]
+    r = CliRunner().invoke(cli, [*args, "--views", "2", "--topk", "3", "--chunk-size", "32", "--out", out, "--quiet"])
+    assert r.exit_code == 0, r.output
+    info = CliRunner().invoke(cli, ["info", out, "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["dataset"]["kind"] == "list"
+    r = CliRunner().invoke(cli, ["verify", out, "--source", repacked["wds"], "--content", "all"])
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.output and "source" in r.output
