@@ -281,9 +281,9 @@ def reinforce(
     the top --topk probabilities are stored with the view's parameters. Settings may come
     from --config build.yaml; flags given on the command line override the file.
 
-    Exit status: 0 the store is complete; 3 stopped with chunks left (--max-chunks): the same
-    command with --resume finishes it; 1 an error (no worker could start, a bad image, ...);
-    2 bad usage.
+    Exit status: 0 the store is complete; 3 stopped with chunks left (--max-chunks, Ctrl-C,
+    `ray job stop`, the last worker lost mid-build): the same command with --resume finishes
+    it; 1 an error (no worker ever started, a bad image, ...); 2 bad usage or a bad config file.
     """
     from click.core import ParameterSource
 
@@ -323,9 +323,9 @@ def reinforce(
         with _sigterm_as_interrupt():
             result = run_build(config, progress=not quiet, echo=lambda m: click.echo(m, err=as_json))
     except WorkerStartError as e:
-        if not e.chunks_written:
-            _fail(e, as_json)
-        # workers lost after chunks were written: the store is sound and --resume finishes it
+        if not e.workers_started:
+            _fail(e, as_json)  # no worker ever started: an error
+        # the last worker was lost mid-build: the store is sound and --resume finishes it
         _fail(_Resumable(f"{e}\n  the store is sound but not complete (exit code {EXIT_RESUMABLE})"), as_json, "WorkerStartError")
     except (DRError, ValidationError, click.ClickException) as e:
         _fail(e, as_json)

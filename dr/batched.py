@@ -91,7 +91,8 @@ class DeviceReplay:
     ) -> DeviceReplay:
         """A replay of ``source`` without a store: :meth:`fresh` views of ``policy`` with hard
         labels only (plain baselines that need no teachers); :meth:`batch` has nothing to replay.
-        Same images, index space and :meth:`fresh` streams as a store-backed instance."""
+        Same images and :meth:`fresh` streams as an instance over a store of ``source``, and
+        the same index space when that store skipped no image (every image is an item here)."""
         src = open_source(source, storage_options)
         self = cls.__new__(cls)
         self.header = None

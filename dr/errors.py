@@ -77,8 +77,10 @@ class StoreDamagedError(StoreError):
 class WorkerStartError(DRError):
     """No teacher worker could start (Ray's error, the resources asked for and available).
 
-    ``chunks_written``: chunks the build wrote before its last worker was lost; when it is
-    not 0 the store is sound and ``--resume`` finishes it (``dr-build`` exits 3, resumable).
+    ``workers_started``: workers that did start before the last one was lost; when it is not
+    0 the store is sound and ``--resume`` finishes it (``dr-build`` exits 3, resumable), else
+    no worker ever started (exit 1). ``chunks_written``: chunks written by this run.
     """
 
     chunks_written: int = 0
+    workers_started: int = 0

@@ -334,6 +334,9 @@ def stage_students(args: argparse.Namespace, proto: Protocol) -> list[dict]:
     # the cheapest complete comparison first: every condition at the small budget, seed by seed
     plan = [(c, e, s) for e, seeds in proto.runs for s in seeds for c in proto.conditions]
     if args.only:
+        unknown = sorted(set(args.only) - set(proto.conditions))
+        if unknown:
+            raise SystemExit(f"--only {','.join(unknown)}: not a condition of protocol {proto.name!r}; use {', '.join(proto.conditions)}")
         plan = [r for r in plan if r[0] in args.only]
     todo = [r for r in plan if _done_run(args, proto, r) is None]
     if not todo:
@@ -385,7 +388,7 @@ def _machine(device: str) -> str:
 
 def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     work = Path(args.workdir)
-    found = {p.name: p for p in sorted(published_runs(proto).glob("*.json"))} if args.publish else {}
+    found = {p.name: p for p in sorted(published_runs(proto).glob("*.json"))}  # committed runs count, as in students
     found.update({p.name: p for p in sorted((work / "students").glob("*.json"))})
     runs = [json.loads(p.read_text()) for _, p in sorted(found.items())]
     if not runs:

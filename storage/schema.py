@@ -104,8 +104,10 @@ class StoreHeader(_Strict):
     )
 
     def config_key(self) -> dict[str, Any]:
-        """The fields that must match for a resume to continue a build (no timestamps)."""
-        return self.model_dump(
+        """The fields that must match for a resume to continue a build (no timestamps, no
+        file locations: teachers are keyed by their weights' digest, not where the file lies,
+        like the dataset by its content, not its path -- see :func:`_location_free`)."""
+        key = self.model_dump(
             include={
                 "schema_version",
                 "dataset",
@@ -123,6 +125,33 @@ class StoreHeader(_Strict):
             exclude={"dataset": {"digests_sha256", "location"}},
             mode="json",
         )
+        key["ensemble"] = _location_free(key["ensemble"])
+        return key
+
+
+def _location_free(ensemble: dict[str, Any]) -> dict[str, Any]:
+    """The ensemble record without where its files lie: each teacher's spec loses its
+    ``@WEIGHTS`` (or program path) and ``classes=`` file, ``weights``/``classes_from`` go (the
+    weights' sha256, the class names and the map's ids stay), so the same build resumes from
+    another directory or checkout."""
+    out = dict(ensemble)
+    teachers = []
+    for t in ensemble.get("teachers", []):
+        t = {k: v for k, v in t.items() if k not in ("weights", "classes_from")}
+        spec = str(t.get("spec", ""))
+        kind, _, rest = spec.partition(":")
+        rest, sep, query = rest.partition("?")
+        program = kind in ("torchscript", "export")
+        rest = "" if program else rest.partition("@")[0]
+        query = "&".join(p for p in query.split("&") if p and not p.startswith("classes="))
+        t["spec"] = f"{kind}:{rest}{sep if query else ''}{query}"
+        if program:
+            t.pop("name", None)
+        teachers.append(t)
+    out["teachers"] = teachers
+    if isinstance(out.get("class_map"), dict):
+        out["class_map"] = {k: v for k, v in out["class_map"].items() if k != "source"}
+    return out
 
 
 def ids_dtype(num_classes: int) -> str:

@@ -182,10 +182,12 @@ def _build_timm(spec: TeacherSpec, local: str | None) -> _Built:
         model = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
         raise TeacherError(f"timm cannot create {spec.name!r}: {e}. List names with timm.list_models()") from e
-    except Exception as e:
+    except OSError as e:  # URLError, requests' ConnectionError, huggingface_hub's LocalEntryNotFoundError...
         if not pretrained:
             raise TeacherError(f"timm cannot create {spec.name!r} with {kwargs}: {type(e).__name__}: {e}") from e
         raise TeacherError(_download_hint(str(spec), e, "$HF_HOME (or $TORCH_HOME)")) from e
+    except Exception as e:  # a bad option (TypeError) and the like: name the spec
+        raise TeacherError(f"timm cannot create {spec.name!r} with {kwargs}: {type(e).__name__}: {e}") from e
     if local is not None and local.lower().endswith((".npz", ".npy")):
         load_checkpoint(model, local)  # timm's own loader for JAX/Flax archives
     else:

@@ -11,6 +11,7 @@ from dr.batched import DeviceReplay
 from dr.build import UnitWorker
 from dr.build.config import BuildConfig
 from dr.build.pipeline import make_header
+from dr.errors import StoreError
 from dr.policy import list_policies
 from dr.sources import ImageFolderSource
 from dr.storage import StoreWriter
@@ -59,3 +60,11 @@ def test_fresh_views_have_hard_mixed_targets(cifar64: Path, tiny_teacher: str, t
     again, _ = rep.fresh(np.arange(64), epoch=0)
     other, _ = rep.fresh(np.arange(64), epoch=1)
     assert torch.equal(views, again) and not torch.equal(views, other)
+    # without a store (plain baselines before any teacher exists): the same views and targets
+    alone = DeviceReplay.fresh_only(cifar64, rep.policy)
+    assert len(alone) == len(rep) and alone.num_classes == rep.num_classes
+    for epoch in (0, 3):
+        (v1, t1), (v2, t2) = rep.fresh(np.arange(64), epoch), alone.fresh(np.arange(64), epoch)
+        assert torch.equal(v1, v2) and torch.equal(t1, t2)
+    with pytest.raises(StoreError, match="no store"):
+        alone.batch(np.arange(4), 0)

@@ -421,6 +421,7 @@ def _run_units(
         kept = f"; {computed} chunk(s) written before are kept" if computed else ""
         err = WorkerStartError(f"{head}\n  {asked}\n  {fix}{kept}\n  Ray's logs: {_ray_logs()}")
         err.chunks_written = computed
+        err.workers_started = len(names)
         return err
 
     # Let the initial workers come up together (bounded), so work spreads over every node.

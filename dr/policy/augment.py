@@ -216,6 +216,8 @@ class RandAugment(ViewOp):
             for slot in range(self.num_ops):
                 keys = _KEY_OF[ops[:, slot], signs[:, slot]]
                 work, pos, groups_ = _sorted_groups(work, pos, keys, lambda k: _KEYS[k][0] == 0)
+                if work is views and groups_:
+                    work = views.clone()  # the caller's batch stays as it was (rarely needed: sorting copies)
                 for key, s0, s1 in groups_:
                     op_id, neg = _KEYS[key]
                     op = RA_OPS[op_id]

@@ -216,7 +216,7 @@ def test_workers_lost_after_chunks_exit_resumable(monkeypatch: pytest.MonkeyPatc
     from dr.errors import WorkerStartError
 
     lost = WorkerStartError("no teacher worker could start: 1 attempt(s) failed; 3 chunk(s) written before are kept")
-    lost.chunks_written = 3
+    lost.chunks_written, lost.workers_started = 3, 1
     _fake_build(monkeypatch, error=lost)
     args = ["reinforce", "src", "--teacher", "timm:resnet18@w.safetensors", "--out", str(tmp_path / "o.zarr")]
     r = CliRunner().invoke(cli, args)

@@ -201,7 +201,7 @@ def test_losing_every_worker_after_some_chunks_is_resumable(
     cfg = _config(cifar64, tiny_teacher, tmp_path / "lost.zarr")
     with pytest.raises(WorkerStartError) as e:
         reinforce(cfg, progress=False)
-    assert e.value.chunks_written == 1 and "1 chunk(s) written before are kept" in str(e.value)
+    assert e.value.chunks_written == 1 and e.value.workers_started == 1 and "1 chunk(s) written before are kept" in str(e.value)
     monkeypatch.undo()
     done = reinforce(cfg.model_copy(update={"resume": True, "force": True}), progress=False)
     assert done.complete and done.chunks_skipped == 1 and done.chunks_computed == 1

@@ -102,3 +102,19 @@ def test_resume_key_holds_the_teachers_math_and_locations_are_absolute(
     monkeypatch.chdir(tmp_path)  # the recorded location works from anywhere
     assert len(ReinforcedDataset(str(out))) == 64
     assert all(c.ok for c in verify_store(str(out), fraction=0.0, min_views=8))
+    # the key holds the weights' digest, not where the file lies: the same weights elsewhere
+    # (another checkout, a relative spelling) resume; other weights do not
+    weights = tiny_teacher.split("@", 1)[1].split("?")[0]
+    moved = tmp_path / "elsewhere" / "tiny.safetensors"
+    moved.parent.mkdir()
+    shutil.copy(weights, moved)
+    again = reinforce(_config(cifar64, tiny_teacher.replace(weights, str(moved)), out, chunk_size=32, resume=True), progress=False)
+    assert again.complete and again.chunks_computed == 0
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(moved))
+    first = next(iter(state))
+    state[first] = state[first] + 1
+    save_file(state, str(moved))
+    with pytest.raises(StoreMismatchError, match="ensemble"):
+        reinforce(_config(cifar64, tiny_teacher.replace(weights, str(moved)), out, chunk_size=32, resume=True), progress=False)
