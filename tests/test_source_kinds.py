@@ -212,3 +212,19 @@ def test_the_cli_takes_source_specs(repacked: dict[str, str], tiny_teacher: str,
     r = CliRunner().invoke(cli, ["verify", out, "--source", repacked["wds"], "--content", "all"])
     assert r.exit_code == 0, r.output
     assert "PASS" in r.output and "source" in r.output
+
+
+def test_cifar_batches_are_read_without_unpickling() -> None:
+    """CIFAR's batches are pickles; the reader parses their opcodes and builds only plain data
+    and numpy arrays (every protocol), and refuses any other global without importing it."""
+    import os
+
+    from dr.source_kinds import read_cifar_batch
+
+    batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 7], "label_names": ["a", "b"]}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        got = read_cifar_batch(pickle.dumps(batch, protocol=protocol))
+        assert np.array_equal(got[b"data"], batch[b"data"]) and got[b"labels"] == [3, 7] and got["label_names"] == ["a", "b"]
+    for bad in (os.system, {"x": eval}):
+        with pytest.raises(ValueError, match="not allowed in a CIFAR batch"):
+            read_cifar_batch(pickle.dumps(bad))
