@@ -583,7 +583,7 @@ class _Global:
 
     def __init__(self, module: str, name: str) -> None:
         if module not in _NP + ("_codecs",) or name not in _NAMES:
-            raise ValueError(f"{module}.{name} is not allowed in a CIFAR batch")
+            raise SourceError(f"{module}.{name} is not allowed in a CIFAR batch")
         self.module, self.name = module, name
 
 
@@ -602,12 +602,12 @@ def _as_bytes(v: Any) -> bytes:
         return bytes(v)
     if isinstance(v, str):  # Python 2 pickles: byte strings read as latin-1 text
         return v.encode("latin1")
-    raise ValueError(f"expected bytes, got {type(v).__name__}")
+    raise SourceError(f"expected bytes, got {type(v).__name__}")
 
 
 def _reduce(fn: Any, args: tuple[Any, ...]) -> Any:
     if not isinstance(fn, _Global) or fn.module not in _NP + ("_codecs",):
-        raise ValueError(f"{getattr(fn, 'module', fn)}.{getattr(fn, 'name', '')} is not allowed in a CIFAR batch")
+        raise SourceError(f"{getattr(fn, 'module', fn)}.{getattr(fn, 'name', '')} is not allowed in a CIFAR batch")
     if fn.name == "_reconstruct":
         return _Array()
     if fn.name == "dtype":
@@ -618,14 +618,14 @@ def _reduce(fn: Any, args: tuple[Any, ...]) -> Any:
         return np.frombuffer(_as_bytes(args[1]), dtype=args[0])[0]
     if fn.module == "_codecs" and fn.name == "encode":
         return str(args[0]).encode(str(args[1]) if len(args) > 1 else "utf-8")
-    raise ValueError(f"{fn.module}.{fn.name} is not allowed in a CIFAR batch")
+    raise SourceError(f"{fn.module}.{fn.name} is not allowed in a CIFAR batch")
 
 
 def read_cifar_batch(data: bytes) -> Any:
     """Read one of CIFAR's pickled batches without unpickling: the opcodes are parsed
     (``pickletools.genops``, which executes nothing) and only what the batches hold is built --
     dicts, lists, tuples, strings, bytes, numbers and numpy arrays of plain dtypes. No import,
-    no call: any other global is refused (``ValueError``)."""
+    no call: any other global is refused (``SourceError``)."""
     stack: list[Any] = []
     marks: list[int] = []
     memo: dict[int, Any] = {}
@@ -691,7 +691,7 @@ def read_cifar_batch(data: bytes) -> Any:
                 obj.value = np.frombuffer(_as_bytes(raw), dtype=dtype).reshape(shape, order="F" if fortran else "C")
                 stack[-1] = obj.value
             elif not isinstance(obj, np.dtype):  # a dtype's state (byte order, flags) is implied by its name
-                raise ValueError(f"cannot BUILD a {type(obj).__name__} in a CIFAR batch")
+                raise SourceError(f"cannot BUILD a {type(obj).__name__} in a CIFAR batch")
         elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
             stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
         elif op.arg is not None or name in ("BYTEARRAY8",):
@@ -702,11 +702,11 @@ def read_cifar_batch(data: bytes) -> Any:
             elif name.startswith(("BINSTRING", "SHORT_BINSTRING", "STRING")):
                 stack.append(arg.decode("latin1") if isinstance(arg, bytes) else str(arg))
             else:
-                raise ValueError(f"pickle opcode {name} is not expected in a CIFAR batch")
+                raise SourceError(f"pickle opcode {name} is not expected in a CIFAR batch")
         else:
-            raise ValueError(f"pickle opcode {name} is not expected in a CIFAR batch")
+            raise SourceError(f"pickle opcode {name} is not expected in a CIFAR batch")
     if len(stack) != 1:
-        raise ValueError("malformed CIFAR batch")
+        raise SourceError("malformed CIFAR batch")
     return stack[0]
 
 
@@ -758,8 +758,8 @@ class CifarSource(_IndexedSource):
             with open(path, "rb") as f:
                 raw = read_cifar_batch(f.read())
             if not isinstance(raw, dict):
-                raise ValueError(f"a CIFAR batch is a dict, this holds a {type(raw).__name__}")
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+                raise SourceError(f"a CIFAR batch is a dict, this holds a {type(raw).__name__}")
+        except (OSError, SourceError, ValueError, KeyError, IndexError, TypeError) as e:
             raise SourceError(f"source {self.location!r}: cannot read {path!r}: {type(e).__name__}: {e}") from e
         return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
 

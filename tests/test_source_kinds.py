@@ -226,5 +226,5 @@ def test_cifar_batches_are_read_without_unpickling() -> None:
         got = read_cifar_batch(pickle.dumps(batch, protocol=protocol))
         assert np.array_equal(got[b"data"], batch[b"data"]) and got[b"labels"] == [3, 7] and got["label_names"] == ["a", "b"]
     for bad in (os.system, {"x": eval}):
-        with pytest.raises(ValueError, match="not allowed in a CIFAR batch"):
+        with pytest.raises(SourceError, match="not allowed in a CIFAR batch"):
             read_cifar_batch(pickle.dumps(bad))
