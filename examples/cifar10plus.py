@@ -6,7 +6,8 @@
     python examples/cifar10plus.py all --workdir /tmp/q --quick                  # a pipeline check, minutes on a CPU
     python examples/cifar10plus.py report --cpu --workdir runs/c10p-cpu          # table, JSON, plot
 
-Stages -- ``teachers``, ``reinforce``, ``students``, ``report`` (``all`` runs them in order) --
+Stages -- ``teachers``, ``reinforce``, ``students``, ``calibration``, ``report`` (``all`` runs them
+in order) --
 cache their outputs in the workdir and skip what is done (a store resumes chunk by chunk, a
 student run is one JSON file), so a long protocol spreads over several sittings: rerun the same
 command. The protocol is fixed up front and the same for every condition:
@@ -21,7 +22,10 @@ command. The protocol is fixed up front and the same for every condition:
   hard mixed labels), ``reinforced:<policy>`` (stored views + sparse soft targets, one per
   store), ``kd`` (the ensemble run online on every batch of fresh ``cifar`` views). All use
   the same batched loader (``dr.batched.DeviceReplay``), so the comparison measures the
-  targets, not the loaders. Hyperparameters were chosen once on ``plain`` and reused.
+  targets, not the loaders. Hyperparameters were chosen once on ``plain`` and reused;
+* calibration: every run records its mean confidence and a fitted temperature; the
+  ``calibration`` stage trains each reinforced condition once more per target variant
+  (:data:`VARIANTS`: a soft/hard mix, sharpened targets) at the smallest budget.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from cifar_data import extract_split, sgd_nesterov
 import dr
 from dr.batched import DeviceReplay
 from dr.build import BuildConfig, reinforce
-from dr.loss import soft_cross_entropy
+from dr.loss import densify, soft_cross_entropy
 from dr.policy import get_policy
 from dr.sources import ImageFolderSource
 from dr.teachers import Ensemble
@@ -218,27 +222,76 @@ def _test_set(test: Path, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     return x, torch.from_numpy(src.labels()).to(device)
 
 
-def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm) -> tuple[float, float]:
-    model.eval()
-    probs = []
-    with torch.no_grad():
-        for i in range(0, len(x), 1000):
-            probs.append(torch.softmax(model(norm(x[i : i + 1000])).float(), 1))
-    p = torch.cat(probs)
+def _ece(p: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
+    """Expected calibration error: confidence vs accuracy over ``bins`` equal-width bins."""
     conf, pred = p.max(1)
     correct = (pred == y).float()
-    bins = torch.clamp((conf * 15).long(), max=14)
-    ece = sum(
-        float((bins == b).float().mean()) * abs(float(correct[bins == b].mean()) - float(conf[bins == b].mean()))
-        for b in range(15)
-        if (bins == b).any()
+    b = torch.clamp((conf * bins).long(), max=bins - 1)
+    return sum(
+        float((b == i).float().mean()) * abs(float(correct[b == i].mean()) - float(conf[b == i].mean()))
+        for i in range(bins)
+        if (b == i).any()
     )
-    return float(correct.mean()), ece
+
+
+def _calibration(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    """Which way a student is miscalibrated, and how much one temperature fixes: the mean
+    confidence against accuracy, and a temperature fitted (NLL, grid) on the even test images
+    with the ECE it leaves on the odd ones (fitted and scored on disjoint halves)."""
+    fit, score = slice(0, None, 2), slice(1, None, 2)
+    grid = torch.exp(torch.linspace(-1.5, 1.5, 121))  # T from 0.22 to 4.5
+    nll = torch.stack([torch.nn.functional.cross_entropy(logits[fit] / t, y[fit]) for t in grid])
+    t_best = float(grid[int(nll.argmin())])
+    p = torch.softmax(logits, 1)
+    return {
+        "mean_confidence": float(p.max(1).values.mean()),
+        "temperature_fit": t_best,
+        "ece_odd_half": _ece(p[score], y[score]),
+        "ece_odd_half_at_fitted_t": _ece(torch.softmax(logits[score] / t_best, 1), y[score]),
+    }
+
+
+def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm) -> tuple[float, float, dict]:
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(norm(x[i : i + 1000])).float() for i in range(0, len(x), 1000)]).cpu()
+    y = y.cpu()
+    p = torch.softmax(logits, 1)
+    return float((p.argmax(1) == y).float().mean()), _ece(p, y), _calibration(logits, y)
+
+
+# Calibration variants of a reinforced student (stage ``calibration``): the same run with one
+# change to its targets. ``hard=W``: mix W x cross-entropy on the hard label into the loss (ml-dr's
+# soft/hard mix); ``sharpen=T``: raise the stored probabilities (densified) to 1/T and renormalise
+# (T < 1 sharpens, T > 1 softens).
+VARIANTS = ("hard=0.5", "sharpen=0.5")
+
+
+def _parse_variant(variant: str | None) -> tuple[float, float]:
+    """``(hard_weight, target_temperature)`` of a calibration variant."""
+    if variant is None:
+        return 0.0, 1.0
+    name, _, value = variant.partition("=")
+    try:
+        x = float(value)
+    except ValueError:
+        x = float("nan")
+    if name not in ("hard", "sharpen") or not x > 0:
+        raise SystemExit(f"calibration variant {variant!r}: use hard=W (0 < W <= 1) or sharpen=T (T > 0)")
+    return (x, 1.0) if name == "hard" else (0.0, x)
 
 
 def train_student(
-    args: argparse.Namespace, proto: Protocol, condition: str, epochs: int, seed: int, stores: dict[str, str], specs: list[str]
+    args: argparse.Namespace,
+    proto: Protocol,
+    condition: str,
+    epochs: int,
+    seed: int,
+    stores: dict[str, str],
+    specs: list[str],
+    variant: str | None = None,
 ) -> dict:
+    hard_weight, target_t = _parse_variant(variant)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train, test = data(args, proto)
     torch.manual_seed(seed)
@@ -274,13 +327,17 @@ def train_student(
             items = order[s : s + proto.batch]
             if store_policy is not None:
                 views, target = rep.batch(items, epoch)
+                if target_t != 1.0:
+                    dense = densify(target, rep.num_classes) ** (1.0 / target_t)
+                    target = dense / dense.sum(1, keepdim=True)
             else:
                 views, target = rep.fresh(items, epoch, policy=fresh_policy, seed=seed + 1)
                 if teachers is not None:
                     target = teachers(views).clone()  # a normal tensor (the forward runs in inference mode)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(norm(views))
-            loss = soft_cross_entropy(logits.float(), target)
+            labels = rep.labels[rep.indices[items]].to(device) if hard_weight else None
+            loss = soft_cross_entropy(logits.float(), target, labels=labels, hard_weight=hard_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -296,7 +353,13 @@ def train_student(
                 flush=True,
             )
     train_s = time.perf_counter() - t0
-    acc, ece = _evaluate(model, x_test, y_test, norm)
+    acc, ece, calibration = _evaluate(model, x_test, y_test, norm)
+    # the weights stay in the workdir (not published) for later analysis, e.g. of calibration
+    from safetensors.torch import save_file
+
+    weights = Path(args.workdir) / "students" / f"{_run_name(condition, epochs, seed)}.safetensors"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     return {
         "condition": condition,
         "store_policy": store_policy,
@@ -304,6 +367,7 @@ def train_student(
         "seed": seed,
         "test_top1": acc,
         "ece": ece,
+        "calibration": calibration,
         "train_seconds": train_s,
         "images_per_second": seen / train_s,
         "seconds_per_epoch": float(np.mean(epoch_times)),
@@ -311,23 +375,58 @@ def train_student(
     }
 
 
-def _run_name(condition: str, epochs: int, seed: int) -> str:
-    return f"{condition.replace(':', '-').replace('/', '-')}-e{epochs}-s{seed}"
+Run = tuple  # (condition, epochs, seed) or, for a calibration variant, (condition, epochs, seed, variant)
+
+
+def _run_name(condition: str, epochs: int, seed: int, variant: str | None = None) -> str:
+    name = f"{condition.replace(':', '-').replace('/', '-')}-e{epochs}-s{seed}"
+    return name + (f"-{variant.replace('=', '')}" if variant else "")
 
 
 def published_runs(proto: Protocol) -> Path:
     """Where ``--publish`` keeps one JSON per finished student run, inside the repository: a
     committed record is a cached stage, so a protocol spread over sittings (and machines whose
-    work tree is fresh) never trains the same run twice."""
+    work tree is fresh) never trains the same run twice. Calibration variants go to its
+    ``calibration/`` subfolder (they are not conditions of the main table)."""
     return REPO / "examples" / "results" / f"cifar10plus-{proto.name}" / "runs"
 
 
-def _done_run(args: argparse.Namespace, proto: Protocol, run: tuple[str, int, int]) -> Path | None:
+def _sub(run: Run) -> str:
+    return "calibration" if len(run) > 3 and run[3] else ""
+
+
+def _done_run(args: argparse.Namespace, proto: Protocol, run: Run) -> Path | None:
     for folder in (Path(args.workdir) / "students", published_runs(proto)):
-        path = folder / f"{_run_name(*run)}.json"
+        path = folder / _sub(run) / f"{_run_name(*run)}.json"
         if path.exists():
             return path
     return None
+
+
+def _train_and_record(args: argparse.Namespace, proto: Protocol, run: Run, stores: dict[str, str], specs: list[str]) -> dict:
+    condition, epochs, seed = run[:3]
+    variant = run[3] if len(run) > 3 else None
+    r = train_student(args, proto, condition, epochs, seed, stores, specs, variant=variant)
+    if variant:
+        r["variant"] = variant
+    r["command"] = "python examples/cifar10plus.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("cifar10plus.py") else None
+    r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    # images/s compare across runs only at equal load: other work on the machine shows here
+    r["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    r["threads"] = torch.get_num_threads()
+    r["machine"] = _machine(r["device"])
+    r["versions"] = {"torch": torch.__version__, "python": platform.python_version(), "dr": dr.__version__}
+    text = json.dumps(r, indent=2) + "\n"
+    name = f"{_run_name(*run)}.json"
+    for folder in [Path(args.workdir) / "students"] + ([published_runs(proto)] if args.publish else []):
+        (folder / _sub(run)).mkdir(parents=True, exist_ok=True)
+        (folder / _sub(run) / name).write_text(text)
+    _log(
+        args,
+        f"student {condition} E={epochs} seed={seed}{' ' + variant if variant else ''}: top-1 {r['test_top1']:.4f} ECE {r['ece']:.3f} "
+        f"({r['train_seconds']:.0f}s, {r['images_per_second']:,.0f} img/s)",
+    )
+    return r
 
 
 def stage_students(args: argparse.Namespace, proto: Protocol) -> list[dict]:
@@ -349,35 +448,32 @@ def stage_students(args: argparse.Namespace, proto: Protocol) -> list[dict]:
     _log(args, f"students: {len(plan)} runs in the protocol, {len(todo)} to do ({sum(e for _, e, _ in todo)} epochs)")
     per_epoch: dict[str, float] = {}
     results = []
-    for condition, epochs, seed in plan:
-        done = _done_run(args, proto, (condition, epochs, seed))
+    for run in plan:
+        done = _done_run(args, proto, run)
         if done is None:
-            r = train_student(args, proto, condition, epochs, seed, stores, specs)
-            r["command"] = "python examples/cifar10plus.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("cifar10plus.py") else None
-            r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            # images/s compare across runs only at equal load: other work on the machine shows here
-            r["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
-            r["threads"] = torch.get_num_threads()
-            r["machine"] = _machine(r["device"])
-            r["versions"] = {"torch": torch.__version__, "python": platform.python_version(), "dr": dr.__version__}
-            text = json.dumps(r, indent=2) + "\n"
-            done = Path(args.workdir) / "students" / f"{_run_name(condition, epochs, seed)}.json"
-            done.parent.mkdir(parents=True, exist_ok=True)
-            done.write_text(text)
-            if args.publish:
-                published_runs(proto).mkdir(parents=True, exist_ok=True)
-                (published_runs(proto) / done.name).write_text(text)
-            per_epoch[condition] = r["seconds_per_epoch"]
+            r = _train_and_record(args, proto, run, stores, specs)
+            per_epoch[run[0]] = r["seconds_per_epoch"]
             left = [x for x in todo if _done_run(args, proto, x) is None]
             guess = np.mean(list(per_epoch.values()))
             projected = sum(per_epoch.get(c, guess) * e for c, e, _ in left)
-            _log(
-                args,
-                f"student {condition} E={epochs} seed={seed}: top-1 {r['test_top1']:.4f} ECE {r['ece']:.3f} "
-                f"({r['train_seconds']:.0f}s, {r['images_per_second']:,.0f} img/s); projected time left {projected / 60:.0f} min",
-            )
+            _log(args, f"students: projected time left {projected / 60:.0f} min ({len(left)} runs)")
+            done = _done_run(args, proto, run)
         results.append(json.loads(done.read_text()))
     return results
+
+
+def stage_calibration(args: argparse.Namespace, proto: Protocol) -> list[dict]:
+    """The calibration study: each reinforced condition at the smallest budget and its first
+    seed, once per variant in :data:`VARIANTS` (records under ``runs/calibration/``)."""
+    epochs, seeds = proto.runs[0]
+    plan = [(f"reinforced:{p}", epochs, seeds[0], v) for p in proto.stores for v in VARIANTS]
+    if args.only:
+        plan = [r for r in plan if r[0] in args.only]
+    todo = [r for r in plan if _done_run(args, proto, r) is None]
+    stores = stage_reinforce(args, proto) if todo else {}
+    for run in todo:
+        _train_and_record(args, proto, run, stores, [])
+    return [json.loads(p.read_text()) for r in plan if (p := _done_run(args, proto, r)) is not None]
 
 
 def _machine(device: str) -> str:
@@ -435,6 +531,25 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     device = runs[0]["device"]
     machine = runs[0].get("machine") or _machine(device)
     lines += ["", f"Device: {device} ({machine}); torch {torch.__version__}; protocol `{proto.name}`; ± is half the range over seeds."]
+    variants = {p.name: p for p in sorted((published_runs(proto) / "calibration").glob("*.json"))}
+    variants.update({p.name: p for p in sorted((work / "students" / "calibration").glob("*.json"))})
+    calibrated = [r for r in runs if r.get("calibration")] + [json.loads(p.read_text()) for _, p in sorted(variants.items())]
+    if calibrated:
+        lines += [
+            "",
+            "Calibration (one run each; confidence = mean max probability on the test images; the temperature is",
+            "fitted on the even-numbered test images, the ECE columns score the odd-numbered ones):",
+            "",
+            "| run | top-1 % | ECE | mean confidence | fitted T | ECE (odd half) | ECE at fitted T |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(calibrated, key=lambda r: (r["epochs"], r["condition"], r.get("variant") or "", r["seed"])):
+            cal = r["calibration"]
+            lines.append(
+                f"| {r['condition']}{' ' + r['variant'] if r.get('variant') else ''} E={r['epochs']} seed={r['seed']} "
+                f"| {100 * r['test_top1']:.2f} | {r['ece']:.3f} | {cal['mean_confidence']:.3f} | {cal['temperature_fit']:.2f} "
+                f"| {cal['ece_odd_half']:.3f} | {cal['ece_odd_half_at_fitted_t']:.3f} |"
+            )
     text = "\n".join(lines)
     (work / "results.md").write_text(text + "\n")
     record = {
@@ -451,6 +566,9 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
             for r in runs
         ],
         "summary": summary,
+        "calibration": [
+            {k: r.get(k) for k in ("condition", "variant", "epochs", "seed", "test_top1", "ece", "calibration")} for r in calibrated
+        ],
     }
     (work / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     import matplotlib
@@ -485,7 +603,7 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["teachers", "reinforce", "students", "report", "all"])
+    p.add_argument("stage", choices=["teachers", "reinforce", "students", "calibration", "report", "all"])
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10"), help="folder with train.tar.gz/test.tar.gz")
     p.add_argument("--workdir", required=True)
     size = p.add_mutually_exclusive_group()
@@ -517,10 +635,13 @@ def main(argv: list[str] | None = None) -> None:
         stage_reinforce(args, proto)
     elif args.stage == "students":
         stage_students(args, proto)
+    elif args.stage == "calibration":
+        stage_calibration(args, proto)
     elif args.stage == "report":
         stage_report(args, proto)
     else:
         stage_students(args, proto)
+        stage_calibration(args, proto)
         stage_report(args, proto)
 
 

@@ -64,6 +64,14 @@ def test_cifar10plus_quick_pipeline_and_cache(ray_session, tmp_path: Path) -> No
     assert {r["store_policy"] for r in results["runs"]} == {None, "cifar", "cifar+ra/re"}
     assert "| reinforced:cifar+ra/re |" in (work / "results.md").read_text()
     assert "students: 10 runs in the protocol, 10 to do" in (work / "timings.log").read_text()
+    # the calibration study: each store's reinforced run again per variant, kept out of the main table
+    variants = sorted(p.name for p in (work / "students" / "calibration").glob("*.json"))
+    assert variants == sorted(f"reinforced-{s}-e1-s0-{v}.json" for s in ("cifar", "cifar+ra-re") for v in ("hard0.5", "sharpen0.5"))
+    assert len(results["calibration"]) == 10 + 4  # every main run's diagnostics and the variants
+    cal = results["calibration"][-1]["calibration"]
+    assert 0 < cal["mean_confidence"] <= 1 and cal["temperature_fit"] > 0 and cal["ece_odd_half_at_fitted_t"] >= 0
+    assert "| reinforced:cifar sharpen=0.5 E=1 seed=0 |" in (work / "results.md").read_text()
+    assert (work / "students" / "kd-e3-s0.safetensors").stat().st_size > 1000
     stamps = {p: p.stat().st_mtime_ns for p in runs + sorted((work / "teachers").glob("*"))}
     mod.main(["all", "--data", str(SHARED), "--workdir", str(work), "--quick", "--quiet"])  # everything cached
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
