@@ -437,6 +437,11 @@ def stage_students(args: argparse.Namespace, proto: Protocol) -> list[dict]:
         if unknown:
             raise SystemExit(f"--only {','.join(unknown)}: not a condition of protocol {proto.name!r}; use {', '.join(proto.conditions)}")
         plan = [r for r in plan if r[0] in args.only]
+    if args.epochs:
+        budgets = {e for e, _ in proto.runs}
+        if set(args.epochs) - budgets:
+            raise SystemExit(f"--epochs {args.epochs}: protocol {proto.name!r} has budgets {sorted(budgets)}")
+        plan = [r for r in plan if r[1] in args.epochs]
     todo = [r for r in plan if _done_run(args, proto, r) is None]
     if not todo:
         _log(args, f"students: all {len(plan)} runs asked for are done")
@@ -622,6 +627,12 @@ def main(argv: list[str] | None = None) -> None:
         type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
         default=None,
         help="students: only these conditions (comma-separated, e.g. plain,plain-strong: they need no teachers or stores)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=lambda s: [int(x) for x in s.split(",") if x.strip()],
+        default=None,
+        help="students: only these budgets (comma-separated, e.g. 15), to order a protocol's runs across sittings",
     )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

@@ -75,3 +75,12 @@ def test_cifar10plus_quick_pipeline_and_cache(ray_session, tmp_path: Path) -> No
     stamps = {p: p.stat().st_mtime_ns for p in runs + sorted((work / "teachers").glob("*"))}
     mod.main(["all", "--data", str(SHARED), "--workdir", str(work), "--quick", "--quiet"])  # everything cached
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_cifar10plus_run_filters_name_the_protocols_choices(tmp_path: Path) -> None:
+    mod = _load("cifar10plus")
+    with pytest.raises(SystemExit, match=r"budgets \[1, 3\]"):
+        mod.main(["students", "--quick", "--workdir", str(tmp_path), "--epochs", "2"])
+    with pytest.raises(SystemExit, match="not a condition of protocol 'quick'"):
+        mod.main(["students", "--quick", "--workdir", str(tmp_path), "--only", "distill"])
+    assert not (tmp_path / "students").exists()  # nothing trained
