@@ -529,7 +529,8 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
             row += [
                 f"{a.mean():.2f}{spread} (n={len(a)})",
                 f"{np.mean([r['ece'] for r in rs]):.3f}",
-                f"{np.mean([r['images_per_second'] for r in rs]):,.0f}",
+                # a run whose record carries a note (e.g. paused mid-run) has no valid speed
+                f"{np.mean(speeds):,.0f}" if (speeds := [r["images_per_second"] for r in rs if not r.get("note")]) else "-",
             ]
             summary[f"{c}@{b}"] = {"top1_mean": float(a.mean()), "top1_half_range": float((a.max() - a.min()) / 2), "n": len(a)}
         lines.append("| " + " | ".join(row) + " |")
