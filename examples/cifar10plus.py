@@ -276,7 +276,7 @@ def _parse_variant(variant: str | None) -> tuple[float, float]:
         x = float(value)
     except ValueError:
         x = float("nan")
-    if name not in ("hard", "sharpen") or not x > 0:
+    if name not in ("hard", "sharpen") or not x > 0 or (name == "hard" and x > 1):
         raise SystemExit(f"calibration variant {variant!r}: use hard=W (0 < W <= 1) or sharpen=T (T > 0)")
     return (x, 1.0) if name == "hard" else (0.0, x)
 
