@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dr-build info $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dr teachers storage cli tests examples bench deploy

@@ -79,3 +79,11 @@ def cifar64_store(cifar64: Path, tiny_teacher: str, ray_session, tmp_path_factor
     result = reinforce(config, progress=False)
     assert result.complete and result.chunks_computed == 4 and result.views_computed == 64 * 4
     return str(out)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``), every test that uses the shared
+    Ray runs on one worker, so the suite still starts one Ray; the others spread over both."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
