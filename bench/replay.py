@@ -11,7 +11,9 @@ unit) and times, on each device present (CPU; CUDA when available):
   view at a time with its partner replayed the same way;
 * batched: ``Policy.replay`` (``dr.policy.kernels``): launch count independent of B.
 
-Also counts aten operations per batch of the batched engine (what a GPU launches). Prints a
+Also times crop + resize alone for the same base and partner views (``crop_only``): the
+floor of any replay, so ``per-view / crop_only`` (``ceiling_ratio``) bounds the ratio the
+batched engine could reach if every later op were free. Also counts aten operations per batch of the batched engine (what a GPU launches). Prints a
 table, then one JSON line (views/s and ratios).
 
     python bench/replay.py [--views-224 256] [--views-32 4096] [--repeat 3] [--smoke]
@@ -95,6 +97,17 @@ def per_view(policy: Policy, bank: ImageBank, flat: dict[str, np.ndarray], index
     return torch.stack(out)
 
 
+def _crop_only(policy: Policy, bank: ImageBank, flat: dict[str, np.ndarray], index: np.ndarray, partner: np.ndarray | None) -> torch.Tensor:
+    """Crop + resize of every base view and every mixed view's partner: the replay's floor."""
+    crop = {f.name: flat[f.name] for f in policy.crop.fields()}
+    idx = index
+    if policy.mix is not None and partner is not None:
+        mixed = np.flatnonzero(flat["mix_kind"] != 0)
+        crop = {k: np.concatenate([a, flat["partner_" + k][mixed]]) for k, a in crop.items()}
+        idx = np.concatenate([index, partner[mixed]])
+    return policy.crop.apply(bank, {k: a.astype(np.int64) for k, a in crop.items()}, idx, policy.output_size)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -143,6 +156,9 @@ def run(device: torch.device, kind: str, views_total: int, repeat: int, per_view
         partner = flat["mix_partner"].astype(np.int64) if "mix_partner" in flat else None
         b = len(index)
         t_batched = _time(policy.replay, (bank, flat, index), device, repeat, partner_index=partner)
+        # the floor: crop + resize alone of the same base and partner views (what replay must do
+        # before any other op), as output views/s; per-view / floor bounds the attainable ratio
+        t_crop = _time(_crop_only, (policy, bank, flat, index, partner), device, repeat)
         # the per-view baseline on a prefix (it is slow), scaled per view
         m = min(b, per_view_cap)
         sub = {k: a[:m] for k, a in flat.items()}
@@ -158,13 +174,15 @@ def run(device: torch.device, kind: str, views_total: int, repeat: int, per_view
                 "batched_views_per_s": round(b / t_batched, 1),
                 "per_view_views_per_s": round(m / t_per_view, 1),
                 "ratio": round((b / t_batched) / (m / t_per_view), 2),
+                "crop_only_views_per_s": round(b / t_crop, 1),
+                "ceiling_ratio": round((b / t_crop) / (m / t_per_view), 2),
                 "aten_ops_per_batch": sum(c.n.values()),
             }
         )
         r = rows[-1]
         print(
             f"{r['device']:5} {size:4}px {name:16} batched {r['batched_views_per_s']:>10,.0f} views/s  "
-            f"per-view {r['per_view_views_per_s']:>9,.0f}  ratio {r['ratio']:5.2f}x  ops/batch {r['aten_ops_per_batch']} (B={b})",
+            f"per-view {r['per_view_views_per_s']:>9,.0f}  ratio {r['ratio']:5.2f}x (ceiling {r['ceiling_ratio']:5.2f}x)  ops/batch {r['aten_ops_per_batch']} (B={b})",
             flush=True,
         )
     return rows
