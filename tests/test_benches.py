@@ -11,6 +11,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_gpu_suite_runs_chosen_steps_and_reports_a_timed_out_one(tmp_path: Path) -> None:
+    """A step over its time limit is named in the summary and fails the suite at the end;
+    an unknown step name is refused before anything runs."""
+    out = tmp_path / "suite"
+    env = {**os.environ, "PY": sys.executable, "STEP_TIMEOUT": "1"}
+    r = subprocess.run(
+        ["bash", "bench/gpu_suite.sh", "--cpu-smoke", str(out), "replay"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "replay failed (exit 124, over 1 s)" in r.stderr and "failed steps: replay" in r.stderr
+    assert not (out / "replay.json").exists() and not (out / "train-speed.log").exists()  # only the chosen step ran
+    assert "**Failed steps:** replay" in (out / "summary.md").read_text()
+    r = subprocess.run(
+        ["bash", "bench/gpu_suite.sh", "--cpu-smoke", str(out), "replay", "bogus"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "unknown step 'bogus'" in r.stderr
+
+
 def test_gpu_suite_cpu_smoke(tmp_path: Path) -> None:
     out = tmp_path / "suite"
     env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1"}
