@@ -44,8 +44,10 @@ def test_gpu_suite_cpu_smoke(tmp_path: Path) -> None:
     replay = json.loads((out / "replay.json").read_text())
     assert {row["preset"] for row in replay["rows"]} >= {"rrc+mix+ra/re", "cifar+mix+ra/re"}
     assert all(row["batched_views_per_s"] > 0 and row["aten_ops_per_batch"] > 0 for row in replay["rows"])
-    # crop + resize alone is a part of every replay: never slower than the whole replay
-    assert all(row["crop_only_views_per_s"] >= 0.8 * row["batched_views_per_s"] and row["ceiling_ratio"] > 0 for row in replay["rows"])
+    # the ceiling is the per-view time over the crop-only time (no timing asserts: smoke sizes are noise)
+    for row in replay["rows"]:
+        assert row["crop_only_views_per_s"] > 0
+        assert abs(row["ceiling_ratio"] - row["crop_only_views_per_s"] / row["per_view_views_per_s"]) < 0.01, row
     build = json.loads((out / "build-ensemble.json").read_text())
     assert build["teachers"].count("resnet18") == 2 and build["build"] > 0 and build["cpu_baseline"] > 0
     speed = json.loads((out / "train-speed.json").read_text())
