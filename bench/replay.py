@@ -16,7 +16,7 @@ floor of any replay, so ``per-view / crop_only`` (``ceiling_ratio``) bounds the 
 batched engine could reach if every later op were free. Also counts aten operations per batch of the batched engine (what a GPU launches). Prints a
 table, then one JSON line (views/s and ratios).
 
-    python bench/replay.py [--views-224 256] [--views-32 4096] [--repeat 3] [--smoke]
+    python bench/replay.py [--views-224 256] [--views-32 4096] [--repeat 3] [--preset P] [--size 224|32] [--smoke]
 """
 
 from __future__ import annotations
@@ -139,7 +139,9 @@ def images(kind: str, n: int, seed: int = 0) -> list[torch.Tensor]:
     return out
 
 
-def run(device: torch.device, kind: str, views_total: int, repeat: int, per_view_cap: int) -> list[dict[str, Any]]:
+def run(
+    device: torch.device, kind: str, views_total: int, repeat: int, per_view_cap: int, presets: list[str] | None = None
+) -> list[dict[str, Any]]:
     size = 224 if kind == "224" else 32
     v = 8
     n = max(views_total // v, 2)
@@ -148,7 +150,7 @@ def run(device: torch.device, kind: str, views_total: int, repeat: int, per_view
     rows = []
     for name in list_policies():
         policy = get_policy(name, size) if name.startswith("rrc") else get_policy(name, size)
-        if name.startswith("cifar") and kind == "224":
+        if (name.startswith("cifar") and kind == "224") or (presets and name not in presets):
             continue  # pad-crop presets are for CIFAR-sized images
         unit = policy.sample_unit(0, 0, bank.sizes, v)
         flat = {k: a.reshape(-1, *a.shape[2:]) for k, a in unit.items()}
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--per-view-cap", type=int, default=256, help="views timed with the (slow) per-view baseline")
     p.add_argument("--device", action="append", help="cpu / cuda (default: cpu, and cuda when present)")
+    p.add_argument("--preset", action="append", choices=list(list_policies()), help="only these presets (default: all)")
+    p.add_argument("--size", action="append", choices=["224", "32"], help="only these sizes (default: both)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: a pipeline check for the test suite")
     args = p.parse_args(argv)
     if args.smoke:
@@ -202,8 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     devices = [torch.device(d) for d in (args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))]
     rows = []
     for dev in devices:
-        rows += run(dev, "224", args.views_224, args.repeat, args.per_view_cap)
-        rows += run(dev, "32", args.views_32, args.repeat, args.per_view_cap)
+        for kind, views in (("224", args.views_224), ("32", args.views_32)):
+            if not args.size or kind in args.size:
+                rows += run(dev, kind, views, args.repeat, args.per_view_cap, args.preset)
     result = {
         "bench": "replay",
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads"
