@@ -13,8 +13,9 @@ unit) and times, on each device present (CPU; CUDA when available):
 
 Also times crop + resize alone for the same base and partner views (``crop_only``): the
 floor of any replay, so ``per-view / crop_only`` (``ceiling_ratio``) bounds the ratio the
-batched engine could reach if every later op were free. Also counts aten operations per batch of the batched engine (what a GPU launches). Prints a
-table, then one JSON line (views/s and ratios).
+batched engine could reach if every later op were free. Also counts aten operations per
+batch of the batched engine (what a GPU launches). Prints a table, then one JSON line
+(views/s and ratios).
 
     python bench/replay.py [--views-224 256] [--views-32 4096] [--repeat 3] [--preset P] [--size 224|32] [--smoke]
 """
@@ -150,7 +151,9 @@ def run(
     rows = []
     for name in list_policies():
         policy = get_policy(name, size) if name.startswith("rrc") else get_policy(name, size)
-        if (name.startswith("cifar") and kind == "224") or (presets and name not in presets):
+        if presets and name not in presets:
+            continue
+        if name.startswith("cifar") and kind == "224":
             continue  # pad-crop presets are for CIFAR-sized images
         unit = policy.sample_unit(0, 0, bank.sizes, v)
         flat = {k: a.reshape(-1, *a.shape[2:]) for k, a in unit.items()}

@@ -13,7 +13,7 @@ def main(folder: str) -> str:
     load = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
     lines = [f"# GPU suite results ({folder})", ""]
     failed_file = out / "failed.txt"
-    failed = [s for s in (failed_file.read_text().split() if failed_file.exists() else []) if s]
+    failed = failed_file.read_text().split() if failed_file.exists() else []
     if failed:
         lines += [f"**Failed steps:** {', '.join(failed)} (see their `.log` files; no figures from them below).", ""]
     if "replay" in load:
