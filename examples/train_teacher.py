@@ -1,11 +1,18 @@
 #!/usr/bin/env python
-"""Train a CIFAR-10 teacher on the JPEG split and save it as safetensors plus a JSON card.
+"""Train a teacher on an ImageFolder-style JPEG dataset and save it as safetensors plus a JSON card.
 
-Example (the demo teacher bundled in examples/assets/teacher/ was made by)::
+Works for CIFAR-10 (32 px, ``train``/``test`` splits) and Tiny-ImageNet-100 (64 px,
+``train``/``val``): the test split is ``test`` when present, else ``val``. Example (the demo
+teacher bundled in examples/assets/teacher/ was made by)::
 
     python examples/train_teacher.py --data ../shared/data/cifar10 \
         --arch cifar_resnet --depth 20 --width 16 --epochs 10 --seed 0 \
         --out examples/assets/teacher/cifar_resnet20
+
+and a Tiny-ImageNet-100 teacher (``examples/train_tin100_teachers.sh`` trains the shipped pair)::
+
+    python examples/train_teacher.py --data ../shared/data/tinyimagenet100 \
+        --arch resnet64 --depth 20 --width 32 --epochs 20 --bf16 --out OUT
 
 Writes ``OUT.safetensors`` (weights only, no pickle) and ``OUT.json`` (architecture, the
 command, test accuracy, time). Use the result as a teacher spec::
@@ -39,9 +46,17 @@ from cifar_data import load_split, sgd_nesterov
 
 from dr.teachers import zoo
 
+# the zoo factories this script trains, and which of its flags each one takes
+ARCHS: dict[str, tuple[str, ...]] = {
+    "cifar_resnet": ("depth", "width"),
+    "tiny_cnn": (),
+    "resnet64": ("depth", "width"),
+    "resnet9": ("width",),
+}
+
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Pad-and-crop + horizontal flip on a uint8 batch [B,3,32,32], per-sample offsets."""
+    """Pad-and-crop + horizontal flip on a uint8 batch [B,3,H,W], per-sample offsets."""
     b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
@@ -69,9 +84,9 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="folder with train.tar.gz/test.tar.gz or train/ test/")
-    p.add_argument("--arch", default="cifar_resnet", choices=["cifar_resnet", "tiny_cnn"])
-    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--data", required=True, help="folder with train.tar.gz and test.tar.gz (or val.tar.gz), or train/ and test/ (val/)")
+    p.add_argument("--arch", default="cifar_resnet", choices=list(ARCHS))
+    p.add_argument("--depth", type=int, default=20, help="cifar_resnet, resnet64: 6n+2")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
@@ -96,8 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
+    test_split = "test" if any((Path(args.data) / n).exists() for n in ("test", "test.tar.gz")) else "val"
     xtr, ytr, classes = load_split(args.data, "train")
-    xte, yte, _ = load_split(args.data, "test")
+    xte, yte, _ = load_split(args.data, test_split)
     if args.limit:
         order = np.random.default_rng(args.seed).permutation(len(xtr))[: args.limit]
         xtr, ytr = xtr[order], ytr[order]
@@ -106,12 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
     xte_t = torch.from_numpy(xte).permute(0, 3, 1, 2).contiguous()
     ytr_t, yte_t = torch.from_numpy(ytr), torch.from_numpy(yte)
 
-    kwargs = {"num_classes": len(classes)}
-    if args.arch == "cifar_resnet":
-        kwargs.update(depth=args.depth, width=args.width)
+    kwargs: dict[str, int] = {"num_classes": len(classes)}
+    kwargs.update({k: getattr(args, k) for k in ARCHS[args.arch]})
     model = getattr(zoo, args.arch)(**kwargs).to(device).to(memory_format=torch.channels_last)
-    mean = torch.tensor(zoo.CIFAR_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(zoo.CIFAR_STD, device=device).view(1, 3, 1, 1)
+    cfg = model.pretrained_cfg
+    if tuple(cfg["input_size"][1:]) != tuple(xtr_t.shape[2:]):
+        raise SystemExit(f"--arch {args.arch} expects {cfg['input_size'][1]}-px images, the data has {xtr_t.shape[2]} px")
+    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+    pad = xtr_t.shape[-1] // 8  # 4 px at 32, 8 px at 64
     opt = sgd_nesterov(model, args.lr, args.wd)
     steps_per_epoch = math.ceil(len(xtr_t) / args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25)
@@ -120,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = out.with_suffix(".ckpt")
     key = {k: v for k, v in vars(args).items() if k not in ("threads", "no_resume")}
     first, spent = 0, 0.0
+    curve: list[float] = []
     if ckpt.exists() and not args.no_resume:
         state = torch.load(ckpt, weights_only=True)  # tensors and plain containers only: no pickled objects
         if json.loads(state["key"]) == key:
@@ -128,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
             sched.load_state_dict(state["sched"])
             gen.set_state(state["gen"])
             first, spent = int(state["epoch"]), float(state["seconds"])
+            curve = json.loads(state.get("curve", "[]")) if isinstance(state.get("curve"), str) else []
             print(f"resuming from {ckpt} after epoch {first}", flush=True)
         else:
             print(f"ignoring {ckpt}: it was written for other arguments", flush=True)
@@ -138,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         tot, n = 0.0, 0
         for s in range(steps_per_epoch):
             idx = perm[s * args.batch_size : (s + 1) * args.batch_size]
-            x = augment(xtr_t[idx], gen).to(device, non_blocking=True).float().div_(255)
+            x = augment(xtr_t[idx], gen, pad).to(device, non_blocking=True).float().div_(255)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
                 logits = model(x)
@@ -150,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
             tot += float(loss.detach()) * len(idx)
             n += len(idx)
         acc = evaluate(model, xte_t, yte_t, mean, std, device)
+        curve.append(round(acc, 4))
         print(f"epoch {epoch + 1}/{args.epochs} loss {tot / n:.4f} test top-1 {acc:.4f} ({time.time() - t_train:.0f}s)", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         state = {
@@ -160,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
             "gen": gen.get_state(),
             "epoch": epoch + 1,
             "seconds": time.time() - t_train,
+            "curve": json.dumps(curve),
         }
         torch.save(state, str(ckpt) + ".tmp")
         Path(str(ckpt) + ".tmp").replace(ckpt)  # atomic: a kill never leaves half a checkpoint
@@ -180,7 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "train_images": len(xtr_t),
         "test_images": len(xte_t),
+        "test_split": test_split,
         "test_top1": round(acc, 4),
+        "test_curve": curve,
         "epochs": args.epochs,
         "label_smoothing": args.label_smoothing,
         "bf16_autocast": args.bf16,
