@@ -46,6 +46,8 @@ class Ensemble(nn.Module):
         w = torch.tensor([t.spec.weight for t in teachers], dtype=torch.float32)
         self.register_buffer("weights", w / w.sum(), persistent=False)
         self.class_map = class_map
+        self.compiled = False  # set by optimize(compile=True): batches are then padded to one shape
+        self._batch = 0
         named = [t for t in self.members if t.classes is not None]
         for t in named[1:]:
             if t.classes != named[0].classes:
@@ -84,16 +86,31 @@ class Ensemble(nn.Module):
                 t.channels_last = True
             if compile:
                 t.model = torch.compile(t.model, dynamic=False)  # type: ignore[assignment]
+        self.compiled = self.compiled or compile
         return self
+
+    def _padded(self, views: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Compiled teachers see one batch shape: a batch smaller than the largest seen (a
+        build's last, smaller chunk; an epoch's last batch) is zero-padded up to it, and the
+        caller keeps the first ``n`` rows. Eval-mode networks treat rows independently, so the
+        padding changes no real row's output; without it every new shape costs a recompile per
+        teacher, and torch.compile falls back to eager after 8."""
+        n = int(views.shape[0])
+        if not self.compiled or n >= self._batch:
+            self._batch = max(self._batch, n) if self.compiled else 0
+            return views, n
+        pad = views.new_zeros((self._batch - n, *views.shape[1:]))
+        return torch.cat([views, pad]), n
 
     @torch.inference_mode()
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 views ``[B,3,H,W]`` -> ensemble probabilities ``[B,C]`` (float32)."""
         probs: torch.Tensor | None = None
         bf16 = resolved_precision(self.precision, views.device.type) == "bf16"
+        views, n = self._padded(views)
         for i, teacher in enumerate(self.members):
             with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = teacher(views).float()
+                logits = teacher(views)[:n].float()
             p = torch.softmax(logits / self.temperature, dim=1) * self.weights[i]
             if probs is not None and p.shape != probs.shape:
                 raise TeacherError(
@@ -108,8 +125,9 @@ class Ensemble(nn.Module):
     def member_probs(self, views: torch.Tensor) -> list[torch.Tensor]:
         """Each teacher's own probabilities at the temperature (class-mapped like the ensemble's)."""
         out = []
+        views, n = self._padded(views)
         for teacher in self.members:
-            p = torch.softmax(teacher(views).float() / self.temperature, dim=1)
+            p = torch.softmax(teacher(views)[:n].float() / self.temperature, dim=1)
             out.append(p if self.class_map is None else self.class_map.apply(p))
         return out
 

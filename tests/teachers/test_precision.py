@@ -1,5 +1,6 @@
-"""bf16 teachers keep an fp32 classifier head and softmax."""
+"""bf16 teachers keep an fp32 classifier head and softmax; compiled teachers see one batch shape."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -47,3 +48,27 @@ def test_fp32_head_prefers_timm_get_classifier() -> None:
     assert fp32_head(net) and isinstance(net.fc, Fp32Head) and isinstance(net.proj, nn.Linear)
     assert not fp32_head(net)  # once
     assert not fp32_head(torch.fx.symbolic_trace(nn.Sequential(nn.Linear(2, 2))))  # a program: left alone
+
+
+def test_compiled_ensembles_see_one_batch_shape(tiny_teacher: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build's last, smaller chunk (or an epoch's last batch) is padded to the batch shape
+    already compiled, instead of a recompile per teacher per shape (torch.compile gives up
+    after 8); the padded rows change no real row's output."""
+    import functools
+
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    torch._dynamo.reset()
+    ens = Ensemble.from_specs([tiny_teacher, tiny_teacher + "?weight=2"]).optimize(compile=True)
+    eager = Ensemble.from_specs([tiny_teacher, tiny_teacher + "?weight=2"])
+    views = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    compiled = []
+    for n in (8, 8, 3, 5, 8, 1):
+        out = ens(views[:n])
+        assert out.shape == (n, 10)
+        torch.testing.assert_close(out, eager(views[:n]), rtol=1e-5, atol=1e-6)
+        compiled.append(counter.frame_count)
+    assert compiled[0] >= 1 and set(compiled) == {compiled[0]}  # no recompile, whatever the batch sizes
+    torch._dynamo.reset()
