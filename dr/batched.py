@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dr.checks import ChunkGuard, check_source
-from dr.dataset import view_choice
+from dr.dataset import served_topk, view_choice
 from dr.errors import StoreError
 from dr.policy import ImageBank, Policy, fresh_rng
 from dr.sources import open_source
@@ -37,8 +37,11 @@ class DeviceReplay:
         output_size: replay size (default: the build's).
         verify_source: ``"sample"`` (re-hash 32 seeded images), ``"all"`` or ``"none"``: the
             same source check as ``ReinforcedDataset`` (:func:`dr.checks.check_source`).
+        topk: serve the ``topk`` largest stored probabilities per view (k' <= k; the same rule
+            as ``ReinforcedDataset(topk=)``).
 
     Raises:
+        ConfigError: ``topk`` outside ``[1, k]``.
         StoreMismatchError: the source is not the dataset the store was built from.
         StoreDamagedError: (from :meth:`batch`/:meth:`fresh`) an item's store chunk is damaged.
     """
@@ -53,9 +56,11 @@ class DeviceReplay:
         output_size: int | None = None,
         storage_options: dict[str, Any] | None = None,
         verify_source: Literal["sample", "all", "none"] = "sample",
+        topk: int | None = None,
     ) -> None:
         reader = StoreReader(store, storage_options=storage_options)
         header = reader.header
+        k = served_topk(topk, header.topk, store)
         #: the store's header (``None`` for :meth:`fresh_only`)
         self.header: StoreHeader | None = header
         self.policy = Policy.from_dict(header.policy)
@@ -75,8 +80,8 @@ class DeviceReplay:
         self.images = ImageBank([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))], device=self.device)
         self.sizes = self.images.sizes
         self.params = {p.split("/", 1)[1]: meta[p] for p in fields}
-        self.ids = meta["targets/ids"].astype(np.int64)
-        self.probs = meta["targets/probs"].astype(np.float32)
+        self.ids = meta["targets/ids"][..., :k].astype(np.int64)
+        self.probs = meta["targets/probs"][..., :k].astype(np.float32)
         self.num_classes = header.num_classes
 
     @classmethod

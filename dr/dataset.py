@@ -70,6 +70,19 @@ def view_permutation(seed: int, index: int, cycle: int, views: int) -> np.ndarra
     return np.argsort(splitmix64(keys[0] ^ _salts(int(views))), kind="stable")
 
 
+def served_topk(topk: int | None, stored: int, store: str) -> int:
+    """The k' a reader serves: ``topk`` checked against the store's k (default: all of it).
+
+    Raises:
+        ConfigError: ``topk`` below 1 or above the stored k.
+    """
+    if topk is None:
+        return stored
+    if not 1 <= int(topk) <= stored:
+        raise ConfigError(f"topk={topk}: store {store!r} holds the top {stored} classes per view; serve 1 to {stored} of them")
+    return int(topk)
+
+
 def to_float(view: torch.Tensor) -> torch.Tensor:
     """uint8 ``[3,H,W]`` -> float32 in ``[0, 1]`` (what ``ToTensor`` gives)."""
     return view.to(torch.float32).div_(255)
@@ -95,8 +108,14 @@ class ReinforcedDataset(Dataset):
         memory_budget: bytes of metadata to load into RAM; above it, read by chunk.
         verify_source: ``"sample"`` (hash 32 seeded images), ``"all"`` or ``"none"``.
         storage_options: fsspec options for a remote store.
+        cache_chunks: store chunks kept in memory when reading by chunk.
+        topk: serve only the ``topk`` largest stored probabilities of each view (k' <= the
+            store's k; default all). The mass left out is the loss's ``rest`` (spread over the
+            other classes by :func:`dr.loss.soft_cross_entropy`'s default, or renormalised
+            with ``rest="renormalize"``): a store built with a large k serves any smaller one.
 
     Raises:
+        ConfigError: ``topk`` outside ``[1, k]``.
         StoreMismatchError: the source is not the dataset the store was built from.
         StoreDamagedError: (when an item is read) its store chunk is missing, unreadable or
             altered; the message names the chunk and the repair (``--resume --repair``).
@@ -117,6 +136,7 @@ class ReinforcedDataset(Dataset):
         verify_source: Literal["sample", "all", "none"] = "sample",
         storage_options: Mapping[str, Any] | None = None,
         cache_chunks: int = 8,
+        topk: int | None = None,
     ) -> None:
         if not 0.0 <= p_original <= 1.0:
             raise ConfigError(f"p_original must be in [0, 1], got {p_original}")
@@ -138,6 +158,7 @@ class ReinforcedDataset(Dataset):
         self.seed = int(seed)
         self.views = self.header.views
         self.num_classes = self.header.num_classes
+        self.topk = served_topk(topk, self.header.topk, self.store)
         rows, damaged = reader.load_checked(["source/labels", "source/skipped"])
         self.labels = rows["source/labels"].astype(np.int64)
         self.skipped = rows["source/skipped"].astype(bool)
@@ -204,7 +225,7 @@ class ReinforcedDataset(Dataset):
         else:
             meta, row = self._chunk(index // self.header.chunk_size), index % self.header.chunk_size
         params = {p.split("/", 1)[1]: meta[p][row, view][None] for p in self._fields}
-        return params, meta["targets/ids"][row, view], meta["targets/probs"][row, view]
+        return params, meta["targets/ids"][row, view, : self.topk], meta["targets/probs"][row, view, : self.topk]
 
     # -- items --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -234,7 +255,7 @@ class ReinforcedDataset(Dataset):
 
     def _original(self, index: int, epoch: int, img: torch.Tensor) -> tuple[Any, Any]:
         label = int(self.labels[index])
-        k = self.header.topk
+        k = self.topk
         ids = np.array([label] + [c for c in range(k) if c != label][: k - 1], dtype=np.int64)
         probs = np.zeros(k, dtype=np.float32)
         probs[0] = 1.0

@@ -68,3 +68,21 @@ def test_fresh_views_have_hard_mixed_targets(cifar64: Path, tiny_teacher: str, t
         assert torch.equal(v1, v2) and torch.equal(t1, t2)
     with pytest.raises(StoreError, match="no store"):
         alone.batch(np.arange(4), 0)
+
+
+def test_a_smaller_k_is_served_from_a_larger_store(cifar64_store: str, cifar64: Path) -> None:
+    """k' <= k at read time: the first k' (largest) entries, the same in both readers."""
+    from dr.errors import ConfigError
+
+    full = DeviceReplay(cifar64_store, cifar64, verify_source="none")
+    cut = DeviceReplay(cifar64_store, cifar64, verify_source="none", topk=1)
+    items = np.arange(16)
+    (_, (ids3, p3)), (_, (ids1, p1)) = full.batch(items, 2), cut.batch(items, 2)
+    assert ids3.shape == (16, 3) and ids1.shape == (16, 1)
+    assert torch.equal(ids1, ids3[:, :1]) and torch.equal(p1, p3[:, :1])
+    ds = ReinforcedDataset(cifar64_store, cifar64, verify_source="none", topk=2)
+    ds.set_epoch(2)
+    ids, probs = ds[5][1]
+    assert torch.equal(ids, ids3[5, :2]) and torch.equal(probs, p3[5, :2])
+    with pytest.raises(ConfigError, match="topk=4: store .* holds the top 3 classes per view"):
+        DeviceReplay(cifar64_store, cifar64, topk=4)
