@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from dr import __version__
 from dr.errors import ConfigError, DRError, WorkerStartError
+from dr.sources import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = ["cli", "main", "EXIT_RESUMABLE", "FIELD_FLAGS"]
 
@@ -228,7 +229,20 @@ def cli(verbose: int) -> None:
     show_default=True,
     help="fail: stop naming the file (finished chunks are kept); skip: record it as skipped in the store.",
 )
-@click.option("--force", is_flag=True, help="Take over the store's writer lock (a build that died on another host, or a stale lock).")
+@click.option(
+    "--max-image-pixels",
+    default=DEFAULT_MAX_IMAGE_PIXELS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Decode limit: an image whose header declares more pixels is a bad image, never decoded (a decompression "
+    "bomb); --on-bad-image says what happens to it.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Take over the store's writer lock left by a build that died on another host (a lock whose holder is alive "
+    "on this host is never taken over).",
+)
 @click.option(
     "--class-map",
     metavar="identity|names|FILE",
@@ -251,7 +265,8 @@ def cli(verbose: int) -> None:
     default=512,
     show_default=True,
     type=click.IntRange(1),
-    help="Images labelled before the --min-agreement guard judges the build.",
+    help="Images after which the agreement guard also judges the plain agreement share (a collapse the sample "
+    "already proves stops the build at once).",
 )
 @click.option("--allow-random-teachers", is_flag=True, help="Accept teacher specs without weights (seeded random init; tests, benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary (or the error) as JSON on stdout.")
@@ -427,7 +442,13 @@ def show(store: str, source: str | None, index: int, out: str, max_views: int) -
     multiple=True,
     callback=_check_teacher,
     metavar="SPEC",
-    help="Teachers for the replay audit (default: the store's).",
+    help="Teachers for the replay audit (your own specs, as built). Without it the audit is skipped, unless --trust-store-teachers.",
+)
+@click.option(
+    "--trust-store-teachers",
+    is_flag=True,
+    help="Run the replay audit with the teachers named in the store's header. Only for a store you trust: "
+    "a python: spec imports and runs a module, torchscript:/export: specs run a program.",
 )
 @click.option(
     "--fraction",
@@ -451,18 +472,41 @@ def show(store: str, source: str | None, index: int, out: str, max_views: int) -
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(
-    store: str, source: str | None, teachers: tuple[str, ...], fraction: float, content: str, max_dp: float | None, as_json: bool
+    store: str,
+    source: str | None,
+    teachers: tuple[str, ...],
+    trust_store_teachers: bool,
+    fraction: float,
+    content: str,
+    max_dp: float | None,
+    as_json: bool,
 ) -> None:
-    """Prove STORE: integrity (chunks, shapes, dtypes, sorted probabilities, ids, parameter
-    bounds, mixing partners, source fingerprint), every chunk of every array against the
-    digest recorded when it was written (one FAIL line per damaged chunk; repair with
-    `dr-build reinforce ... --resume --repair`) and a replay audit (teachers re-run on
-    replayed views vs the stored top-k). Exits non-zero on any failure.
+    """Prove STORE: integrity (the sealed header, chunks, shapes, dtypes, sorted
+    probabilities, ids, parameter bounds, mixing partners, source fingerprint), every chunk of
+    every array against the digest recorded when it was written (one FAIL line per damaged
+    chunk; repair with `dr-build reinforce ... --resume --repair`), the teachers' agreement
+    with the labels (a statistical test, any store size) and a replay audit (teachers re-run
+    on replayed views vs the stored top-k).
+
+    A store is data: the audit runs the teachers you pass with --teacher, or the store's own
+    with --trust-store-teachers; otherwise it is skipped (SKIP line). Exits non-zero on any
+    failure.
+
+    \b
+    dr-build verify runs/demo.zarr --teacher 'python:dr.teachers.zoo:cifar_resnet@w.safetensors?depth=20'
     """
     from dr.build.verify import format_report, verify_store
 
     try:
-        checks = verify_store(store, source, teachers=list(teachers) or None, fraction=fraction, content=content, max_dp=max_dp)
+        checks = verify_store(
+            store,
+            source,
+            teachers=list(teachers) or None,
+            fraction=fraction,
+            content=content,
+            max_dp=max_dp,
+            trust_store_teachers=trust_store_teachers,
+        )
     except DRError as e:
         _fail(e, as_json)
     if as_json:

@@ -18,6 +18,7 @@ __all__ = [
     "StoreIncompleteError",
     "StoreMismatchError",
     "StoreDamagedError",
+    "HeaderSealError",
 ]
 
 
@@ -72,6 +73,11 @@ class StoreMismatchError(StoreError):
 class StoreDamagedError(StoreError):
     """Chunks of the store are missing, unreadable or differ from their recorded digests;
     ``dr-build reinforce ... --resume --repair`` recomputes them."""
+
+
+class HeaderSealError(StoreError):
+    """A sealed header field (policy, views, k, seed, classes, teachers, ...) was changed
+    after the build: the stored views and targets no longer belong to the header."""
 
 
 class WorkerStartError(DRError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import pickletools
 import tarfile
@@ -37,6 +38,8 @@ import numpy as np
 
 from dr.errors import BadImageError, SourceError
 from dr.sources import IMG_EXTENSIONS, SourceFingerprint, _labels_hash, content_digest, decode_image
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SOURCE_KINDS",
@@ -270,6 +273,19 @@ class _IndexedSource:
 # ----------------------------------------------------------------------------- WebDataset
 
 
+def _odd_member(name: str) -> str | None:
+    """Why a tar member's name cannot name a WebDataset sample (``None``: it can)."""
+    if "\\" in name:
+        return "a backslash"
+    if name.startswith("/"):
+        return "an absolute path"
+    if ".." in name.split("/"):
+        return "a '..' component"
+    if not _split_key(name)[0].rpartition("/")[2]:
+        return "no sample key before its extension"
+    return None
+
+
 def _split_key(name: str) -> tuple[str, str]:
     """WebDataset's sample key and extension: the extension starts at the first dot of the
     file name (``a/b/img001.seg.png`` -> ``a/b/img001``, ``seg.png``)."""
@@ -293,6 +309,10 @@ class WebDatasetSource(_IndexedSource):
         image: the image extension (default: the first member with an image extension).
         classes: class names (default: ``"0".."C-1"`` for integer labels, else the sorted names).
         storage_options: fsspec options for remote shards.
+
+    Tar members whose names cannot name a sample (a backslash, an absolute path, a ``..``
+    component, nothing before the extension) belong to no sample: they are left out, listed in
+    ``ignored_members`` and logged, so one odd member never aborts a build.
     """
 
     kind = "wds"
@@ -322,6 +342,7 @@ class WebDatasetSource(_IndexedSource):
         offsets: list[int] = []
         sizes: list[int] = []
         self.keys: list[str] = []
+        self.ignored_members: list[str] = []
         raw_labels: list[Any] = []
         for s, shard in enumerate(self.shards):
             for key, offset, size, lab in self._index_shard(shard):
@@ -370,6 +391,11 @@ class WebDatasetSource(_IndexedSource):
                 with tarfile.open(fileobj=f, mode="r:") as tf:
                     for m in tf:
                         if not m.isfile():
+                            continue
+                        odd = _odd_member(m.name)
+                        if odd is not None:
+                            log.warning("source %s: shard %s: ignoring tar member %r (%s)", self.location, shard, m.name, odd)
+                            self.ignored_members.append(f"{shard}:{m.name}")
                             continue
                         key, ext = _split_key(m.name)
                         if key != current:

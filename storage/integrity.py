@@ -1,7 +1,9 @@
 """Per-chunk content digests: recorded when a chunk is marked done, checked by every reader.
 
 ``build/digests[c, j]`` is the BLAKE2b-128 of the rows of store chunk ``c`` of array
-``digest_paths(header)[j]``, as decoded numpy bytes (C order, little-endian). Decoded rows,
+``digest_paths(header)[j]``, as decoded numpy bytes (C order, little-endian), keyed with the
+header's seal (:meth:`dr.storage.schema.StoreHeader.digest_key`): a header whose sealed
+fields were edited, seal and all, matches no chunk. Decoded rows,
 not chunk files, are hashed: a deleted chunk file reads as its array's fill value, a truncated
 one fails to decompress, a flipped byte decodes to other numbers -- all three show up as a
 digest that does not match (or as an unreadable chunk), whatever the codec.
@@ -41,12 +43,13 @@ def digest_paths(header: StoreHeader) -> tuple[str, ...]:
     )
 
 
-def rows_digest(rows: np.ndarray) -> bytes:
-    """BLAKE2b-128 of an array's rows as little-endian C-order bytes."""
+def rows_digest(rows: np.ndarray, key: bytes = b"") -> bytes:
+    """BLAKE2b-128 of an array's rows as little-endian C-order bytes, keyed with ``key`` (the
+    header's :meth:`~dr.storage.schema.StoreHeader.digest_key`)."""
     a = np.ascontiguousarray(rows)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return hashlib.blake2b(a.tobytes(), digest_size=DIGEST_BYTES).digest()
+    return hashlib.blake2b(a.tobytes(), digest_size=DIGEST_BYTES, key=key).digest()
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def load_checked(
         unreadable or altered rows, missing digests. Never raises on damaged data.
     """
     order = digest_paths(header)
+    key = header.digest_key()
     cs, n = header.chunk_size, header.dataset.count
     n_chunks = -(-n // cs)
     wanted = list(range(n_chunks)) if chunks is None else [int(c) for c in chunks]
@@ -149,7 +153,7 @@ def load_checked(
                     problems.append(
                         ChunkProblem(path, c, start, stop, f"no digest recorded ({DIGESTS_PATH} chunk {c} is missing or unreadable)")
                     )
-                elif rows_digest(rows) != rec[j].tobytes():
+                elif rows_digest(rows, key) != rec[j].tobytes():
                     problems.append(ChunkProblem(path, c, start, stop, _describe_mismatch(arr, rows)))  # type: ignore[arg-type]
             parts.append(rows)
         out[path] = full if isinstance(full, np.ndarray) else np.concatenate(parts) if parts else _fill_rows(arr, 0)  # type: ignore[arg-type]

@@ -107,12 +107,29 @@ class StoreLock:
             return True
         return record.get("host") == socket.gethostname() and not _pid_alive(int(record.get("pid", -1)))
 
+    def is_live_here(self, record: Mapping[str, Any]) -> bool:
+        """True when the holder is another process on this host that is still running."""
+        if record.get("corrupt") or record.get("host") != socket.gethostname():
+            return False
+        pid = int(record.get("pid", -1))
+        return pid != os.getpid() and _pid_alive(pid)
+
     def check(self, *, force: bool = False) -> None:
-        """Raise :class:`StoreLockedError` if another build holds the lock (unless ``force``)."""
+        """Raise :class:`StoreLockedError` if another build holds the lock. ``force`` takes over
+        a lock left by a build on another host (or a stale one), never one whose holder is a
+        running process on this host."""
         record = self.holder()
-        if record is None or force or record.get("token") == self.token:
+        if record is None or record.get("token") == self.token:
             return
         who = f"pid {record.get('pid')} on host {record.get('host')!r}, started {record.get('started')}"
+        if force and self.is_live_here(record):
+            raise StoreLockedError(
+                f"store {self.url!r} is being written by a running build ({who}): --force never takes over a lock whose "
+                f"holder is alive on this host. Stop that process (kill {record.get('pid')}) or wait for it; if pid "
+                f"{record.get('pid')} is not a dr build (a reused pid), remove the lock file {self._path()!r}"
+            )
+        if force:
+            return
         if self.is_stale(record):
             raise StoreLockedError(
                 f"store {self.url!r} has a stale writer lock left by {who}, which is no longer running: rerun with --force to take it over"

@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 from pydantic import ValidationError
 
-from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError
+from dr.errors import HeaderSealError, SchemaVersionError, StoreError, StoreIncompleteError
 from dr.storage.integrity import ChunkProblem, load_checked, read_done
 from dr.storage.schema import FORMAT, SCHEMA_VERSION, StoreHeader
 
@@ -42,28 +42,44 @@ def store_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> 
 
 
 def read_header(attrs: Mapping[str, Any], url: str = "<store>") -> StoreHeader:
-    """Validate raw attributes into a :class:`StoreHeader`, with typed errors."""
+    """Validate raw attributes into a :class:`StoreHeader` and check its seal.
+
+    Raises:
+        StoreError: not a dr store, or a malformed header; SchemaVersionError: another schema
+        version; HeaderSealError: a sealed field (or the seal) was edited -- named.
+    """
     if not isinstance(attrs, Mapping) or attrs.get("format") != FORMAT:
         got = attrs.get("format") if isinstance(attrs, Mapping) else type(attrs).__name__
         raise StoreError(f"{url!r} is not a dr store (format attribute is {got!r}, expected {FORMAT!r})")
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
-        why = (
-            " (version 2 changed how view parameters are sampled and replayed: a version-1 store's views"
-            " would not be the views its teachers labelled)"
-            if version == 1
-            else ""
-        )
+        why: str = {
+            1: " (version 2 changed how view parameters are sampled and replayed: a version-1 store's views"
+            " would not be the views its teachers labelled)",
+            2: " (version 3 seals the header: a version-2 store's views and targets cannot be checked against its header)",
+        }.get(version if isinstance(version, int) else -1, "")
         raise SchemaVersionError(
             f"store {url!r} has schema version {version!r}; this dr reads version {SCHEMA_VERSION}{why}. "
             "Rebuild it with the same `dr-build reinforce` command (and --overwrite), or read it with the dr release that wrote it"
         )
     try:
-        return StoreHeader.model_validate(dict(attrs))
+        header = StoreHeader.model_validate(dict(attrs))
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise StoreError(f"store {url!r} has a malformed header: {where}: {first['msg']} ({e.error_count()} problem(s))") from None
+    edited = header.seal_problems()
+    if edited == ["seal"]:
+        raise HeaderSealError(
+            f"store {url!r}: its header seal is missing or altered, so the header cannot be trusted to describe the stored "
+            "views and targets. Restore the store's zarr.json from its source, or rebuild it"
+        )
+    if edited:
+        raise HeaderSealError(
+            f"store {url!r}: header field(s) {', '.join(edited)} changed after the build (they are sealed: the stored views and "
+            "targets belong to the values the store was built with). Restore the store's zarr.json from its source, or rebuild it"
+        )
+    return header
 
 
 class StoreReader:

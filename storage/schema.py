@@ -28,10 +28,20 @@ math: ``precision`` (``fp32``, or ``bf16`` = bf16 autocast body with an fp32 cla
 and softmax), ``device`` (``cpu`` or ``cuda``) and ``compile``.
 
 Source locations (``header.dataset.location``) are absolute paths or URLs.
+
+The header is sealed (schema 3): ``header.seal`` holds a SHA-256 of each field that decides
+what a view is and what its target means (:data:`SEALED_FIELDS`: the dataset's identity,
+classes, views, k, seed, chunking, output size, the policy, the parameter layout and the
+teachers' identities and math) and a digest over those, which also keys every chunk digest in
+``build/digests``. Editing a sealed field is named by every reader; editing the field and its
+hash together leaves every chunk digest wrong. Unsealed fields (status, times, skipped
+reasons, source location, build settings) can change without touching the data's meaning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -40,6 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 __all__ = [
     "FORMAT",
     "SCHEMA_VERSION",
+    "SEALED_FIELDS",
+    "HeaderSeal",
     "ParamFieldSpec",
     "DatasetInfo",
     "StoreHeader",
@@ -50,7 +62,24 @@ __all__ = [
 ]
 
 FORMAT = "dr-store"
-SCHEMA_VERSION = 2  # 2: keyed per-view sampling streams, one replay arithmetic (v0.2)
+SCHEMA_VERSION = 3  # 2: keyed per-view sampling streams, one replay arithmetic (v0.2); 3: sealed header (v0.3)
+#: the header fields the seal covers -- the resume key (:meth:`StoreHeader.config_key`): each one
+#: decides which view a stored row replays or what its target means (the dataset without its
+#: location, the teachers without their file locations)
+SEALED_FIELDS = (
+    "schema_version",
+    "dataset",
+    "num_classes",
+    "views",
+    "topk",
+    "seed",
+    "chunk_size",
+    "forward_group",
+    "output_size",
+    "policy",
+    "param_fields",
+    "ensemble",
+)
 DIGEST_BYTES = 16
 
 
@@ -78,6 +107,19 @@ class DatasetInfo(_Strict):
     location: str | None = None
 
 
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+class HeaderSeal(_Strict):
+    """The header's seal: a SHA-256 per sealed field and one digest over them all (which keys
+    the chunk digests, so the seal cannot be rewritten alone)."""
+
+    algorithm: Literal["sha256"] = "sha256"
+    fields: dict[str, Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]]
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class StoreHeader(_Strict):
     """The store's root attributes."""
 
@@ -102,26 +144,39 @@ class StoreHeader(_Strict):
     skipped: dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}$")], Annotated[str, StringConstraints(max_length=4096)]] = Field(
         default_factory=dict
     )
+    seal: HeaderSeal | None = None
+
+    def compute_seal(self) -> HeaderSeal:
+        """The seal of this header's sealed fields, as :meth:`config_key` renders them."""
+        key = self.config_key()
+        fields = {name: hashlib.sha256(_canonical(key[name])).hexdigest() for name in SEALED_FIELDS}
+        return HeaderSeal(fields=fields, digest=hashlib.sha256(_canonical(fields)).hexdigest())
+
+    def sealed(self) -> StoreHeader:
+        """This header with its seal (what a writer stores)."""
+        return self.model_copy(update={"seal": self.compute_seal()})
+
+    def seal_problems(self) -> list[str]:
+        """What does not match the seal: the names of edited sealed fields, ``"seal"`` when the
+        seal itself was altered or removed; empty for an intact header."""
+        if self.seal is None:
+            return ["seal"]
+        now = self.compute_seal()
+        edited = [name for name in SEALED_FIELDS if self.seal.fields.get(name) != now.fields[name]]
+        if edited:
+            return edited
+        return [] if self.seal.digest == now.digest and set(self.seal.fields) == set(SEALED_FIELDS) else ["seal"]
+
+    def digest_key(self) -> bytes:
+        """The key of the chunk digests (BLAKE2b keyed with the seal's digest)."""
+        return bytes.fromhex(self.seal.digest) if self.seal is not None else b""
 
     def config_key(self) -> dict[str, Any]:
         """The fields that must match for a resume to continue a build (no timestamps, no
         file locations: teachers are keyed by their weights' digest, not where the file lies,
         like the dataset by its content, not its path -- see :func:`_location_free`)."""
         key = self.model_dump(
-            include={
-                "schema_version",
-                "dataset",
-                "num_classes",
-                "views",
-                "topk",
-                "seed",
-                "chunk_size",
-                "forward_group",
-                "output_size",
-                "policy",
-                "param_fields",
-                "ensemble",
-            },
+            include=set(SEALED_FIELDS),
             exclude={"dataset": {"digests_sha256", "location"}},
             mode="json",
         )

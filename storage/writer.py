@@ -69,7 +69,7 @@ class StoreWriter:
                 raise StoreError(f"refusing to overwrite {url!r}: it is not a dr store ({e})") from None
         elif "://" not in url and os.path.exists(url) and (not os.path.isdir(url) or os.listdir(url)):
             raise StoreError(f"refusing to write a store at {url!r}: the path exists and is not a Zarr store; choose a new --out path")
-        h = header
+        h = header.sealed()
         n, v, k, cs = h.dataset.count, h.views, h.topk, h.chunk_size
         if len(labels) != n:
             raise StoreError(f"{len(labels)} labels for {n} images")
@@ -98,7 +98,12 @@ class StoreWriter:
         arr("build/done", (-(-n // cs),), "uint8", (1,))
         paths = digest_paths(h)
         digests = arr(DIGESTS_PATH, (-(-n // cs), len(paths), DIGEST_BYTES), "uint8", (1, len(paths), DIGEST_BYTES))
-        digests.update_attributes({"arrays": list(paths), "algorithm": "blake2b-128 of the chunk's decoded rows, C order, little-endian"})
+        digests.update_attributes(
+            {
+                "arrays": list(paths),
+                "algorithm": "blake2b-128 keyed with header.seal.digest, of the chunk's decoded rows, C order, little-endian",
+            }
+        )
         lab[:] = labels.astype(np.int32)
         return cls(group, h, url)
 
@@ -166,7 +171,7 @@ class StoreWriter:
             back = np.asarray(self._array(path)[start:stop])
             if path in arrays and not np.array_equal(back, arrays[path].astype(back.dtype, copy=False), equal_nan=back.dtype.kind == "f"):
                 raise StoreError(f"chunk {chunk}: {path} read back differently from what was written; the store's medium is faulty")
-            digests.append(np.frombuffer(rows_digest(back), dtype=np.uint8))
+            digests.append(np.frombuffer(rows_digest(back, self.header.digest_key()), dtype=np.uint8))
         self._array(DIGESTS_PATH)[chunk] = np.stack(digests)  # before done: a chunk is done only with its digests
         self._array("build/done")[chunk] = 1
 

@@ -4,7 +4,9 @@ Weights never unpickle arbitrary objects: timm's checkpoint reader (``.safetenso
 safetensors, anything else through ``torch.load(weights_only=True)``). Weights may be local
 paths or fsspec URLs. Hub downloads happen only for ``pretrained=true`` or torchvision's
 ``weights=ENUM``. A spec with no weights at all is refused unless random teachers are allowed
-(tests, benchmarks); their initialisation is then seeded, so a verifier can rebuild them.
+(tests, benchmarks); their initialisation is then seeded, so a verifier can rebuild them. A
+``python:`` factory that claims ``pretrained=true`` but whose weights follow the random seed
+is random too: it is built twice under two seeds to tell.
 """
 
 from __future__ import annotations
@@ -157,8 +159,43 @@ def _apply_weights(model: nn.Module, spec: TeacherSpec, local: str | None) -> No
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise TeacherError(
-            f"weights {spec.weights!r} do not fit {spec.kind}:{spec.name}: {str(e).splitlines()[0]} -- check the architecture name and its options (num_classes, ...)"
+            f"weights {spec.weights!r} do not fit {spec.kind}:{spec.name}: {_state_mismatch(model.state_dict(), state) or str(e).splitlines()[0]}"
+            " -- check the architecture name and its options (depth, width, num_classes, ...)"
         ) from e
+
+
+def _state_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], show: int = 4) -> str:
+    """Which keys a state dict lacks, has in excess, or has in another shape, named."""
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (f" and {len(keys) - show} more" if len(keys) > show else "")
+
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    shapes = [
+        f"{k} (file {list(given[k].shape)}, model {list(own[k].shape)})"
+        for k in sorted(set(own) & set(given))
+        if own[k].shape != given[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {listed(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {listed(shapes)}")
+    return "; ".join(parts)
+
+
+def _rng_dependent(spec: TeacherSpec) -> bool:
+    """True when the factory's weights change with torch's random seed: it loaded nothing,
+    whatever ``pretrained=true`` says (built twice, under seeds 0 and 1)."""
+    states = []
+    for seed in (0, 1):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            states.append(_BUILDERS[spec.kind](spec, None).model.state_dict())
+    return any(a.is_floating_point() and not torch.equal(a, states[1].get(k, a)) for k, a in states[0].items())
 
 
 @dataclass
@@ -577,6 +614,16 @@ def load_teacher(spec: str | TeacherSpec, *, allow_random: bool = False, init_se
     if isinstance(spec, str):
         spec = parse_teacher_spec(spec)
     random_init = is_random_init(spec)
+    if not random_init and spec.kind == "python" and spec.weights is None and _rng_dependent(spec):
+        # pretrained=true, but the factory's weights follow the random seed: it loaded none
+        if not allow_random:
+            raise TeacherError(
+                f"teacher spec {str(spec)!r} says pretrained=true, but {spec.name} builds a network whose weights change with "
+                "the random seed: it loads no weights, so every view would be labelled by a random network. Give the weights "
+                f"file (python:{spec.name}@/path/weights.safetensors), or pass --allow-random-teachers (tests and benchmarks "
+                "only; the store then records the teacher as random)"
+            )
+        random_init = True
     if random_init and not allow_random:
         how = {
             "timm": "ask for timm's hub weights (?pretrained=true)",

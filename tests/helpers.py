@@ -36,5 +36,5 @@ def rehash_store(url: str) -> None:
     h = StoreReader(url).header
     paths, cs, n = digest_paths(h), h.chunk_size, h.dataset.count
     for c in range(-(-n // cs)):
-        rows = [np.frombuffer(rows_digest(np.asarray(g[p][c * cs : (c + 1) * cs])), dtype=np.uint8) for p in paths]
+        rows = [np.frombuffer(rows_digest(np.asarray(g[p][c * cs : (c + 1) * cs]), h.digest_key()), dtype=np.uint8) for p in paths]
         g["build/digests"][c] = np.stack(rows)

@@ -33,7 +33,10 @@ def store200(tiny_teacher: str, ray_session, tmp_path_factory: pytest.TempPathFa
     root = tmp_path_factory.mktemp("readme")
     src = copy_sample(root / "data" / "cifar10" / "train", 20)
     out = root / "cifar10+.zarr"
-    config = BuildConfig(source=str(src), teachers=[tiny_teacher], policy="cifar", views=2, topk=3, out=str(out), chunk_size=64, workers=1)
+    # the test teacher is a random network: the agreement guard would stop it (rightly)
+    config = BuildConfig(
+        source=str(src), teachers=[tiny_teacher], policy="cifar", views=2, topk=3, out=str(out), chunk_size=64, workers=1, min_agreement=0
+    )
     assert reinforce(config, progress=False).complete
     return root, out
 

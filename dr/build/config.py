@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dr.errors import ConfigError
+from dr.sources import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = ["BuildConfig", "load_config_file", "EXAMPLE_CONFIG"]
 
@@ -49,6 +50,11 @@ class BuildConfig(BaseModel):
     overwrite: bool = Field(False, description="replace out if it exists")
     force: bool = Field(False, description="take over the store's writer lock")
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="fail: stop naming the file; skip: record it as skipped")
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="decode limit: an image whose header declares more pixels is a bad image, never decoded (decompression bombs)",
+    )
     max_retries: int = Field(3, ge=0, le=100, description="times a unit is retried after its worker died")
     start_timeout: float = Field(
         600.0, gt=0, description="seconds to wait for a teacher worker while none is running; then the build fails"
@@ -65,7 +71,11 @@ class BuildConfig(BaseModel):
     min_agreement: float | None = Field(
         None, ge=0, le=1, description="stop when teacher top-1 agreement with the labels is below this (default: 2x chance; 0: off)"
     )
-    agreement_check_images: int = Field(512, ge=1, description="images labelled before the agreement guard judges the build")
+    agreement_check_images: int = Field(
+        512,
+        ge=1,
+        description="images after which the agreement guard also judges the plain agreement (it judges a proven collapse at once)",
+    )
 
     @field_validator("teachers", mode="before")
     @classmethod
@@ -166,6 +176,7 @@ precision: auto                       # auto (bf16 autocast on CUDA, fp32 on CPU
 compile: false                        # torch.compile the teachers (pays off on big builds)
 decode_threads: 4
 on_bad_image: fail                    # fail | skip
+# max_image_pixels: 89478485          # decode limit: larger images are bad images (decompression bombs)
 max_retries: 3                        # per unit, after a worker dies
 start_timeout: 600                    # seconds to wait for a worker while none runs; then fail
 # max_chunks: 10                      # stop after this many chunks (exit code 3; finish with --resume)
@@ -178,6 +189,6 @@ storage_options: {}                   # fsspec options for remote stores, e.g. {
 # check_on: /data/imagenet/val        # pre-flight: each teacher's top-1 on a labelled folder first
 # min_agreement: 0.002                # stop if teacher top-1 agreement with labels is lower (default 2x chance; 0 off)
 # check_images: 1000                  # at most this many check_on images
-# agreement_check_images: 512         # images labelled before the agreement guard judges the build
+# agreement_check_images: 512         # images after which the agreement guard also judges the plain share
 # allow_random_teachers: false        # accept teacher specs without weights (tests, benchmarks only)
 """

@@ -39,6 +39,7 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
         "store": url,
         "format": h.format,
         "schema_version": h.schema_version,
+        "seal": h.seal.digest if h.seal is not None else None,
         "status": h.status,
         "tool_version": h.tool_version,
         "created_at": h.created_at,
@@ -128,6 +129,7 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"store        {s['store']}",
         f"format       {s['format']} v{s['schema_version']}  status={s['status']}  (dr {s['tool_version']}, created {s['created_at']}, completed {s['completed_at'] or '-'})",
+        f"seal         {s['seal'][:16]}... (sealed header fields checked on open)" if s.get("seal") else "seal         none",
         f"dataset      {ds['images']} images, {ds['classes']} classes  [{ds['kind']}] {ds['location'] or ''}",
         f"policy       {s['policy']} at {s['output_size']}px, V={s['views']} views/image, top-k={s['topk']}, seed={s['seed']}",
         f"teachers     {', '.join(s['teachers'])}  (T={s['temperature']})",

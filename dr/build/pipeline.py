@@ -231,6 +231,11 @@ def _teacher_math(config: BuildConfig) -> dict[str, Any]:
     from dr.teachers.precision import resolved_precision
 
     device = _worker_resources(_init_ray(config.address), config)[3]
+    if config.precision == "bf16" and device != "cuda":
+        raise ConfigError(
+            f"--precision bf16 needs CUDA workers, but this build's teachers run on {device}: dr runs bf16 autocast on "
+            "CUDA only. Use --precision fp32 (or auto: bf16 on CUDA, fp32 elsewhere)"
+        )
     return {"precision": resolved_precision(config.precision, device), "device": device, "compile": config.compile}
 
 
@@ -326,6 +331,7 @@ def worker_options(config: BuildConfig, header: StoreHeader, device: str, per_cp
         class_map=header.ensemble.get("class_map"),
         allow_random_teachers=config.allow_random_teachers,
         init_seeds=[t.get("init_seed") or 0 for t in header.ensemble["teachers"]],
+        max_image_pixels=config.max_image_pixels,
     )
 
 

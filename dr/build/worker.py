@@ -75,6 +75,8 @@ class UnitWorker:
         class_map: the header's ``ensemble.class_map`` (teacher ids -> dataset ids), or ``None``.
         allow_random_teachers: accept specs without weights, seeded with ``init_seeds``.
         init_seeds: each teacher's random-init seed (as recorded in the header).
+        max_image_pixels: the decode limit in this worker (see
+            :func:`dr.sources.set_max_image_pixels`).
     """
 
     def __init__(
@@ -97,9 +99,12 @@ class UnitWorker:
         class_map: Mapping[str, Any] | None = None,
         allow_random_teachers: bool = False,
         init_seeds: Sequence[int] | None = None,
+        max_image_pixels: int | None = None,
     ) -> None:
+        from dr.sources import set_max_image_pixels
         from dr.teachers import Ensemble
 
+        set_max_image_pixels(max_image_pixels)
         if threads:
             torch.set_num_threads(threads)
         self.source: Source = source.get() if isinstance(source, SourceRef) else source

@@ -35,7 +35,7 @@ def reference(cifar64_store: str) -> str:
 def test_end_to_end_store_contents(reference: str, cifar64: Path) -> None:
     g = zarr.open_group(reference, mode="r")
     a = g.attrs
-    assert a["format"] == "dr-store" and a["schema_version"] == 2 and a["status"] == "complete"
+    assert a["format"] == "dr-store" and a["schema_version"] == 3 and a["status"] == "complete"
     assert a["views"] == 4 and a["topk"] == 3 and a["num_classes"] == 10 and a["dataset"]["count"] == 64
     assert a["policy"]["name"] == "cifar" and [f["name"] for f in a["param_fields"]] == ["crop_box", "flip"]
     assert a["ensemble"]["teachers"][0]["weights_sha256"]

@@ -72,11 +72,11 @@ def test_replay_check_fails_beyond_its_tolerance(cifar64_store: str, cifar64: Pa
     assert failed == {"chunk", "chunks"}  # the digests catch an edit first
     rehash_store(str(scaled))
     # still sorted and in range, same top-1, a small mean KL over 256 views: only |dp| tells
-    replay = next(c for c in verify_store(str(scaled), cifar64, fraction=1.0) if c.name == "replay")
+    replay = next(c for c in verify_store(str(scaled), cifar64, fraction=1.0, trust_store_teachers=True) if c.name == "replay")
     assert not replay.ok and replay.figures["top1_agreement"] == 1.0 and replay.figures["mean_kl"] <= 0.01
     assert replay.figures["max_dp_tolerance"] == 0.01 and replay.figures["max_abs_prob_diff"] > 0.03
     assert "(<= 0.01)" in replay.detail
-    assert all(c.ok for c in verify_store(str(scaled), cifar64, fraction=1.0, max_dp=0.9))
+    assert all(c.ok for c in verify_store(str(scaled), cifar64, fraction=1.0, max_dp=0.9, trust_store_teachers=True))
 
 
 def test_resume_key_holds_the_teachers_math_and_locations_are_absolute(

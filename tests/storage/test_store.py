@@ -97,10 +97,13 @@ def test_version_and_format_checks(tmp_path: Path) -> None:
     StoreWriter.create(url, _header(), np.zeros(10, dtype=int))
     g = zarr.open_group(url, mode="r+")
     g.update_attributes({"schema_version": 99})
-    with pytest.raises(SchemaVersionError, match="99.*version 2"):
+    with pytest.raises(SchemaVersionError, match="99.*version 3"):
         StoreReader(url, allow_incomplete=True)
     g.update_attributes({"schema_version": 1})  # a v0.1 store: named, with what to do
-    with pytest.raises(SchemaVersionError, match=r"schema version 1; this dr reads version 2 .*views.*Rebuild it"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 1; this dr reads version 3 .*views.*Rebuild it"):
+        StoreReader(url, allow_incomplete=True)
+    g.update_attributes({"schema_version": 2})  # a v0.2 store: unsealed
+    with pytest.raises(SchemaVersionError, match=r"schema version 2; this dr reads version 3 .*seals the header.*Rebuild it"):
         StoreReader(url, allow_incomplete=True)
     g.update_attributes({"schema_version": SCHEMA_VERSION, "views": "many"})
     with pytest.raises(StoreError, match="views"):
