@@ -47,6 +47,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cifar_data import extract_split, sgd_nesterov
+from proof_common import ece as _ece
+from proof_common import log, shipped_cards, teacher_card
+from proof_common import machine as _machine
 
 import dr
 from dr.batched import DeviceReplay
@@ -78,6 +81,7 @@ class Protocol:
     # torch.compile the teachers (build and online KD): 2.5x faster ResNet-20 inference on a
     # 2-core CPU than eager (measured 284 -> 705 img/s, batch 256), ~45 s once per teacher
     compile_teachers: bool = False
+    min_agreement: float | None = None  # the build's agreement guard (None: twice chance)
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -118,7 +122,19 @@ MEDIUM = Protocol(
     5e-4,
 )
 QUICK = Protocol(
-    "quick", 40, 20, ((8, 8, 0), (8, 8, 1), (14, 8, 2)), 2, 4, ("cifar", "cifar+ra/re"), (8, 4), ((1, (0,)), (3, (0,))), 64, 0.1, 5e-4
+    "quick",
+    40,
+    20,
+    ((8, 8, 0), (8, 8, 1), (14, 8, 2)),
+    2,
+    4,
+    ("cifar", "cifar+ra/re"),
+    (8, 4),
+    ((1, (0,)), (3, (0,))),
+    64,
+    0.1,
+    5e-4,
+    min_agreement=0,  # two-epoch teachers on 400 images sit near chance by design
 )
 
 
@@ -134,48 +150,21 @@ def data(args: argparse.Namespace, proto: Protocol) -> tuple[Path, Path]:
 
 def shipped_teachers() -> list[dict]:
     """The cards of the shipped ensemble (examples/assets/teachers/*.json), specs made absolute."""
-    cards = []
-    for path in sorted(SHIPPED.glob("*.json")):
-        card = json.loads(path.read_text())
-        card["teacher_spec"] = card["teacher_spec"].replace("@examples/", f"@{REPO}/examples/")
-        cards.append(card)
-    if len(cards) < 3:
-        raise SystemExit(
-            f"the CPU protocol uses the 3 teachers shipped in {SHIPPED}, found {len(cards)}: "
-            "train them with `bash examples/train_teachers.sh` (resumable; tens of minutes each on a CPU)"
-        )
-    return cards
+    return shipped_cards(SHIPPED, 3, "`bash examples/train_teachers.sh` (resumable; tens of minutes each on a CPU)")
 
 
 def stage_teachers(args: argparse.Namespace, proto: Protocol) -> list[str]:
-    import train_teacher
-
     data(args, proto)
     if proto.teachers is None:
         return [c["teacher_spec"] for c in shipped_teachers()]
-    specs = []
-    for depth, width, seed in proto.teachers:
-        out = Path(args.workdir) / "teachers" / f"resnet{depth}w{width}s{seed}"
-        if not out.with_suffix(".json").exists():
-            train_teacher.main(
-                [
-                    "--data",
-                    str(Path(args.workdir) / "data"),
-                    "--depth",
-                    str(depth),
-                    "--width",
-                    str(width),
-                    "--epochs",
-                    str(proto.teacher_epochs),
-                    "--seed",
-                    str(seed),
-                    "--out",
-                    str(out),
-                ]
-            )
-        card = json.loads(out.with_suffix(".json").read_text())
-        specs.append(card["teacher_spec"])
-    return specs
+    return [
+        teacher_card(
+            Path(args.workdir) / "teachers" / f"resnet{depth}w{width}s{seed}",
+            ["--data", str(Path(args.workdir) / "data"), "--depth", str(depth), "--width", str(width)]
+            + ["--epochs", str(proto.teacher_epochs), "--seed", str(seed)],
+        )["teacher_spec"]
+        for depth, width, seed in proto.teachers
+    ]
 
 
 def store_path(args: argparse.Namespace, policy: str) -> str:
@@ -199,6 +188,7 @@ def stage_reinforce(args: argparse.Namespace, proto: Protocol) -> dict[str, str]
             resume=True,
             force=True,
             compile=proto.compile_teachers,
+            min_agreement=proto.min_agreement,
         )
         t = time.perf_counter()
         result = reinforce(cfg, progress=not args.quiet)
@@ -211,27 +201,13 @@ def stage_reinforce(args: argparse.Namespace, proto: Protocol) -> dict[str, str]
 
 
 def _log(args: argparse.Namespace, text: str) -> None:
-    print(text, flush=True)
-    with open(Path(args.workdir) / "timings.log", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+    log(args.workdir, text)
 
 
 def _test_set(test: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     src = ImageFolderSource(test)
     x = torch.stack([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))]).to(device)
     return x, torch.from_numpy(src.labels()).to(device)
-
-
-def _ece(p: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
-    """Expected calibration error: confidence vs accuracy over ``bins`` equal-width bins."""
-    conf, pred = p.max(1)
-    correct = (pred == y).float()
-    b = torch.clamp((conf * bins).long(), max=bins - 1)
-    return sum(
-        float((b == i).float().mean()) * abs(float(correct[b == i].mean()) - float(conf[b == i].mean()))
-        for i in range(bins)
-        if (b == i).any()
-    )
 
 
 def _calibration(logits: torch.Tensor, y: torch.Tensor) -> dict:
@@ -479,12 +455,6 @@ def stage_calibration(args: argparse.Namespace, proto: Protocol) -> list[dict]:
     for run in todo:
         _train_and_record(args, proto, run, stores, [])
     return [json.loads(p.read_text()) for r in plan if (p := _done_run(args, proto, r)) is not None]
-
-
-def _machine(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def stage_report(args: argparse.Namespace, proto: Protocol) -> str:

@@ -84,3 +84,31 @@ def test_cifar10plus_run_filters_name_the_protocols_choices(tmp_path: Path) -> N
     with pytest.raises(SystemExit, match="not a condition of protocol 'quick'"):
         mod.main(["students", "--quick", "--workdir", str(tmp_path), "--only", "distill"])
     assert not (tmp_path / "students").exists()  # nothing trained
+
+
+TIN = REPO.parent / "shared" / "data" / "tinyimagenet100"
+
+
+@pytest.mark.skipif(not (TIN / "train.tar.gz").exists(), reason="needs ../shared/data/tinyimagenet100")
+def test_families_quick_pipeline_and_cache(ray_session, tmp_path: Path) -> None:
+    """The ImageNet-path protocol end to end on 400 Tiny-ImageNet-100 images: tiny teachers,
+    two rrc stores at k = 3 of 100 classes and a dense one, three student families, the k study."""
+    mod = _load("families")
+    work = tmp_path / "q"
+    mod.main(["all", "--workdir", str(work), "--quick", "--quiet"])
+    log = (work / "timings.log").read_text()
+    assert "students: 13 runs, 13 to do, projected" in log and "k study: 2 runs, 2 to do" in log
+    results = json.loads((work / "results.json").read_text())
+    assert {(r["family"], r["condition"]) for r in results["runs"] if not r.get("kstudy")} == {
+        (f, c) for f in ("resnet", "mobile", "vit") for c in ("plain", "plain-strong", "reinforced:rrc", "reinforced:rrc+ra/re")
+    } | {("resnet", "kd")}
+    rec = next(r for r in results["runs"] if r["condition"] == "reinforced:rrc" and r["family"] == "vit")
+    assert rec["k"] == 3 and rec["store_policy"] == "rrc" and len(rec["curve"]) == 1 and 0 <= rec["test_top1"] <= 1
+    assert [k["k"] for k in results["kstudy"]] == [1, 100]
+    assert results["kstudy"][0]["target_bytes_per_view"] < results["kstudy"][1]["target_bytes_per_view"]
+    assert {(s["policy"], s["topk"]) for s in results["stores"]} == {("rrc", 3), ("rrc+ra/re", 3), ("rrc", 100)}
+    assert all((work / f"accuracy-{f}.png").stat().st_size > 1000 for f in ("resnet", "mobile", "vit"))
+    assert "### k study" in (work / "results.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in sorted((work / "students").glob("*.json"))}
+    mod.main(["students", "--workdir", str(work), "--quick", "--quiet"])  # everything cached
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -1,0 +1,671 @@
+#!/usr/bin/env python
+"""Proof on the ImageNet path: students of three families on Tiny-ImageNet-100+ (and CIFAR-10+).
+
+    python examples/families.py all --workdir W --publish                    # TIN-100 CPU protocol (hours; resumable)
+    python examples/families.py all --dataset cifar10 --workdir W2 --publish # the three families on CIFAR-10+
+    python examples/families.py all --quick --workdir /tmp/q                 # a pipeline check, minutes on a CPU
+    python examples/families.py report --workdir W                           # tables, JSON, plots
+
+Stages -- ``teachers``, ``reinforce``, ``students``, ``kstudy``, ``report`` (``all`` runs them
+in order) -- cache their outputs in the workdir and skip what is done (a store resumes chunk by
+chunk, a student run is one JSON file, also committed under ``examples/results/`` with
+``--publish``), so the protocol spreads over several sittings: rerun the same command. It
+prints its projected total before it starts.
+
+The protocol is fixed up front and the same for every condition:
+
+* data: Tiny-ImageNet-100 (64 px; train 50,000, val 5,000 -- the test set, never tuned on) or
+  CIFAR-10 (32 px; 50,000 / 10,000), extracted once into the workdir;
+* teachers: the shipped ensemble (``examples/assets/teachers-tin100``: a ResNet-20 and a
+  ResNet-9 trained by ``examples/train_tin100_teachers.sh``; ``examples/assets/teachers`` for
+  CIFAR-10);
+* reinforce: ``dr-build reinforce``'s pipeline on the extracted train folder, one store per
+  policy (``rrc`` and ``rrc+ra/re`` at 64 px; ``cifar`` and ``cifar+ra/re`` at 32 px), V = 10,
+  k = 10 of 100 classes (of 10 on CIFAR-10), compiled teachers;
+* students, three families, the same optimiser (SGD + Nesterov, one-cycle, weight decay),
+  batch, schedule and data order in every condition: ``resnet`` (a CIFAR-style ResNet-8 behind
+  a stride-2 stem at 64 px, from ``dr.teachers.zoo``), ``mobile`` (timm's
+  ``mobilenetv3_small_050``) and ``vit`` (timm's ViT, DeiT-tiny-style: 8-px patches, width 96,
+  depth 4, 3 heads). Conditions: ``plain`` (fresh views of the base policy, hard labels),
+  ``plain-strong`` (fresh views of the strong policy, hard mixed labels),
+  ``reinforced:<policy>`` (stored views + sparse top-k targets, one per store), ``kd`` (the
+  ensemble online on fresh base views; ResNet only). Every condition uses the same batched
+  loader (``dr.batched.DeviceReplay``), so the comparison measures the targets, not the
+  loaders; each run records the test top-1 after every epoch;
+* k study (Tiny-ImageNet-100): one ``rrc`` store with k = 100 (dense), ResNet students trained
+  with its targets cut to k' in {1, 3, 10, 100} at read time (``DeviceReplay(topk=k')``; the
+  mass left out is spread over the other classes, ``soft_cross_entropy``'s default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cifar_data import extract_split, sgd_nesterov
+from proof_common import ece as _ece
+from proof_common import log, shipped_cards, teacher_card
+from proof_common import machine as _machine
+
+import dr
+from dr.batched import DeviceReplay
+from dr.build import BuildConfig, reinforce
+from dr.loss import soft_cross_entropy
+from dr.policy import get_policy
+from dr.sources import ImageFolderSource
+from dr.teachers import Ensemble, zoo
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What differs between the two datasets the protocol runs on."""
+
+    name: str
+    data: Path
+    test_split: str
+    size: int
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    base_policy: str
+    shipped: Path
+
+
+DATASETS = {
+    "tin100": Dataset(
+        "tin100",
+        SHARED / "tinyimagenet100",
+        "val",
+        64,
+        100,
+        zoo.IMAGENET_MEAN,
+        zoo.IMAGENET_STD,
+        "rrc",
+        REPO / "examples/assets/teachers-tin100",
+    ),
+    "cifar10": Dataset(
+        "cifar10", SHARED / "cifar10", "test", 32, 10, zoo.CIFAR_MEAN, zoo.CIFAR_STD, "cifar", REPO / "examples/assets/teachers"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    dataset: str
+    train_per_class: int | None
+    test_per_class: int | None
+    views: int
+    topk: int
+    stores: tuple[str, ...]  # one reinforced store per policy; the last is the "strong" policy
+    budgets: tuple[int, ...]  # epochs, shortest first
+    seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # family -> seeds
+    kd_families: tuple[str, ...] = ("resnet",)
+    kstudy: tuple[int, ...] = ()  # k' values served from a k = num_classes store (empty: no study)
+    batch: int = 256
+    lr: float = 0.2
+    wd: float = 5e-4
+    compile_teachers: bool = True
+    # quick: teachers trained in the workdir (arch, width/depth flags, seed) instead of the shipped ones
+    train_teachers: tuple[tuple[str, tuple[str, ...], int], ...] = ()
+    teacher_epochs: int = 0
+    min_agreement: float | None = None  # the build's agreement guard (None: twice chance)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(self.seeds)
+
+    def conditions(self, family: str) -> tuple[str, ...]:
+        kd = ("kd",) if family in self.kd_families else ()
+        return ("plain", "plain-strong", *(f"reinforced:{p}" for p in self.stores), *kd)
+
+
+FAMILIES = {"resnet": (0, 1), "mobile": (0,), "vit": (0,)}
+TIN_CPU = Protocol("tin100-cpu", "tin100", None, None, 10, 10, ("rrc", "rrc+ra/re"), (4, 12), FAMILIES, kstudy=(1, 3, 10, 100))
+C10_CPU = Protocol("cifar10plus-families-cpu", "cifar10", None, None, 10, 10, ("cifar", "cifar+ra/re"), (5,), FAMILIES)
+QUICK = Protocol(
+    "quick",
+    "tin100",
+    4,
+    2,
+    2,
+    3,
+    ("rrc", "rrc+ra/re"),
+    (1,),
+    {"resnet": (0,), "mobile": (0,), "vit": (0,)},
+    kstudy=(1, 100),
+    batch=64,
+    lr=0.05,
+    compile_teachers=False,
+    train_teachers=(("resnet64", ("--depth", "8", "--width", "4"), 0), ("resnet9", ("--width", "4"), 1)),
+    teacher_epochs=1,
+    min_agreement=0,  # one-epoch teachers on 400 images are near chance by design
+)
+
+
+def make_student(family: str, ds: Dataset) -> torch.nn.Module:
+    """The student networks: small enough to train on a CPU, one per family."""
+    import timm
+
+    if family == "resnet":
+        if ds.size == 64:
+            return zoo.resnet64(depth=8, width=16, num_classes=ds.num_classes)
+        return zoo.cifar_resnet(depth=8, width=16, num_classes=ds.num_classes)
+    if family == "mobile":
+        return timm.create_model("mobilenetv3_small_050", num_classes=ds.num_classes)
+    if family == "vit":
+        return timm.create_model(
+            "vit_tiny_patch16_224",
+            img_size=ds.size,
+            patch_size=ds.size // 8,
+            embed_dim=96,
+            depth=4,
+            num_heads=3,
+            mlp_ratio=2,
+            num_classes=ds.num_classes,
+        )
+    raise SystemExit(f"unknown student family {family!r}; use resnet, mobile or vit")
+
+
+# -- stages ------------------------------------------------------------------------------------
+def data(args: argparse.Namespace, proto: Protocol) -> tuple[Path, Path]:
+    ds = DATASETS[proto.dataset]
+    root = Path(args.workdir) / "data"
+    train, test = root / "train", root / "test"
+    for split, dest, per in (("train", train, proto.train_per_class), (ds.test_split, test, proto.test_per_class)):
+        if not (dest / ".done").exists():
+            extract_split(args.data or ds.data, split, dest, per_class=per)
+            (dest / ".done").write_text("ok")
+    return train, test
+
+
+def stage_teachers(args: argparse.Namespace, proto: Protocol) -> list[dict]:
+    """The teachers' cards (specs made absolute); the quick protocol trains tiny ones."""
+    ds = DATASETS[proto.dataset]
+    if not proto.train_teachers:
+        return shipped_cards(ds.shipped, 2, "examples/train_tin100_teachers.sh (resumable; about 40 min each on a 2-core CPU)")
+    data(args, proto)
+    return [
+        teacher_card(
+            Path(args.workdir) / "teachers" / f"{arch}s{seed}",
+            ["--data", str(Path(args.workdir) / "data"), "--arch", arch, *flags, "--epochs", str(proto.teacher_epochs)]
+            + ["--seed", str(seed), "--batch-size", "32"],
+        )
+        for arch, flags, seed in proto.train_teachers
+    ]
+
+
+def store_path(args: argparse.Namespace, proto: Protocol, policy: str, topk: int) -> str:
+    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}-k{topk}.zarr")
+
+
+def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int) -> str:
+    train, _ = data(args, proto)
+    specs = [c["teacher_spec"] for c in stage_teachers(args, proto)]
+    store = store_path(args, proto, policy, topk)
+    cfg = BuildConfig(
+        source=str(train),
+        teachers=specs,
+        policy=policy,
+        views=proto.views,
+        topk=topk,
+        output_size=DATASETS[proto.dataset].size,
+        chunk_size=256 if proto.train_per_class is None else 64,
+        out=store,
+        resume=True,
+        force=True,
+        compile=proto.compile_teachers,
+        min_agreement=proto.min_agreement,
+    )
+    t = time.perf_counter()
+    result = reinforce(cfg, progress=not args.quiet)
+    if not result.complete:
+        raise SystemExit(f"store {store} is not complete yet: run the same command again to resume it")
+    record = Path(store + ".build.json")
+    if result.chunks_computed == result.chunks_total:  # built in one go here: its speed is worth recording
+        nbytes = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+        views = result.views_computed
+        record.write_text(
+            json.dumps(
+                {
+                    "policy": policy,
+                    "topk": topk,
+                    "views": views,
+                    "seconds": round(time.perf_counter() - t, 1),
+                    "views_per_second": round(views / (time.perf_counter() - t), 1),
+                    "bytes_per_view": round(nbytes / max(1, views), 2),
+                    "machine": _machine("cpu"),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        _log(args, f"reinforce {policy} k={topk}: {views} views in {time.perf_counter() - t:.0f}s")
+    return store
+
+
+def stage_reinforce(args: argparse.Namespace, proto: Protocol) -> dict[str, str]:
+    stores = {p: _build(args, proto, p, proto.topk) for p in proto.stores}
+    if proto.kstudy:
+        stores["kstudy"] = _build(args, proto, proto.stores[0], DATASETS[proto.dataset].num_classes)
+    return stores
+
+
+# -- one student run ----------------------------------------------------------------------------
+def _log(args: argparse.Namespace, text: str) -> None:
+    log(args.workdir, text)
+
+
+def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Any) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(norm(x[i : i + 500])).float() for i in range(0, len(x), 500)]).cpu()
+    p = torch.softmax(logits, 1)
+    return float((p.argmax(1) == y.cpu()).float().mean()), _ece(p, y.cpu())
+
+
+@dataclass(frozen=True)
+class Run:
+    family: str
+    condition: str
+    epochs: int
+    seed: int
+    k: int | None = None  # the k study's k' (None: the store's k)
+
+    @property
+    def name(self) -> str:
+        k = f"-k{self.k}" if self.k is not None else ""
+        return f"{self.family}-{self.condition.replace(':', '-').replace('/', '-')}{k}-e{self.epochs}-s{self.seed}"
+
+
+def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: dict[str, str], specs: list[str]) -> dict:
+    ds = DATASETS[proto.dataset]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train, test = data(args, proto)
+    torch.manual_seed(run.seed)
+    store_policy = run.condition.split(":", 1)[1] if run.condition.startswith("reinforced:") else None
+    fresh_policy = get_policy(proto.stores[-1] if run.condition == "plain-strong" else ds.base_policy, ds.size)
+    if store_policy is not None:
+        store = stores["kstudy"] if run.k is not None else stores[store_policy]
+        rep = DeviceReplay(store, train, device=device, seed=run.seed, topk=run.k)
+    else:  # fresh views of the source: the same images and streams, no store needed
+        rep = DeviceReplay.fresh_only(train, fresh_policy, device=device)
+    src = ImageFolderSource(test)
+    x_test = torch.stack([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))]).to(device)
+    y_test = torch.from_numpy(src.labels()).to(device)
+    mean = torch.tensor(ds.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(ds.std, device=device).view(1, 3, 1, 1) * 255
+
+    def norm(v: torch.Tensor) -> torch.Tensor:
+        return ((v.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    model = make_student(run.family, ds).to(device).to(memory_format=torch.channels_last)
+    teachers = None
+    if run.condition == "kd":
+        teachers = Ensemble.from_specs(specs).to(device)
+        teachers.optimize(channels_last=True, compile=proto.compile_teachers)
+    opt = sgd_nesterov(model, proto.lr, proto.wd)
+    steps = run.epochs * math.ceil(len(rep) / proto.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=proto.lr, total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(run.seed)  # the same data order in every condition
+    seen, train_s, curve, epoch_s = 0, 0.0, [], []
+    for epoch in range(run.epochs):
+        te = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(rep), generator=gen).numpy()
+        total = torch.zeros((), device=device)
+        for s in range(0, len(order), proto.batch):
+            items = order[s : s + proto.batch]
+            if store_policy is not None:
+                views, target = rep.batch(items, epoch)
+            else:
+                views, target = rep.fresh(items, epoch, policy=fresh_policy, seed=run.seed + 1)
+                if teachers is not None:
+                    target = teachers(views).clone()  # a normal tensor (the forward runs in inference mode)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                logits = model(norm(views))
+            loss = soft_cross_entropy(logits.float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(items)
+            total += loss.detach() * len(items)
+        epoch_s.append(time.perf_counter() - te)
+        train_s += epoch_s[-1]
+        acc, ece = _evaluate(model, x_test, y_test, norm)  # outside the timed training
+        curve.append(round(acc, 4))
+        if not args.quiet:
+            eta = np.mean(epoch_s) * (run.epochs - epoch - 1)
+            print(
+                f"  [{run.name}] epoch {epoch + 1}/{run.epochs} loss {float(total) / len(order):.4f} top-1 {acc:.4f} "
+                f"{len(order) / epoch_s[-1]:,.0f} img/s, ETA {eta:.0f}s",
+                flush=True,
+            )
+    return {
+        "dataset": proto.dataset,
+        "family": run.family,
+        "condition": run.condition,
+        "store_policy": store_policy,
+        "k": run.k if run.k is not None else (proto.topk if store_policy else None),
+        "epochs": run.epochs,
+        "seed": run.seed,
+        "test_top1": curve[-1],
+        "ece": ece,
+        "train_seconds": round(train_s, 1),
+        "images_per_second": round(seen / train_s, 1),
+        "curve": curve,
+        "kstudy": run.k is not None,
+        "device": str(device),
+    }
+
+
+# -- the students and k-study stages ------------------------------------------------------------
+def published_runs(proto: Protocol) -> Path:
+    """Where ``--publish`` keeps one JSON per finished run, inside the repository: a committed
+    record is a cached stage, so a protocol spread over sittings never trains a run twice."""
+    return REPO / "examples" / "results" / f"families-{proto.name}" / "runs"
+
+
+def _done(args: argparse.Namespace, proto: Protocol, run: Run) -> Path | None:
+    for folder in (Path(args.workdir) / "students", published_runs(proto)):
+        if (folder / f"{run.name}.json").exists():
+            return folder / f"{run.name}.json"
+    return None
+
+
+def _record(args: argparse.Namespace, proto: Protocol, run: Run, stores: dict[str, str], specs: list[str]) -> dict:
+    r = train_student(args, proto, run, stores, specs)
+    r["command"] = "python examples/families.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("families.py") else None
+    r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    r["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]  # images/s compare only at equal load
+    r["machine"] = _machine(r["device"])
+    r["versions"] = {"torch": torch.__version__, "python": platform.python_version(), "dr": dr.__version__}
+    for folder in [Path(args.workdir) / "students"] + ([published_runs(proto)] if args.publish else []):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{run.name}.json").write_text(json.dumps(r, indent=2) + "\n")
+    _log(
+        args,
+        f"student {run.name}: top-1 {r['test_top1']:.4f} ECE {r['ece']:.3f} ({r['train_seconds']:.0f}s, {r['images_per_second']:,.0f} img/s)",
+    )
+    return r
+
+
+def plan(proto: Protocol, args: argparse.Namespace, kstudy: bool = False) -> list[Run]:
+    """Every run of the stage, cheapest complete comparison first (the short budget, seed 0)."""
+    if kstudy:
+        return [Run("resnet", f"reinforced:{proto.stores[0]}", proto.budgets[-1], 0, k) for k in proto.kstudy]
+    runs = [
+        Run(f, c, e, s)
+        for e in proto.budgets
+        for s in sorted({s for seeds in proto.seeds.values() for s in seeds})
+        for f in proto.families
+        if s in proto.seeds[f]
+        for c in proto.conditions(f)
+    ]
+    if args.family:
+        runs = [r for r in runs if r.family in args.family]
+    if args.epochs:
+        runs = [r for r in runs if r.epochs in args.epochs]
+    return runs
+
+
+# seconds per epoch-image measured on the 2-core CPU (bf16 autocast, batch 256, with the loader and
+# the per-epoch test pass); only for the projection printed before a stage starts
+_COST = {"resnet": 1 / 900, "mobile": 1 / 350, "vit": 1 / 330, "kd": 1 / 500}
+
+
+def _projected(runs: list[Run], n_train: int) -> float:
+    return sum(r.epochs * n_train * (_COST["kd"] if r.condition == "kd" else _COST[r.family]) for r in runs)
+
+
+def stage_students(args: argparse.Namespace, proto: Protocol, kstudy: bool = False) -> list[dict]:
+    runs = plan(proto, args, kstudy)
+    todo = [r for r in runs if _done(args, proto, r) is None]
+    what = "k study" if kstudy else "students"
+    if not todo:
+        _log(args, f"{what}: all {len(runs)} runs are done")
+        return [json.loads(p.read_text()) for r in runs if (p := _done(args, proto, r)) is not None]
+    train, _ = data(args, proto)
+    n_train = sum(1 for _ in train.glob("*/*"))
+    _log(args, f"{what}: {len(runs)} runs, {len(todo)} to do, projected {_projected(todo, n_train) / 3600:.1f} h on a 2-core CPU")
+    needs_teachers = any(r.condition == "kd" or r.condition.startswith("reinforced:") for r in todo)
+    stores = stage_reinforce(args, proto) if needs_teachers else {}
+    specs = [c["teacher_spec"] for c in stage_teachers(args, proto)] if needs_teachers else []
+    for i, run in enumerate(todo):
+        _record(args, proto, run, stores, specs)
+        _log(args, f"{what}: projected time left {_projected(todo[i + 1 :], n_train) / 60:.0f} min ({len(todo) - i - 1} runs)")
+    return [json.loads(p.read_text()) for r in runs if (p := _done(args, proto, r)) is not None]
+
+
+# -- the report ----------------------------------------------------------------------------------
+def time_to_accuracy(run: dict, plain: dict) -> float | None:
+    """The fraction of plain's epochs a run needs to reach plain's final top-1 (None: never)."""
+    goal = plain["test_top1"]
+    for e, acc in enumerate(run["curve"], start=1):
+        if acc >= goal:
+            return e / plain["epochs"]
+    return None
+
+
+def _stored_bytes_per_view(store: str, k: int) -> float:
+    """Bytes per view of the target arrays cut to k', compressed with the store's own codecs."""
+    import zarr
+
+    from dr.storage.writer import _compressors
+
+    g = zarr.open_group(store, mode="r")
+    total = 0
+    for path in ("targets/ids", "targets/probs"):
+        src = g[path]
+        a = np.asarray(src[:, :, :k])
+        mem = zarr.create_array(
+            zarr.storage.MemoryStore(), shape=a.shape, chunks=(src.chunks[0], *a.shape[1:]), dtype=a.dtype, compressors=_compressors(path)
+        )
+        mem[:] = a
+        total += mem.nbytes_stored()
+    return total / (a.shape[0] * a.shape[1])
+
+
+def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
+    work = Path(args.workdir)
+    ds = DATASETS[proto.dataset]
+    found = {p.name: p for p in sorted(published_runs(proto).glob("*.json"))}
+    found.update({p.name: p for p in sorted((work / "students").glob("*.json"))})
+    runs = [json.loads(p.read_text()) for _, p in sorted(found.items())]
+    if not runs:
+        raise SystemExit(f"no student results under {work / 'students'}: run the students stage first")
+    cards = stage_teachers(args, proto)
+    lines = [
+        f"Teachers (top-1 on the {ds.test_split} images): "
+        + ", ".join(f"{Path(c['teacher_spec'].split('@')[1].split('?')[0]).stem} {100 * c['test_top1']:.2f}%" for c in cards)
+    ]
+    ens_acc = None
+    if (work / "data" / "test").exists():
+        src = ImageFolderSource(work / "data" / "test")
+        x = torch.stack([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))])
+        y = torch.from_numpy(src.labels())
+        ens = Ensemble.from_specs([c["teacher_spec"] for c in cards])
+        with torch.inference_mode():
+            ens_acc = float(torch.cat([ens(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]).eq(y).float().mean())
+        lines[0] += f"; ensemble {100 * ens_acc:.2f}%"
+    main = [r for r in runs if not r.get("kstudy")]
+    summary: dict[str, Any] = {}
+    for family in proto.families:
+        lines += [
+            "",
+            f"### {family}",
+            "",
+            "| condition | "
+            + " | ".join(f"top-1 % E={b} | ECE E={b} | img/s E={b} | time to plain's top-1 E={b}" for b in proto.budgets)
+            + " |",
+        ]
+        lines.append("|---|" + "---|" * (4 * len(proto.budgets)))
+        for c in proto.conditions(family):
+            row = [c]
+            for b in proto.budgets:
+                rs = [r for r in main if r["family"] == family and r["condition"] == c and r["epochs"] == b]
+                plains = {r["seed"]: r for r in main if r["family"] == family and r["condition"] == "plain" and r["epochs"] == b}
+                if not rs:
+                    row += ["-"] * 4
+                    continue
+                a = np.array([r["test_top1"] for r in rs]) * 100
+                spread = f" ± {(a.max() - a.min()) / 2:.2f}" if len(a) > 1 else ""
+                tta = [time_to_accuracy(r, plains[r["seed"]]) for r in rs if r["seed"] in plains]
+                tta_s = "-" if not tta else ("never" if any(t is None for t in tta) else f"{np.mean(tta):.2f}")
+                row += [
+                    f"{a.mean():.2f}{spread} (n={len(a)})",
+                    f"{np.mean([r['ece'] for r in rs]):.3f}",
+                    f"{np.mean([r['images_per_second'] for r in rs]):,.0f}",
+                    tta_s,
+                ]
+                summary[f"{family}/{c}@{b}"] = {
+                    "top1_mean": float(a.mean()),
+                    "n": len(a),
+                    "ece_mean": float(np.mean([r["ece"] for r in rs])),
+                }
+            lines.append("| " + " | ".join(row) + " |")
+    kstudy = []
+    if proto.kstudy:
+        store = store_path(args, proto, proto.stores[0], ds.num_classes)
+        lines += [
+            "",
+            f"### k study (resnet, reinforced:{proto.stores[0]} from a k = {ds.num_classes} store, E={proto.budgets[-1]}, seed 0)",
+            "",
+            "| k' | top-1 % | ECE | target bytes/view |",
+            "|---|---|---|---|",
+        ]
+        for k in proto.kstudy:
+            rs = [r for r in runs if r.get("kstudy") and r.get("k") == k]
+            nbytes = _stored_bytes_per_view(store, k) if Path(store).exists() else None
+            if rs:
+                lines.append(
+                    f"| {k} | {100 * rs[0]['test_top1']:.2f} | {rs[0]['ece']:.3f} | {f'{nbytes:.2f}' if nbytes is not None else '-'} |"
+                )
+                kstudy.append({"k": k, "test_top1": rs[0]["test_top1"], "ece": rs[0]["ece"], "target_bytes_per_view": nbytes})
+    builds = [json.loads(p.read_text()) for p in sorted(work.glob("*.zarr.build.json"))]
+    if builds:
+        lines += ["", "| store | views | views/s | bytes/view |", "|---|---|---|---|"]
+        lines += [
+            f"| {b['policy']} k={b['topk']} | {b['views']:,} | {b['views_per_second']:,.0f} | {b['bytes_per_view']:.1f} |" for b in builds
+        ]
+    machine = runs[0].get("machine") or _machine(runs[0]["device"])
+    lines += [
+        "",
+        f"Device: {runs[0]['device']} ({machine}); torch {torch.__version__}; protocol `{proto.name}`; ± is half the range over seeds.",
+    ]
+    text = "\n".join(lines)
+    (work / "results.md").write_text(text + "\n")
+    keys = (
+        "dataset",
+        "family",
+        "condition",
+        "store_policy",
+        "k",
+        "epochs",
+        "seed",
+        "test_top1",
+        "ece",
+        "train_seconds",
+        "images_per_second",
+        "curve",
+    )
+    record = {
+        "protocol": asdict(proto),
+        "machine": machine,
+        "versions": {"torch": torch.__version__, "python": platform.python_version(), "dr": dr.__version__},
+        "teachers": [{k: c.get(k) for k in ("teacher_spec", "test_top1", "train_seconds", "epochs")} for c in cards],
+        "ensemble_top1": ens_acc,
+        "stores": builds,
+        "runs": [{k: r.get(k) for k in keys} for r in runs],
+        "summary": summary,
+        "kstudy": kstudy,
+    }
+    (work / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    _plot(work, proto, main, ens_acc)
+    if args.publish:
+        dest = REPO / "examples" / "results" / f"families-{proto.name}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "results.json", *(p.name for p in work.glob("accuracy-*.png"))):
+            shutil.copy(work / name, dest / name)
+        (REPO / "bench" / "results").mkdir(exist_ok=True)
+        shutil.copy(work / "results.json", REPO / "bench" / "results" / f"{proto.name}.json")
+    print(text)
+    return text
+
+
+def _plot(work: Path, proto: Protocol, runs: list[dict], ens_acc: float | None) -> None:
+    """One accuracy-vs-epochs plot per family (the longest budget's per-epoch curves, mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budget = proto.budgets[-1]
+    for family in proto.families:
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        for k, c in enumerate(proto.conditions(family)):
+            rs = [r for r in runs if r["family"] == family and r["condition"] == c and r["epochs"] == budget]
+            if rs:
+                curve = 100 * np.mean([r["curve"] for r in rs], axis=0)
+                ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=f"{c} (n={len(rs)})", color=f"C{k}")
+        if ens_acc is not None:
+            ax.axhline(100 * ens_acc, color="gray", ls="--", label="teacher ensemble")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(f"{proto.dataset} {family} students, E={budget} ({proto.name})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(work / f"accuracy-{family}.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["teachers", "reinforce", "students", "kstudy", "report", "all"])
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="tin100")
+    p.add_argument("--data", default=None, help="folder with the train/test (val) tarballs (default: the shared data set)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--quick", action="store_true", help="a few images per class, tiny teachers, 1-2 epochs: a pipeline check")
+    p.add_argument("--publish", action="store_true", help="commit-ready records under examples/results/ and bench/results/")
+    csv = lambda cast: lambda s: [cast(x.strip()) for x in s.split(",") if x.strip()]  # noqa: E731
+    p.add_argument("--family", type=csv(str), default=None, help="students: only these families (resnet,mobile,vit)")
+    p.add_argument("--epochs", type=csv(int), default=None, help="students: only these budgets")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    proto = QUICK if args.quick else C10_CPU if args.dataset == "cifar10" else TIN_CPU
+    if args.quick and args.dataset != "tin100":
+        raise SystemExit("--quick runs on tin100")
+    args.proto = proto
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.stage in ("teachers", "all"):
+        stage_teachers(args, proto)
+    if args.stage in ("reinforce", "all"):
+        stage_reinforce(args, proto)
+    if args.stage in ("students", "all"):
+        stage_students(args, proto)
+    if args.stage in ("kstudy", "all") and proto.kstudy:
+        stage_students(args, proto, kstudy=True)
+    if args.stage in ("report", "all"):
+        stage_report(args, proto)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
