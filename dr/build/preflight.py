@@ -171,8 +171,8 @@ class AgreementGuard:
     -- a collapse the sample already proves, whatever the dataset's size -- once the labelled
     images span :data:`GUARD_MIN_CLASSES` classes (all of them in a smaller dataset): sources
     list images class by class, and a working ensemble's worst class may sit below the
-    threshold. Once ``after_images`` images are labelled it also compares the plain share with
-    ``threshold``, then stops judging. Raises :class:`TeacherError`, naming the likely causes.
+    threshold. When ``after_images`` images are labelled it also compares the plain share with
+    ``threshold``, once. Raises :class:`TeacherError`, naming the likely causes.
     """
 
     def __init__(self, labels: np.ndarray, threshold: float, after_images: int) -> None:
@@ -180,13 +180,11 @@ class AgreementGuard:
         self.min_classes = min(GUARD_MIN_CLASSES, len(np.unique(self.labels)))
         self.classes_seen: set[int] = set()
         self.threshold = float(threshold)
-        self.after_images = int(after_images)  # a smaller dataset is never judged here (info and verify report it)
+        self.after_images = int(after_images)  # when the plain share is judged (once)
         self.images = self.views = self.hits = 0
-        self.judged = False
+        self.judged = False  # the plain share has been judged
 
     def update(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
-        if self.judged:
-            return
         ids = np.asarray(arrays["targets/ids"])
         keep = ~np.asarray(arrays["source/skipped"]).astype(bool)
         top1 = ids[..., 0][keep]
@@ -197,8 +195,8 @@ class AgreementGuard:
         self.classes_seen.update(np.unique(lab).tolist())
         agreement = self.hits / max(1, self.views)
         upper = agreement_upper_bound(agreement, self.images) if len(self.classes_seen) >= self.min_classes else 1.0
-        final = self.images >= self.after_images
-        self.judged = final
+        final = not self.judged and self.images >= self.after_images
+        self.judged = self.judged or final
         if upper < self.threshold or (final and agreement < self.threshold):
             bound = f" (at most {100 * upper:.2f}% at 99.95% confidence)" if upper < self.threshold else ""
             raise TeacherError(
@@ -292,8 +290,9 @@ def label_agreement(reader: Any) -> tuple[bool, str, dict[str, Any]]:
     dataset classes and no class map), and when agreement is below the build's threshold (twice
     chance unless ``min_agreement``) by the :class:`AgreementGuard`'s rule: the upper
     confidence bound is below it (any store size), or the plain share is, over at least
-    ``agreement_check_images`` images -- or at any size for a store built with a class map. Not judged: random teachers, and builds that turned the
-    guard off (``min_agreement: 0``) without a class map. Returns ``(ok, detail, figures)``.
+    ``agreement_check_images`` images -- or at any size for a store built with a class map.
+    Not judged: random teachers, and builds that turned the guard off (``min_agreement: 0``)
+    without a class map. Returns ``(ok, detail, figures)``.
     """
     h = reader.header
     n, classes = h.dataset.count, len(h.dataset.classes)
