@@ -427,8 +427,9 @@ def plan(proto: Protocol, args: argparse.Namespace, kstudy: bool = False) -> lis
     return runs
 
 
-# seconds per epoch-image measured on the 2-core CPU (bf16 autocast, batch 256, with the loader and
-# the per-epoch test pass); only for the projection printed before a stage starts
+# seconds per training image, estimated from timed training steps of each family on the 2-core CPU
+# (bf16 autocast, batch 256) plus the loader and the per-epoch test pass: only for the projection
+# printed before a stage starts; each run records what it measured
 _COST = {"resnet": 1 / 900, "mobile": 1 / 350, "vit": 1 / 330, "kd": 1 / 500}
 
 

@@ -219,7 +219,7 @@ def test_cifar_batches_are_read_without_unpickling() -> None:
     and numpy arrays (every protocol), and refuses any other global without importing it."""
     import os
 
-    from dr.source_kinds import read_cifar_batch
+    from dr.sources import read_cifar_batch
 
     batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 7], "label_names": ["a", "b"]}
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):

@@ -162,7 +162,8 @@ def test_a_decompression_bomb_is_a_bad_image_and_memory_stays_bounded(bomb_png: 
     # getrusage, whose maximum survives exec from the test process)
     code = (
         "import re, sys; from PIL import Image; before = Image.MAX_IMAGE_PIXELS; import dr.sources as s\n"
-        "try:\n    s.decode_image(open(sys.argv[1], 'rb').read(), 'bomb')\nexcept s.BadImageError: pass\n"
+        "from dr.errors import BadImageError\n"
+        "try:\n    s.decode_image(open(sys.argv[1], 'rb').read(), 'bomb')\nexcept BadImageError: pass\n"
         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"  # this process's peak, in KB
         "print(before, Image.MAX_IMAGE_PIXELS, hwm)"
     )
@@ -192,7 +193,7 @@ def test_the_decode_limit_is_dr_s_own_setting(tmp_path: Path) -> None:
 
 
 def test_a_memory_error_while_decoding_is_a_bad_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dr.sources as sources
+    import dr.sources.decode as sources
 
     def boom(img: Image.Image) -> np.ndarray:
         raise MemoryError
@@ -304,7 +305,7 @@ def test_bf16_on_cpu_workers_is_refused(cifar64: Path, tiny_teacher: str, ray_se
 
 
 def test_odd_tar_member_names_are_left_out_of_a_webdataset(cifar64: Path, tmp_path: Path) -> None:
-    from dr.source_kinds import WebDatasetSource
+    from dr.sources import WebDatasetSource
 
     shard = tmp_path / "shard.tar"
     with tarfile.open(shard, "w") as tf:
@@ -332,6 +333,6 @@ def test_wrong_depth_weights_name_the_keys(tmp_path: Path) -> None:
 
 
 def test_no_library_module_changes_pil_globals() -> None:
-    code = "from PIL import Image; a = Image.MAX_IMAGE_PIXELS; import dr, dr.sources, dr.source_kinds, dr.build; print(a == Image.MAX_IMAGE_PIXELS)"
+    code = "from PIL import Image; a = Image.MAX_IMAGE_PIXELS; import dr, dr.sources, dr.build; print(a == Image.MAX_IMAGE_PIXELS)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.strip() == "True"

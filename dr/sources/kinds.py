@@ -1,23 +1,5 @@
 """Source kinds beyond the ImageFolder: WebDataset shards, file lists, saved Hugging Face
-datasets and CIFAR's own binary layout, named by a spec string ``KIND:LOCATION[?opts]``.
-
-========================================  ==============================================
-``wds:PATTERN?label=cls``                 WebDataset tar shards, local or fsspec; PATTERN
-                                          may use braces (``train-{000000..000127}.tar``)
-``list:FILE.csv`` / ``list:FILE.jsonl``   a file list with ``path`` and ``label``; paths
-                                          relative to the list, absolute, or URLs
-``hf-disk:PATH?image=img&label=label``    a Hugging Face dataset saved with ``save_to_disk``
-``cifar10:DIR`` / ``cifar100:DIR``        torchvision's CIFAR layout (``cifar-10-batches-py``)
-a bare path or URL                        an ImageFolder (:class:`dr.sources.ImageFolderSource`)
-========================================  ==============================================
-
-Every kind gives the guarantees of :class:`dr.sources.ImageFolderSource`: a deterministic
-order, a per-image content digest, random access by index (so the training Dataset and
-``verify --source`` work), decoding through :func:`dr.sources.decode_image`, and
-:class:`~dr.errors.BadImageError` naming the image for undecodable bytes (the build's
-``--on-bad-image fail|skip``). Sources pickle without open files or big arrays, so they
-travel to Ray and DataLoader workers cheaply and re-open what they need there.
-"""
+datasets and CIFAR's own binary layout (see :mod:`dr.sources` for the spec strings)."""
 
 from __future__ import annotations
 
@@ -26,251 +8,25 @@ import io
 import json
 import logging
 import os
-import pickletools
 import tarfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
 from dr.errors import BadImageError, SourceError
-from dr.sources import IMG_EXTENSIONS, SourceFingerprint, _labels_hash, content_digest, decode_image
+from dr.sources.base import is_url
+from dr.sources.cifar_pickle import read_cifar_batch
+from dr.sources.decode import IMG_EXTENSIONS, content_digest
+from dr.sources.indexed import IndexedSource, classes_arg, fs_for, read_text, resolve_labels
+from dr.sources.spec import SourceSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "SOURCE_KINDS",
-    "SourceSpec",
-    "parse_source_spec",
-    "looks_like_spec",
-    "open_spec",
-    "canonical_spec",
-    "WebDatasetSource",
-    "FileListSource",
-    "HFDiskSource",
-    "CifarSource",
-]
+__all__ = ["CifarSource", "FileListSource", "HFDiskSource", "WebDatasetSource"]
 
-#: kind -> (accepted options, one-line description); the order is the one errors list.
-SOURCE_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "wds": (("label", "image", "classes"), "wds:PATTERN?label=cls -- WebDataset tar shards (braces, local or fsspec)"),
-    "list": (("classes",), "list:FILE.csv|FILE.jsonl -- a file list with path,label (paths relative to the list, or URLs)"),
-    "hf-disk": (("image", "label", "split"), "hf-disk:PATH?image=img&label=label -- a Hugging Face dataset saved with save_to_disk"),
-    "cifar10": (("split",), "cifar10:DIR[?split=train|test] -- torchvision's CIFAR-10 layout (cifar-10-batches-py)"),
-    "cifar100": (("split", "labels"), "cifar100:DIR[?split=train|test&labels=fine|coarse] -- torchvision's CIFAR-100 layout"),
-}
-
-_IMAGE_EXTS = tuple(e.lstrip(".") for e in IMG_EXTENSIONS)
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """A parsed source spec ``KIND:LOCATION[?opts]``."""
-
-    kind: str
-    location: str
-    options: dict[str, str] = field(default_factory=dict)
-
-    def text(self) -> str:
-        query = urlencode(self.options, safe=",:/")
-        return f"{self.kind}:{self.location}" + (f"?{query}" if query else "")
-
-
-def _kinds_help() -> str:
-    return ", ".join(SOURCE_KINDS) + " (KIND:LOCATION[?opts]), or a bare path/URL for an ImageFolder"
-
-
-def looks_like_spec(text: str) -> bool:
-    """True when ``text`` reads as ``KIND:...`` rather than a path or an fsspec URL.
-
-    A local path that exists is never a spec (``data:2024`` as a folder name stays a folder).
-    """
-    head, sep, rest = text.partition(":")
-    if not sep or rest.startswith("//") or not head or os.path.exists(text):
-        return False
-    if len(head) == 1 and head.isalpha():  # a Windows drive letter
-        return False
-    return all(c.isalnum() or c in "-_" for c in head)
-
-
-def parse_source_spec(text: str) -> SourceSpec:
-    """Parse ``KIND:LOCATION[?opts]``.
-
-    Raises:
-        SourceError: an unknown kind (naming the kinds), a missing location, or an unknown
-            option (naming the accepted ones).
-    """
-    kind, _, rest = text.partition(":")
-    if kind not in SOURCE_KINDS:
-        raise SourceError(f"source {text!r}: unknown kind {kind!r}; use one of {_kinds_help()}")
-    location, _, query = rest.partition("?")
-    if not location:
-        raise SourceError(f"source {text!r}: missing location after '{kind}:' ({SOURCE_KINDS[kind][1]})")
-    allowed = SOURCE_KINDS[kind][0]
-    options: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in allowed:
-            raise SourceError(f"source {text!r}: unknown option {key!r} for {kind}; accepted: {', '.join(allowed)}")
-        options[key] = value
-    return SourceSpec(kind, location, options)
-
-
-def canonical_spec(text: str) -> str:
-    """The spec as recorded in a store: a local location made absolute, URLs as given."""
-    spec = parse_source_spec(text)
-    loc = spec.location if "://" in spec.location else os.path.abspath(os.path.expanduser(spec.location))
-    return SourceSpec(spec.kind, loc, spec.options).text()
-
-
-def open_spec(text: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """Open the source a spec names (see the module docstring)."""
-    spec = parse_source_spec(text)
-    opts = dict(storage_options or {})
-    if spec.kind == "wds":
-        return WebDatasetSource(
-            spec.location,
-            label=spec.options.get("label", "cls"),
-            image=spec.options.get("image"),
-            classes=spec.options.get("classes"),
-            storage_options=opts,
-        )
-    if spec.kind == "list":
-        return FileListSource(spec.location, classes=spec.options.get("classes"), storage_options=opts)
-    if spec.kind == "hf-disk":
-        return HFDiskSource(
-            spec.location,
-            image=spec.options.get("image", "image"),
-            label=spec.options.get("label", "label"),
-            split=spec.options.get("split"),
-        )
-    return CifarSource(spec.location, kind=spec.kind, split=spec.options.get("split", "train"), labels=spec.options.get("labels", "fine"))
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _is_remote(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
-
-
-def _fs_for(location: str, options: Mapping[str, Any]) -> tuple[Any, str]:
-    import fsspec
-
-    try:
-        return fsspec.core.url_to_fs(location, **dict(options))
-    except (ImportError, ValueError) as e:
-        raise SourceError(f"cannot open {location!r}: {type(e).__name__}: {e} (install dr[remote] for s3:// and check the URL)") from e
-
-
-def _read_text(location: str, options: Mapping[str, Any]) -> str:
-    try:
-        if _is_remote(location):
-            fs, path = _fs_for(location, options)
-            return bytes(fs.cat_file(path)).decode("utf-8")
-        return Path(location).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SourceError(f"cannot read {location!r}: {type(e).__name__}: {e}") from e
-
-
-def _classes_option(value: str | None, options: Mapping[str, Any]) -> list[str] | None:
-    """``classes=`` is a file (JSON list, JSON object with "classes", one name per line) or
-    comma-separated names."""
-    if not value:
-        return None
-    if "," not in value and (os.path.exists(value) or _is_remote(value)):
-        text = _read_text(value, options)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            return [line.strip() for line in text.splitlines() if line.strip()]
-        names = data.get("classes") if isinstance(data, dict) else data
-        if not isinstance(names, list):
-            raise SourceError(f"classes file {value!r} must hold a JSON list of names, an object with 'classes', or one name per line")
-        return [str(n) for n in names]
-    return [n.strip() for n in value.split(",")]
-
-
-def _classes_arg(classes: Sequence[str] | str | None, options: Mapping[str, Any]) -> tuple[list[str] | None, dict[str, str]]:
-    """``classes`` as names, and as the spec option that re-opens the same source (a file
-    made absolute, or comma-separated names)."""
-    if classes is None:
-        return None, {}
-    if isinstance(classes, str):
-        raw = classes if ("," in classes or "://" in classes or not os.path.exists(classes)) else os.path.abspath(classes)
-        return _classes_option(classes, options), {"classes": raw}
-    names = [str(c) for c in classes]
-    return names, {"classes": ",".join(names)}
-
-
-def _resolve_labels(raw: Sequence[Any], classes: Sequence[str] | None, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Integer labels (classes given, or ``"0".."C-1"``) or class names (classes given, or the
-    sorted distinct names, like ImageFolder's sorted folders)."""
-
-    def as_int(v: Any) -> int | None:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, (int, np.integer)):
-            return int(v)
-        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            return int(v)
-        return None
-
-    ints = [as_int(v) for v in raw]
-    if raw and all(i is not None for i in ints):
-        labels = np.asarray(ints, dtype=np.int64)
-        names = tuple(classes) if classes else tuple(str(i) for i in range(int(labels.max()) + 1))
-        bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
-        if len(bad):
-            raise SourceError(f"{where}: label {int(labels[bad[0]])} of item {int(bad[0])} is outside the {len(names)} classes")
-        return labels, names
-    strs = [str(v) for v in raw]
-    names = tuple(classes) if classes else tuple(sorted(set(strs)))
-    index = {n: i for i, n in enumerate(names)}
-    missing = sorted(set(strs) - index.keys())
-    if missing:
-        raise SourceError(f"{where}: label(s) {missing[:5]} are not among the classes given ({', '.join(names[:10])}...)")
-    return np.asarray([index[s] for s in strs], dtype=np.int64), names
-
-
-class _IndexedSource:
-    """What every kind shares: labels, classes, decode + digest, fingerprint."""
-
-    kind = "?"
-    location = ""
-    _labels: np.ndarray
-    _classes: tuple[str, ...]
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self._classes
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def describe(self, index: int) -> str:  # pragma: no cover - every kind overrides
-        return f"{self.location}[{index}]"
-
-    def read_bytes(self, index: int) -> bytes:  # pragma: no cover - every kind overrides
-        raise NotImplementedError
-
-    def read(self, index: int) -> tuple[np.ndarray, bytes]:
-        data = self.read_bytes(index)
-        return decode_image(data, self.describe(index)), content_digest(data)
-
-    def fingerprint(self) -> SourceFingerprint:
-        return SourceFingerprint(self.kind, len(self), self.classes, _labels_hash(self._labels, self.classes))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.location!r}, images={len(self)}, classes={len(self.classes)})"
-
-
-# ----------------------------------------------------------------------------- WebDataset
+IMAGE_EXTS = tuple(e.lstrip(".") for e in IMG_EXTENSIONS)
 
 
 def _odd_member(name: str) -> str | None:
@@ -294,7 +50,7 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-class WebDatasetSource(_IndexedSource):
+class WebDatasetSource(IndexedSource):
     """WebDataset tar shards, read at random through an index of member offsets.
 
     The index (shard, byte offset and size of each sample's image, its label) is built once
@@ -328,16 +84,16 @@ class WebDatasetSource(_IndexedSource):
     ) -> None:
         from braceexpand import braceexpand
 
-        self.pattern = pattern if _is_remote(pattern) else os.path.abspath(os.path.expanduser(pattern))
+        self.pattern = pattern if is_url(pattern) else os.path.abspath(os.path.expanduser(pattern))
         self.storage_options = dict(storage_options or {})
-        names, classes_opt = _classes_arg(classes, self.storage_options)
+        names, classes_opt = classes_arg(classes, self.storage_options)
         options = {"label": label, **({"image": image} if image else {}), **classes_opt}
         self.location = SourceSpec("wds", self.pattern, options).text()
         self.label_key, self.image_ext = label, image
         self.shards = list(braceexpand(self.pattern))
         self._fs: Any = None
-        if _is_remote(self.pattern):
-            self._fs = _fs_for(self.shards[0], self.storage_options)[0]
+        if is_url(self.pattern):
+            self._fs = fs_for(self.shards[0], self.storage_options)[0]
         shard_ids: list[int] = []
         offsets: list[int] = []
         sizes: list[int] = []
@@ -356,7 +112,7 @@ class WebDatasetSource(_IndexedSource):
         self._shard = np.asarray(shard_ids, dtype=np.int32)
         self._offset = np.asarray(offsets, dtype=np.int64)
         self._size = np.asarray(sizes, dtype=np.int64)
-        self._labels, self._classes = _resolve_labels(raw_labels, names, f"source {self.location!r}")
+        self._labels, self._classes = resolve_labels(raw_labels, names, f"source {self.location!r}")
 
     def _open(self, shard: str) -> Any:
         try:
@@ -378,11 +134,11 @@ class WebDatasetSource(_IndexedSource):
             if self.image_ext:
                 img = members.get(self.image_ext)
             else:
-                img = next((members[e] for e in members if e.lower() in _IMAGE_EXTS), None)
+                img = next((members[e] for e in members if e.lower() in IMAGE_EXTS), None)
             if img is None:
                 raise SourceError(
                     f"sample {where} has no image member (found {', '.join(sorted(members)) or 'nothing'}; "
-                    f"expected {self.image_ext or '/'.join(_IMAGE_EXTS)}): pass ?image=EXT"
+                    f"expected {self.image_ext or '/'.join(IMAGE_EXTS)}): pass ?image=EXT"
                 )
             samples.append((current, img.offset_data, img.size, self._label_of(tf, members, where)))
 
@@ -447,7 +203,7 @@ class WebDatasetSource(_IndexedSource):
 # ----------------------------------------------------------------------------- file lists
 
 
-class FileListSource(_IndexedSource):
+class FileListSource(IndexedSource):
     """A CSV (header with ``path`` and ``label``) or JSONL (``{"path": ..., "label": ...}``)
     file list. Paths are relative to the list's folder, absolute, or URLs (fsspec); labels are
     integers or class names. The order is the list's.
@@ -456,17 +212,17 @@ class FileListSource(_IndexedSource):
     kind = "list"
 
     def __init__(self, path: str, *, classes: Sequence[str] | str | None = None, storage_options: Mapping[str, Any] | None = None) -> None:
-        self.path = path if _is_remote(path) else os.path.abspath(os.path.expanduser(path))
+        self.path = path if is_url(path) else os.path.abspath(os.path.expanduser(path))
         self.storage_options = dict(storage_options or {})
-        names, classes_opt = _classes_arg(classes, self.storage_options)
+        names, classes_opt = classes_arg(classes, self.storage_options)
         self.location = SourceSpec("list", self.path, classes_opt).text()
-        text = _read_text(self.path, self.storage_options)
+        text = read_text(self.path, self.storage_options)
         rows = self._parse(text)
         if not rows:
             raise SourceError(f"file list {self.path!r} lists no images")
         base = self.path.rsplit("/", 1)[0]
         self.files = [p if ("://" in p or os.path.isabs(p)) else f"{base}/{p}" for p, _ in rows]
-        self._labels, self._classes = _resolve_labels([lab for _, lab in rows], names, f"file list {self.path!r}")
+        self._labels, self._classes = resolve_labels([lab for _, lab in rows], names, f"file list {self.path!r}")
         self._fs: Any = None
 
     def _parse(self, text: str) -> list[tuple[str, Any]]:
@@ -502,7 +258,7 @@ class FileListSource(_IndexedSource):
     def read_bytes(self, index: int) -> bytes:
         where = self.files[index]
         try:
-            if _is_remote(where):
+            if is_url(where):
                 import fsspec
 
                 with fsspec.open(where, "rb", **self.storage_options) as f:
@@ -515,7 +271,7 @@ class FileListSource(_IndexedSource):
 # ----------------------------------------------------------------------------- Hugging Face save_to_disk
 
 
-class HFDiskSource(_IndexedSource):
+class HFDiskSource(IndexedSource):
     """A Hugging Face dataset saved with ``Dataset.save_to_disk`` (or a split of a
     ``DatasetDict``), read with pyarrow alone: the Arrow files listed in ``state.json``,
     memory-mapped; class names from ``dataset_info.json`` (``ClassLabel``). No network.
@@ -563,7 +319,7 @@ class HFDiskSource(_IndexedSource):
         raw = table.column(label).to_pylist()
         if any(v is None for v in raw):
             raise SourceError(f"source {self.location!r}: column {label!r} has missing labels")
-        self._labels, self._classes = _resolve_labels(raw, names, f"source {self.location!r}")
+        self._labels, self._classes = resolve_labels(raw, names, f"source {self.location!r}")
         self._tbl: Any = None
 
     def _table(self) -> Any:
@@ -604,145 +360,13 @@ class HFDiskSource(_IndexedSource):
 # ----------------------------------------------------------------------------- CIFAR binary layout
 
 
-class _Global:
-    """A ``GLOBAL`` reference in a CIFAR batch, kept as a name: nothing is imported."""
-
-    def __init__(self, module: str, name: str) -> None:
-        if module not in _NP + ("_codecs",) or name not in _NAMES:
-            raise SourceError(f"{module}.{name} is not allowed in a CIFAR batch")
-        self.module, self.name = module, name
-
-
-class _Array:
-    """numpy's ``_reconstruct`` placeholder until ``BUILD`` gives it shape, dtype and bytes."""
-
-    value: np.ndarray | None = None
-
-
-_NAMES = ("_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar", "encode")
-_NP = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric", "numpy")
-
-
-def _as_bytes(v: Any) -> bytes:
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v)
-    if isinstance(v, str):  # Python 2 pickles: byte strings read as latin-1 text
-        return v.encode("latin1")
-    raise SourceError(f"expected bytes, got {type(v).__name__}")
-
-
-def _reduce(fn: Any, args: tuple[Any, ...]) -> Any:
-    if not isinstance(fn, _Global) or fn.module not in _NP + ("_codecs",):
-        raise SourceError(f"{getattr(fn, 'module', fn)}.{getattr(fn, 'name', '')} is not allowed in a CIFAR batch")
-    if fn.name == "_reconstruct":
-        return _Array()
-    if fn.name == "dtype":
-        return np.dtype(str(args[0]))
-    if fn.name == "_frombuffer":  # protocol 5: (buffer, dtype, shape, order)
-        return np.frombuffer(_as_bytes(args[0]), dtype=args[1]).reshape(args[2], order=args[3])
-    if fn.name == "scalar":
-        return np.frombuffer(_as_bytes(args[1]), dtype=args[0])[0]
-    if fn.module == "_codecs" and fn.name == "encode":
-        return str(args[0]).encode(str(args[1]) if len(args) > 1 else "utf-8")
-    raise SourceError(f"{fn.module}.{fn.name} is not allowed in a CIFAR batch")
-
-
-def read_cifar_batch(data: bytes) -> Any:
-    """Read one of CIFAR's pickled batches without unpickling: the opcodes are parsed
-    (``pickletools.genops``, which executes nothing) and only what the batches hold is built --
-    dicts, lists, tuples, strings, bytes, numbers and numpy arrays of plain dtypes. No import,
-    no call: any other global is refused (``SourceError``)."""
-    stack: list[Any] = []
-    marks: list[int] = []
-    memo: dict[int, Any] = {}
-
-    def pop_mark() -> list[Any]:
-        start = marks.pop()
-        items = stack[start:]
-        del stack[start:]
-        return items
-
-    arg: Any
-    for op, arg, _ in pickletools.genops(data):
-        name = op.name
-        if name in ("PROTO", "FRAME"):
-            continue
-        if name == "STOP":
-            break
-        if name == "MARK":
-            marks.append(len(stack))
-        elif name in ("EMPTY_DICT", "DICT"):
-            stack.append({} if name == "EMPTY_DICT" else dict(zip(*[iter(pop_mark())] * 2)))
-        elif name in ("EMPTY_LIST", "LIST"):
-            stack.append([] if name == "EMPTY_LIST" else pop_mark())
-        elif name == "EMPTY_TUPLE":
-            stack.append(())
-        elif name == "TUPLE":
-            stack.append(tuple(pop_mark()))
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = int(name[-1])
-            stack[-n:] = [tuple(stack[-n:])]
-        elif name == "SETITEM":
-            v, k = stack.pop(), stack.pop()
-            stack[-1][k] = v
-        elif name == "SETITEMS":
-            items = pop_mark()
-            stack[-1].update(zip(items[::2], items[1::2]))
-        elif name == "APPEND":
-            v = stack.pop()
-            stack[-1].append(v)
-        elif name == "APPENDS":
-            items = pop_mark()
-            stack[-1].extend(items)
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = stack[-1]
-        elif name == "MEMOIZE":
-            memo[len(memo)] = stack[-1]
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(memo[int(arg)])
-        elif name in ("GLOBAL", "INST"):
-            module, _, attr = str(arg).partition(" ")
-            stack.append(_Global(module, attr))
-        elif name == "STACK_GLOBAL":
-            attr, module = stack.pop(), stack.pop()
-            stack.append(_Global(str(module), str(attr)))
-        elif name == "REDUCE":
-            args, fn = stack.pop(), stack.pop()
-            stack.append(_reduce(fn, tuple(args)))
-        elif name == "BUILD":
-            state = stack.pop()
-            obj = stack[-1]
-            if isinstance(obj, _Array):  # (version, shape, dtype, fortran, raw bytes)
-                _, shape, dtype, fortran, raw = state
-                obj.value = np.frombuffer(_as_bytes(raw), dtype=dtype).reshape(shape, order="F" if fortran else "C")
-                stack[-1] = obj.value
-            elif not isinstance(obj, np.dtype):  # a dtype's state (byte order, flags) is implied by its name
-                raise SourceError(f"cannot BUILD a {type(obj).__name__} in a CIFAR batch")
-        elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-            stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
-        elif op.arg is not None or name in ("BYTEARRAY8",):
-            if name.startswith(("INT", "BININT", "LONG", "BINFLOAT", "FLOAT", "BINUNICODE", "SHORT_BINUNICODE", "UNICODE")):
-                stack.append(arg)
-            elif name.startswith(("BINBYTES", "SHORT_BINBYTES", "BYTEARRAY8")):
-                stack.append(bytes(arg))
-            elif name.startswith(("BINSTRING", "SHORT_BINSTRING", "STRING")):
-                stack.append(arg.decode("latin1") if isinstance(arg, bytes) else str(arg))
-            else:
-                raise SourceError(f"pickle opcode {name} is not expected in a CIFAR batch")
-        else:
-            raise SourceError(f"pickle opcode {name} is not expected in a CIFAR batch")
-    if len(stack) != 1:
-        raise SourceError("malformed CIFAR batch")
-    return stack[0]
-
-
 _CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "batches.meta"),
     "cifar100": ("cifar-100-python", {"train": ["train"], "test": ["test"]}, "meta"),
 }
 
 
-class CifarSource(_IndexedSource):
+class CifarSource(IndexedSource):
     """CIFAR-10/100 in torchvision's own local layout (``DIR/cifar-10-batches-py/data_batch_1``
     ..., ``DIR/cifar-100-python/train``); ``DIR`` may also be that folder itself. Never
     downloads. Pixels are the stored uint8 values; the digest hashes them with the shape (as

@@ -1,0 +1,133 @@
+"""The project's one image decoder, its decode limit and content digests (PIL on the CPU)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dr.errors import BadImageError
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "content_digest",
+    "decode_image",
+    "max_image_pixels",
+    "set_max_image_pixels",
+    "to_rgb_array",
+]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+#: dr's decode limit unless set otherwise: PIL's own default limit (~9,459 x 9,459 pixels,
+#: ~268 MB as RGB), which keeps a decompression bomb's memory bounded
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+_max_pixels = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def _pil_ceiling() -> int | None:
+    """The most pixels PIL itself opens in this process (it raises above twice its
+    ``Image.MAX_IMAGE_PIXELS``; ``None``: PIL's check is off)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+def set_max_image_pixels(pixels: int | None) -> None:
+    """Set dr's decode limit for this process (``None``: :data:`DEFAULT_MAX_IMAGE_PIXELS`).
+
+    An image whose header declares more pixels is a bad image (:class:`BadImageError`) and is
+    never decoded. This is dr's own setting: PIL's process-wide ``Image.MAX_IMAGE_PIXELS`` is
+    left alone, so a limit above twice PIL's is refused -- raise PIL's in your program first.
+    Builds set it from ``--max-image-pixels`` in every worker.
+
+    Raises:
+        ConfigError: ``pixels`` below 1, or above what PIL opens in this process.
+    """
+    from dr.errors import ConfigError
+
+    global _max_pixels
+    pixels = DEFAULT_MAX_IMAGE_PIXELS if pixels is None else int(pixels)
+    ceiling = _pil_ceiling()
+    if pixels < 1:
+        raise ConfigError(f"max image pixels must be at least 1, got {pixels}")
+    if ceiling is not None and pixels > ceiling:
+        raise ConfigError(
+            f"max image pixels {pixels:,} is above the {ceiling:,} pixels PIL opens in this process (twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); raise PIL.Image.MAX_IMAGE_PIXELS in your program "
+            "first if such images are real, or choose a lower limit"
+        )
+    _max_pixels = pixels
+
+
+_BOMB_HINT = " (a decompression bomb, or a very large image: raise the limit with --max-image-pixels if it is real)"
+
+
+def max_image_pixels() -> int:
+    """dr's decode limit in this process (see :func:`set_max_image_pixels`)."""
+    return _max_pixels
+
+
+def content_digest(data: bytes) -> bytes:
+    """The 16-byte content hash used in fingerprints (BLAKE2b-128)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert any PIL image (palette, alpha, grayscale, CMYK, 16-bit) to ``HxWx3`` uint8."""
+    if img.mode == "RGB":
+        return np.array(img, dtype=np.uint8)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(img, dtype=np.uint32)
+        narrow = (wide >> 8) if wide.max(initial=0) > 255 else wide
+        return np.repeat(narrow.astype(np.uint8)[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black, like dropping alpha after premultiplication; deterministic.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_image(data: bytes, where: str = "<bytes>", max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes to an ``HxWx3`` uint8 RGB array (PIL, CPU).
+
+    This is *the* decoder of the project: builds and training loaders both call it. Pixels
+    are taken as stored: EXIF orientation is not applied (as ``torchvision.io.decode_jpeg``
+    and ``PIL.Image.open`` by default), so a view's box means the same pixels everywhere.
+
+    Args:
+        data: the encoded bytes.
+        where: what to name in errors (the file, the shard member).
+        max_pixels: the decode limit (default: :func:`max_image_pixels`); checked against the
+            size in the image's header, before any pixel is decoded.
+
+    Raises:
+        BadImageError: the bytes are not a decodable image, the image is larger than the limit
+            (a decompression bomb), or decoding ran out of memory; names ``where`` and the reason.
+    """
+    buffer = io.BytesIO(data)
+    limit = _max_pixels if max_pixels is None else int(max_pixels)
+    try:
+        with Image.open(buffer) as img:
+            width, height = img.size
+            if width * height > limit:
+                raise BadImageError(
+                    where,
+                    f"{width}x{height} = {width * height:,} pixels is above the decode limit of {limit:,}{_BOMB_HINT}",
+                )
+            img.load()
+            arr = to_rgb_array(img)
+    except Image.DecompressionBombError as e:  # PIL's own ceiling, checked when it opens the file
+        raise BadImageError(where, f"{e} It is above the decode limit of {limit:,} pixels{_BOMB_HINT}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        # PIL names the in-memory buffer (<_io.BytesIO object at 0x...>): name the file instead
+        reason = str(e).replace(repr(buffer), repr(where.rsplit("/", 1)[-1]))
+        raise BadImageError(where, f"{type(e).__name__}: {reason}") from e
+    except MemoryError as e:
+        raise BadImageError(where, f"out of memory while decoding ({len(data):,} bytes): lower --max-image-pixels") from e
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise BadImageError(where, f"unexpected decoded shape {arr.shape}")
+    return np.ascontiguousarray(arr)
