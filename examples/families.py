@@ -234,22 +234,24 @@ def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int) ->
         compile=proto.compile_teachers,
         min_agreement=proto.min_agreement,
     )
-    t = time.perf_counter()
     result = reinforce(cfg, progress=not args.quiet)
     if not result.complete:
         raise SystemExit(f"store {store} is not complete yet: run the same command again to resume it")
     record = Path(store + ".build.json")
-    if result.chunks_computed == result.chunks_total:  # built in one go here: its speed is worth recording
+    if result.chunks_computed:  # this run's speed (a resumed build: the part it computed)
         nbytes = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
-        views = result.views_computed
+        views = proto.views * result.header.dataset.count
         record.write_text(
             json.dumps(
                 {
                     "policy": policy,
                     "topk": topk,
                     "views": views,
-                    "seconds": round(time.perf_counter() - t, 1),
-                    "views_per_second": round(views / (time.perf_counter() - t), 1),
+                    "chunks_computed": result.chunks_computed,
+                    "chunks_total": result.chunks_total,
+                    "seconds": round(result.seconds, 1),
+                    "views_per_second": round(result.views_per_second, 1),
+                    "working_views_per_second": round(result.working_views_per_second, 1),
                     "bytes_per_view": round(nbytes / max(1, views), 2),
                     "machine": _machine("cpu"),
                 },
@@ -257,7 +259,10 @@ def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int) ->
             )
             + "\n"
         )
-        _log(args, f"reinforce {policy} k={topk}: {views} views in {time.perf_counter() - t:.0f}s")
+        _log(
+            args,
+            f"reinforce {policy} k={topk}: {result.views_computed} views in {result.seconds:.0f}s ({result.views_per_second:.0f} views/s)",
+        )
     return store
 
 
