@@ -31,7 +31,7 @@ from dr.policy.rng import KeyedRNG, _splitmix64_int, splitmix64, view_keys
 from dr.sources import Source, open_source
 from dr.storage import StoreReader
 
-__all__ = ["ReinforcedDataset", "ChunkAwareSampler", "to_float", "view_choice", "view_permutation"]
+__all__ = ["ReinforcedDataset", "ChunkAwareSampler", "served_topk", "to_float", "view_choice"]
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,6 @@ def _salts(views: int) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def _salts_int(views: int) -> tuple[int, ...]:
     return tuple(int(x) for x in _salts(views))
-
-
-def view_permutation(seed: int, index: int, cycle: int, views: int) -> np.ndarray:
-    """The order in which image ``index`` uses its ``views`` stored views during ``cycle``."""
-    keys = view_keys(seed, np.asarray([index]), cycle)
-    return np.argsort(splitmix64(keys[0] ^ _salts(int(views))), kind="stable")
 
 
 def served_topk(topk: int | None, stored: int, store: str) -> int:

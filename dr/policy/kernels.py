@@ -36,7 +36,6 @@ __all__ = [
     "aa_weights",
     "hflip",
     "erase",
-    "to_uint8",
     "Groups",
     "RESIZE_METHOD",
     "replay_method",
@@ -333,13 +332,6 @@ def erase(views: torch.Tensor, boxes: np.ndarray, value: int) -> torch.Tensor:
     mask = box_mask(torch.from_numpy(boxes[sel]).to(views.device), views.shape[-2], views.shape[-1])
     sub = torch.where(mask, torch.full((), value, dtype=views.dtype, device=views.device), views.index_select(0, rows))
     return views.index_copy_(0, rows, sub)
-
-
-def to_uint8(views: torch.Tensor) -> torch.Tensor:
-    """Round a float view batch in ``[0, 255]`` to uint8 (round half to even, then clamp)."""
-    if views.dtype == torch.uint8:
-        return views
-    return views.round().clamp_(0, 255).to(torch.uint8)
 
 
 class Groups:
