@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dr.policy import RA_OPS, ImageBank, Policy, get_policy, list_policies
 from dr.policy.augment import RandAugment, RandomErasing, apply_aug_op, magnitude_of
-from dr.policy.kernels import _crop_native
+from dr.policy.kernels import crop_native
 from dr.policy.mix import MIX_CUTMIX, MIX_MIXUP
 from dr.policy.ops import HorizontalFlip
 
@@ -54,7 +54,7 @@ class _Count(TorchDispatchMode):
 
 def _chain_one(policy: Policy, img: torch.Tensor, prm: dict[str, np.ndarray], size: int) -> torch.Tensor:
     top, left, h, w = (int(x) for x in prm["crop_box"])
-    v = _crop_native(img, top, left, h, w)
+    v = crop_native(img, top, left, h, w)
     if (h, w) != (size, size):
         if v.device.type == "cpu":
             v = F.interpolate(v[None], size=(size, size), mode="bilinear", antialias=True)[0]

@@ -27,7 +27,7 @@ from dr.checks import ChunkGuard, check_source
 from dr.errors import ConfigError, StoreMismatchError
 from dr.loss import densify
 from dr.policy import TAG_ORIGINAL, Policy, fresh_rng
-from dr.policy.rng import KeyedRNG, _splitmix64_int, splitmix64, view_keys
+from dr.policy.rng import KeyedRNG, splitmix64, splitmix64_int, view_keys
 from dr.sources import Source, open_source
 from dr.storage import StoreReader
 
@@ -47,7 +47,7 @@ def view_choice(seed: int, index: np.ndarray, epoch: int, views: int) -> np.ndar
     cycle, pos = divmod(int(epoch), int(views))
     if len(index) == 1 and views <= 64:  # one item (a DataLoader worker's call): plain ints are faster
         key = int(view_keys(seed, index, cycle)[0])
-        rank = [_splitmix64_int(key ^ salt) for salt in _salts_int(int(views))]
+        rank = [splitmix64_int(key ^ salt) for salt in _salts_int(int(views))]
         return np.asarray([sorted(range(views), key=rank.__getitem__)[pos]], dtype=np.int64)
     keys = view_keys(seed, index, cycle)
     order = splitmix64(keys[:, None] ^ _salts(int(views))[None, :])

@@ -175,9 +175,9 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
 
 
 def _size(b: float) -> str:
-    from dr.build.inspect import _human
+    from dr.build.inspect import human_bytes
 
-    return _human(b)
+    return human_bytes(b)
 
 
 def _duration(s: float) -> str:

@@ -95,7 +95,8 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
     return summary
 
 
-def _human(nbytes: float) -> str:
+def human_bytes(nbytes: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if nbytes < 1024 or unit == "TiB":
             return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
@@ -136,7 +137,7 @@ def format_summary(s: dict[str, Any]) -> str:
         *_teacher_lines(s),
         f"chunks       {s['chunks']['done']}/{s['chunks']['total']} done ({s['chunks']['chunk_size']} images each)"
         + (f", {len(s['chunks']['damaged'])} DAMAGED: {s['chunks']['damaged'][:10]}" if s["chunks"]["damaged"] else ""),
-        f"size         {_human(s['stored_bytes'])} stored; {s['bytes_per_view']} B/view (params + targets)",
+        f"size         {human_bytes(s['stored_bytes'])} stored; {s['bytes_per_view']} B/view (params + targets)",
     ]
     if s["damaged"]:
         lines.append(
@@ -159,5 +160,5 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append("arrays")
     for path, a in s["arrays"].items():
         shape = "x".join(str(d) for d in a["shape"])
-        lines.append(f"  {path:<20} {a['dtype']:<8} {shape:<16} {_human(a['stored_bytes']):>10}")
+        lines.append(f"  {path:<20} {a['dtype']:<8} {shape:<16} {human_bytes(a['stored_bytes']):>10}")
     return "\n".join(lines)

@@ -240,7 +240,9 @@ def _crop_resize_batched(bank: ImageBank, boxes: np.ndarray, which: np.ndarray, 
     return _pass(horiz, 2, fy, wy, py, ty, sh)
 
 
-def _crop_native(img: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
+def crop_native(img: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
+    """One image's crop box ``[top, left, h, w]`` in source pixels, zero-padded where it leaves
+    the image (the per-image crop of the native path; bench/replay.py times it)."""
     _, height, width = img.shape
     if top >= 0 and left >= 0 and top + h <= height and left + w <= width:
         return img[:, top : top + h, left : left + w]
@@ -255,7 +257,7 @@ def _crop_resize_native(bank: ImageBank, boxes: np.ndarray, which: np.ndarray, s
     """torch's native uint8 kernel, one view at a time (CPU: same bytes as the batched kernel)."""
     out = torch.empty((len(boxes), 3, size[0], size[1]), dtype=torch.uint8, device=bank.device)
     for j, ((top, left, h, w), i) in enumerate(zip(boxes.tolist(), which.tolist())):
-        crop = _crop_native(bank.image(i), top, left, h, w)
+        crop = crop_native(bank.image(i), top, left, h, w)
         if (h, w) == tuple(size):
             out[j] = crop
         else:

@@ -17,7 +17,7 @@ import numpy as np
 
 from dr.errors import PolicyError
 
-__all__ = ["splitmix64", "view_keys", "KeyedRNG"]
+__all__ = ["splitmix64", "splitmix64_int", "view_keys", "KeyedRNG"]
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -36,7 +36,7 @@ _MASK = 0xFFFFFFFFFFFFFFFF
 _SEED = 0x243F6A8885A308D3
 
 
-def _splitmix64_int(x: int) -> int:
+def splitmix64_int(x: int) -> int:
     """:func:`splitmix64` on one Python int (the per-item path: no numpy call overhead)."""
     x = (x + 0x9E3779B97F4A7C15) & _MASK
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
@@ -44,7 +44,7 @@ def _splitmix64_int(x: int) -> int:
     return x ^ (x >> 31)
 
 
-_START = _splitmix64_int(_SEED)
+_START = splitmix64_int(_SEED)
 
 
 def view_keys(*parts: int | np.ndarray) -> np.ndarray:
@@ -52,7 +52,7 @@ def view_keys(*parts: int | np.ndarray) -> np.ndarray:
     if all(np.ndim(p) == 0 or np.size(p) == 1 for p in parts):  # one key: plain ints, same result
         one = _START
         for p in parts:
-            one = _splitmix64_int(one ^ (int(np.asarray(p).reshape(-1)[0]) & _MASK))
+            one = splitmix64_int(one ^ (int(np.asarray(p).reshape(-1)[0]) & _MASK))
         return np.asarray([one], dtype=np.uint64)
     arrays = np.broadcast_arrays(*[np.asarray(p, dtype=np.int64) for p in parts])
     keys = np.full(arrays[0].shape, _START, dtype=np.uint64)
