@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dr.storage.schema import DIGEST_BYTES, StoreHeader
+from dr.storage.schema import DIGEST_BYTES, SOURCE_ARRAYS, TARGET_ARRAYS, StoreHeader
 
 if TYPE_CHECKING:
     import zarr
@@ -35,12 +35,7 @@ log = logging.getLogger(__name__)
 
 def digest_paths(header: StoreHeader) -> tuple[str, ...]:
     """The arrays covered by ``build/digests``, in the order of its second axis (sorted)."""
-    return tuple(
-        sorted(
-            [f"params/{f.name}" for f in header.param_fields]
-            + ["targets/ids", "targets/probs", "source/labels", "source/sizes", "source/digests", "source/skipped"]
-        )
-    )
+    return tuple(sorted([f"params/{f.name}" for f in header.param_fields] + [*TARGET_ARRAYS, *SOURCE_ARRAYS]))
 
 
 def rows_digest(rows: np.ndarray, key: bytes = b"") -> bytes:

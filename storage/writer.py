@@ -148,13 +148,8 @@ class StoreWriter:
         if not (0 <= chunk < self.n_chunks):
             raise StoreError(f"chunk {chunk} out of range [0, {self.n_chunks})")
         start, stop = self.chunk_rows(chunk)
-        expected = {f"params/{f.name}" for f in self.header.param_fields} | {
-            "targets/ids",
-            "targets/probs",
-            "source/sizes",
-            "source/digests",
-            "source/skipped",
-        }
+        # every array but source/labels, which is written when the store is created
+        expected = set(digest_paths(self.header)) - {"source/labels"}
         if set(arrays) != expected:
             raise StoreError(f"chunk {chunk}: arrays {sorted(arrays)} do not match the schema {sorted(expected)}")
         if skipped:
