@@ -15,12 +15,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dr.checks import ChunkGuard, check_source
+from dr.checks import ChunkGuard, open_checked
 from dr.dataset import served_topk, view_choice
 from dr.errors import StoreError
 from dr.policy import ImageBank, Policy, fresh_rng
 from dr.sources import open_source
-from dr.storage import StoreReader
 from dr.storage.schema import StoreHeader
 
 __all__ = ["DeviceReplay"]
@@ -58,9 +57,14 @@ class DeviceReplay:
         verify_source: Literal["sample", "all", "none"] = "sample",
         topk: int | None = None,
     ) -> None:
-        reader = StoreReader(store, storage_options=storage_options)
-        header = reader.header
+        opened = open_checked(
+            store, source, paths=["targets/ids", "targets/probs"], storage_options=storage_options, verify_source=verify_source
+        )
+        header, src = opened.reader.header, opened.source
         k = served_topk(topk, header.topk, store)
+        fields = [f"params/{f.name}" for f in header.param_fields]
+        params, damaged = opened.reader.load_checked(fields)
+        meta = {**opened.rows, **params}
         #: the store's header (``None`` for :meth:`fresh_only`)
         self.header: StoreHeader | None = header
         self.policy = Policy.from_dict(header.policy)
@@ -68,14 +72,10 @@ class DeviceReplay:
         self.seed = int(seed)
         self.views = header.views
         self.output_size = output_size or header.output_size
-        src = open_source(source if source is not None else header.dataset.location, storage_options)
-        fields = [f"params/{f.name}" for f in header.param_fields]
-        meta, damaged = reader.load_checked(["source/labels", "source/skipped", "targets/ids", "targets/probs", *fields])
-        self.guard = ChunkGuard(store, header.chunk_size, damaged)  # rows of damaged chunks are refused
+        self.guard = ChunkGuard(store, header.chunk_size, opened.damaged + damaged)  # rows of damaged chunks are refused
         self.labels = torch.from_numpy(meta["source/labels"].astype(np.int64))
-        self.skipped = meta["source/skipped"].astype(bool)
+        self.skipped = opened.skipped
         self.indices = np.flatnonzero(~self.skipped)
-        check_source(src, reader, verify_source, skipped=self.skipped)
         #: every source image, decoded once, in the replay engine's layout on ``device``
         self.images = ImageBank([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))], device=self.device)
         self.sizes = self.images.sizes

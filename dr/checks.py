@@ -3,22 +3,25 @@
 * :func:`check_source` -- is this source the dataset the store was built from?
 * :class:`ChunkGuard` -- refuse rows whose store chunk is damaged (missing, unreadable or
   altered: see :mod:`dr.storage.integrity`), naming the chunk and the repair command.
+* :func:`open_checked` -- the training readers' opening sequence: the store, its source,
+  the digest-checked rows they need, the source check.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from dr.errors import StoreDamagedError, StoreMismatchError
-from dr.sources import Source
+from dr.sources import Source, open_source
 from dr.storage import StoreReader
 from dr.storage.integrity import ChunkProblem, damage_message
 
-__all__ = ["check_source", "ChunkGuard"]
+__all__ = ["check_source", "ChunkGuard", "OpenedStore", "open_checked"]
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +98,46 @@ class ChunkGuard:
                 f"image {next(i for i in rows if i // self.chunk_size == hit[0])} lies in a damaged chunk. "
                 + damage_message(self.store, [p for c in hit for p in self.bad[c]])
             )
+
+
+@dataclass
+class OpenedStore:
+    """What :func:`open_checked` returns: the reader, the opened source, the rows read (each
+    chunk checked against its digests) and the damaged chunks found."""
+
+    reader: StoreReader
+    source: Source
+    rows: dict[str, np.ndarray]
+    damaged: list[ChunkProblem]
+
+    @property
+    def skipped(self) -> np.ndarray:
+        """Images the build skipped (bool per source image)."""
+        return self.rows["source/skipped"].astype(bool)
+
+
+def open_checked(
+    store: str,
+    source: Any = None,
+    *,
+    paths: Sequence[str] = (),
+    storage_options: Mapping[str, Any] | None = None,
+    verify_source: Literal["sample", "all", "none"] = "sample",
+) -> OpenedStore:
+    """Open a complete store and its source (default: the location the store records), read
+    ``source/labels``, ``source/skipped`` and ``paths`` digest-checked, and check the source.
+
+    Raises:
+        StoreError: no store, a malformed or edited header, an incomplete build.
+        StoreMismatchError: no source given or recorded, or not the store's dataset.
+    """
+    reader = StoreReader(store, storage_options=storage_options)
+    if source is None:
+        source = reader.header.dataset.location
+        if source is None:
+            raise StoreMismatchError(f"store {store!r} records no source location: pass source=")
+    src = open_source(source, storage_options)
+    rows, damaged = reader.load_checked(["source/labels", "source/skipped", *paths])
+    opened = OpenedStore(reader, src, rows, damaged)
+    check_source(src, reader, verify_source, skipped=opened.skipped)
+    return opened

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dr.checks import ChunkGuard, check_source
-from dr.errors import ConfigError, StoreMismatchError
+from dr.checks import ChunkGuard, open_checked
+from dr.errors import ConfigError
 from dr.loss import densify
 from dr.policy import TAG_ORIGINAL, Policy, fresh_rng
 from dr.policy.rng import KeyedRNG, splitmix64, splitmix64_int, view_keys
-from dr.sources import Source, open_source
+from dr.sources import Source
 from dr.storage import StoreReader
 
 __all__ = ["ReinforcedDataset", "ChunkAwareSampler", "served_topk", "to_float", "view_choice"]
@@ -136,13 +136,10 @@ class ReinforcedDataset(Dataset):
             raise ConfigError(f"p_original must be in [0, 1], got {p_original}")
         self.store = str(store)
         self.storage_options = dict(storage_options or {})
-        reader = StoreReader(self.store, storage_options=self.storage_options)
+        opened = open_checked(self.store, source, storage_options=self.storage_options, verify_source=verify_source)
+        reader, damaged = opened.reader, opened.damaged
         self.header = reader.header
-        if source is None:
-            source = self.header.dataset.location
-            if source is None:
-                raise StoreMismatchError(f"store {self.store!r} records no source location: pass source=")
-        self.source: Source = open_source(source, self.storage_options)
+        self.source: Source = opened.source
         self.policy = Policy.from_dict(self.header.policy)
         self.output_size = output_size or self.header.output_size
         self.transform = transform or to_float
@@ -153,12 +150,10 @@ class ReinforcedDataset(Dataset):
         self.views = self.header.views
         self.num_classes = self.header.num_classes
         self.topk = served_topk(topk, self.header.topk, self.store)
-        rows, damaged = reader.load_checked(["source/labels", "source/skipped"])
-        self.labels = rows["source/labels"].astype(np.int64)
-        self.skipped = rows["source/skipped"].astype(bool)
+        self.labels = opened.rows["source/labels"].astype(np.int64)
+        self.skipped = opened.skipped
         #: source index of each dataset item (images skipped by the build are never returned)
         self.indices = np.flatnonzero(~self.skipped)
-        check_source(self.source, reader, verify_source, skipped=self.skipped)
         self._fields = [f"params/{f.name}" for f in self.header.param_fields]
         need = sum(int(np.prod(reader.array(p).shape)) * reader.array(p).dtype.itemsize for p in (*self._fields, *ARRAYS))
         self.in_memory = need <= memory_budget
