@@ -119,6 +119,8 @@ class Protocol:
     seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # family -> seeds
     kd_families: tuple[str, ...] = ("resnet",)
     kstudy: tuple[int, ...] = ()  # k' values served from a k = num_classes store (empty: no study)
+    kstudy_epochs: int | None = None  # the k study's budget (None: the longest)
+    kstudy_views: int | None = None  # the dense store's V (None: ``views``); a student of E epochs replays E views
     batch: int = 256
     lr: float = 0.2
     wd: float = 5e-4
@@ -138,7 +140,9 @@ class Protocol:
 
 
 FAMILIES = {"resnet": (0, 1), "mobile": (0,), "vit": (0,)}
-TIN_CPU = Protocol("tin100-cpu", "tin100", None, None, 10, 10, ("rrc", "rrc+ra/re"), (4, 12), FAMILIES, kstudy=(1, 3, 10, 100))
+TIN_CPU = Protocol(
+    "tin100-cpu", "tin100", None, None, 10, 10, ("rrc", "rrc+ra/re"), (4, 12), FAMILIES, kstudy=(1, 3, 10, 100), kstudy_epochs=4, kstudy_views=4
+)
 C10_CPU = Protocol("cifar10plus-families-cpu", "cifar10", None, None, 10, 10, ("cifar", "cifar+ra/re"), (5,), FAMILIES)
 QUICK = Protocol(
     "quick",
@@ -212,19 +216,25 @@ def stage_teachers(args: argparse.Namespace, proto: Protocol) -> list[dict]:
     ]
 
 
-def store_path(args: argparse.Namespace, proto: Protocol, policy: str, topk: int) -> str:
-    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}-k{topk}.zarr")
+def store_path(args: argparse.Namespace, proto: Protocol, policy: str, topk: int, views: int | None = None) -> str:
+    v = f"-v{views}" if views not in (None, proto.views) else ""
+    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}-k{topk}{v}.zarr")
 
 
-def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int) -> str:
+def _kstudy_store(args: argparse.Namespace, proto: Protocol) -> str:
+    return store_path(args, proto, proto.stores[0], DATASETS[proto.dataset].num_classes, proto.kstudy_views)
+
+
+def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int, views: int | None = None) -> str:
     train, _ = data(args, proto)
     specs = [c["teacher_spec"] for c in stage_teachers(args, proto)]
-    store = store_path(args, proto, policy, topk)
+    store = store_path(args, proto, policy, topk, views)
+    views = views or proto.views
     cfg = BuildConfig(
         source=str(train),
         teachers=specs,
         policy=policy,
-        views=proto.views,
+        views=views,
         topk=topk,
         output_size=DATASETS[proto.dataset].size,
         chunk_size=256 if proto.train_per_class is None else 64,
@@ -240,7 +250,7 @@ def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int) ->
     record = Path(store + ".build.json")
     if result.chunks_computed:  # this run's speed (a resumed build: the part it computed)
         nbytes = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
-        views = proto.views * result.header.dataset.count
+        views = views * result.header.dataset.count
         record.write_text(
             json.dumps(
                 {
@@ -266,10 +276,13 @@ def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int) ->
     return store
 
 
-def stage_reinforce(args: argparse.Namespace, proto: Protocol) -> dict[str, str]:
-    stores = {p: _build(args, proto, p, proto.topk) for p in proto.stores}
-    if proto.kstudy:
-        stores["kstudy"] = _build(args, proto, proto.stores[0], DATASETS[proto.dataset].num_classes)
+def stage_reinforce(args: argparse.Namespace, proto: Protocol, only: set[str] | None = None) -> dict[str, str]:
+    """Build (or resume) the stores; ``only``: just these (policies, ``"kstudy"``)."""
+    wanted = [p for p in (*proto.stores, *(("kstudy",) if proto.kstudy else ())) if only is None or p in only]
+    stores = {p: _build(args, proto, p, proto.topk) for p in wanted if p != "kstudy"}
+    if "kstudy" in wanted:
+        ds = DATASETS[proto.dataset]
+        stores["kstudy"] = _build(args, proto, proto.stores[0], ds.num_classes, proto.kstudy_views)
     return stores
 
 
@@ -416,7 +429,7 @@ def _record(args: argparse.Namespace, proto: Protocol, run: Run, stores: dict[st
 def plan(proto: Protocol, args: argparse.Namespace, kstudy: bool = False) -> list[Run]:
     """Every run of the stage, cheapest complete comparison first (the short budget, seed 0)."""
     if kstudy:
-        return [Run("resnet", f"reinforced:{proto.stores[0]}", proto.budgets[-1], 0, k) for k in proto.kstudy]
+        return [Run("resnet", f"reinforced:{proto.stores[0]}", proto.kstudy_epochs or proto.budgets[-1], 0, k) for k in proto.kstudy]
     runs = [
         Run(f, c, e, s)
         for e in proto.budgets
@@ -429,6 +442,10 @@ def plan(proto: Protocol, args: argparse.Namespace, kstudy: bool = False) -> lis
         runs = [r for r in runs if r.family in args.family]
     if args.epochs:
         runs = [r for r in runs if r.epochs in args.epochs]
+    if args.condition:
+        runs = [r for r in runs if r.condition in args.condition]
+    if args.seed:
+        runs = [r for r in runs if r.seed in args.seed]
     return runs
 
 
@@ -453,7 +470,8 @@ def stage_students(args: argparse.Namespace, proto: Protocol, kstudy: bool = Fal
     n_train = sum(1 for _ in train.glob("*/*"))
     _log(args, f"{what}: {len(runs)} runs, {len(todo)} to do, projected {_projected(todo, n_train) / 3600:.1f} h on a 2-core CPU")
     needs_teachers = any(r.condition == "kd" or r.condition.startswith("reinforced:") for r in todo)
-    stores = stage_reinforce(args, proto) if needs_teachers else {}
+    needed = {"kstudy" if r.k is not None else r.condition.split(":", 1)[1] for r in todo if r.condition.startswith("reinforced:")}
+    stores = stage_reinforce(args, proto, only=needed) if needed else {}
     specs = [c["teacher_spec"] for c in stage_teachers(args, proto)] if needs_teachers else []
     for i, run in enumerate(todo):
         _record(args, proto, run, stores, specs)
@@ -550,10 +568,11 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
             lines.append("| " + " | ".join(row) + " |")
     kstudy = []
     if proto.kstudy:
-        store = store_path(args, proto, proto.stores[0], ds.num_classes)
+        store = _kstudy_store(args, proto)
         lines += [
             "",
-            f"### k study (resnet, reinforced:{proto.stores[0]} from a k = {ds.num_classes} store, E={proto.budgets[-1]}, seed 0)",
+            f"### k study (resnet, reinforced:{proto.stores[0]} from a k = {ds.num_classes} store of"
+            f" V = {proto.kstudy_views or proto.views}, E={proto.kstudy_epochs or proto.budgets[-1]}, seed 0)",
             "",
             "| k' | top-1 % | ECE | target bytes/view |",
             "|---|---|---|---|",
@@ -624,8 +643,8 @@ def _plot(work: Path, proto: Protocol, runs: list[dict], ens_acc: float | None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budget = proto.budgets[-1]
     for family in proto.families:
+        budget = max((r["epochs"] for r in runs if r["family"] == family), default=proto.budgets[-1])
         fig, ax = plt.subplots(figsize=(6.0, 4.0))
         for k, c in enumerate(proto.conditions(family)):
             rs = [r for r in runs if r["family"] == family and r["condition"] == c and r["epochs"] == budget]
@@ -654,6 +673,8 @@ def main(argv: list[str] | None = None) -> None:
     csv = lambda cast: lambda s: [cast(x.strip()) for x in s.split(",") if x.strip()]  # noqa: E731
     p.add_argument("--family", type=csv(str), default=None, help="students: only these families (resnet,mobile,vit)")
     p.add_argument("--epochs", type=csv(int), default=None, help="students: only these budgets")
+    p.add_argument("--condition", type=csv(str), default=None, help="students: only these conditions (plain,kd,reinforced:rrc,...)")
+    p.add_argument("--seed", type=csv(int), default=None, help="students: only these seeds")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     proto = QUICK if args.quick else C10_CPU if args.dataset == "cifar10" else TIN_CPU
