@@ -2,7 +2,7 @@
 """Build throughput: is the build limited by the teachers? Three measurements in one run.
 
 (a) teacher-only: the ensemble's forward on views already on the device (views/s);
-(b) our build: ``dr.build.reinforce`` end to end (decode once, replay all views with the
+(b) our build: ``dr.builder.reinforce`` end to end (decode once, replay all views with the
     batched kernels on the device, teachers, top-k, store writes), one actor on this device;
 (c) a competent CPU design as the baseline: a torch DataLoader with ``cpu_count() - 1``
     workers; each item decodes one image *once* and emits its V views, augmented with
@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from dr.build import BuildConfig, reinforce
+from dr.builder import BuildConfig, reinforce
 from dr.teachers import Ensemble
 
 REPO = Path(__file__).resolve().parents[1]

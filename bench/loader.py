@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from dr import ChunkAwareSampler, ReinforcedDataset
-from dr.build import BuildConfig, reinforce
+from dr.builder import BuildConfig, reinforce
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"

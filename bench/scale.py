@@ -22,7 +22,7 @@ from pathlib import Path
 import ray
 import torch
 
-from dr.build import BuildConfig, reinforce
+from dr.builder import BuildConfig, reinforce
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "assets" / "cifar10-sample"

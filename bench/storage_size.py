@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dr.build import BuildConfig, reinforce
+from dr.builder import BuildConfig, reinforce
 from dr.policy import list_policies
 from dr.storage import StoreReader
 

@@ -2,7 +2,7 @@
 """Student training speed: reinforced batches vs plain batches through the same DeviceReplay.
 
 Builds a small CIFAR store (the bundled 1,000-image sample, the demo teacher, policy ``cifar``)
-unless ``--store`` is given, keeps the images on the device with :class:`dr.batched.DeviceReplay`
+unless ``--store`` is given, keeps the images on the device with :class:`dr.replay.DeviceReplay`
 and trains the same student (CIFAR ResNet-8, width 16; channels-last, bf16 autocast on CUDA)
 for the same number of steps with:
 
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dr.batched import DeviceReplay
-from dr.build import BuildConfig, reinforce
+from dr.replay import DeviceReplay
+from dr.builder import BuildConfig, reinforce
 from dr.loss import soft_cross_entropy
 from dr.policy import get_policy
 from dr.teachers.zoo import CIFAR_MEAN, CIFAR_STD, cifar_resnet

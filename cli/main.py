@@ -302,8 +302,8 @@ def reinforce(
     """
     from click.core import ParameterSource
 
-    from dr.build import BuildConfig, load_config_file
-    from dr.build import reinforce as run_build
+    from dr.builder import BuildConfig, load_config_file
+    from dr.builder import reinforce as run_build
 
     ctx = click.get_current_context()
     given: dict[str, Any] = {k: v for k, v in options.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
@@ -329,8 +329,8 @@ def reinforce(
                 raise click.UsageError(f"missing {', '.join(missing)} (or pass --config build.yaml)")
             config = BuildConfig(**{**options, **given})
         if dry_run:
-            from dr.build.dryrun import dry_run as plan_build
-            from dr.build.dryrun import format_dry_run
+            from dr.builder.dryrun import dry_run as plan_build
+            from dr.builder.dryrun import format_dry_run
 
             plan = plan_build(config)
             click.echo(json.dumps(plan.to_dict()) if as_json else format_dry_run(plan))
@@ -391,7 +391,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.option("--allow-incomplete", is_flag=True, help="Also describe a store whose build has not finished.")
 def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
     """Describe STORE: header, counts, sizes, bytes/view, teacher agreement with labels."""
-    from dr.build.inspect import format_summary, store_summary
+    from dr.builder.summary import format_summary, store_summary
     from dr.errors import StoreIncompleteError
 
     try:
@@ -495,7 +495,7 @@ def verify(
     \b
     dr-build verify runs/demo.zarr --teacher 'python:dr.teachers.zoo:cifar_resnet@w.safetensors?depth=20'
     """
-    from dr.build.verify import format_report, verify_store
+    from dr.builder.verify import format_report, verify_store
 
     try:
         checks = verify_store(
@@ -548,7 +548,8 @@ def teachers_eval(
     """Top-1 of each teacher SPEC and of their ensemble on a labelled folder VAL_DIR: a minute
     here saves a wasted build (wrong class order, preprocessing or weights all show up).
     The teachers' classes must be the folder's, or be mapped with --class-map."""
-    from dr.build.preflight import agreement_threshold, evaluate_teachers, format_evaluation, probe_classes
+    from dr.builder.agreement import agreement_threshold
+    from dr.builder.teacher_probe import evaluate_teachers, format_evaluation, probe_classes
     from dr.sources import open_source
     from dr.teachers import Ensemble
 
@@ -573,7 +574,7 @@ def teachers_eval(
 def config(example: bool) -> None:
     """Print a commented example build config (every key) for `dr-build reinforce --config`:
     `dr-build config > build.yaml`."""
-    from dr.build.config import EXAMPLE_CONFIG
+    from dr.builder.config import EXAMPLE_CONFIG
 
     click.echo(EXAMPLE_CONFIG, nl=False)
 

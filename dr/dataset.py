@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dr.checks import ChunkGuard, open_checked
 from dr.errors import ConfigError
 from dr.loss import densify
 from dr.policy import TAG_ORIGINAL, Policy, fresh_rng
 from dr.policy.rng import KeyedRNG, splitmix64, splitmix64_int, view_keys
 from dr.sources import Source
 from dr.storage import StoreReader
+from dr.trusted import ChunkGuard, open_checked
 
 __all__ = ["ReinforcedDataset", "ChunkAwareSampler", "served_topk", "to_float", "view_choice"]
 

@@ -21,7 +21,7 @@ command. The protocol is fixed up front and the same for every condition:
   pad-crop + flip views, hard labels), ``plain-strong`` (fresh views of the strong policy,
   hard mixed labels), ``reinforced:<policy>`` (stored views + sparse soft targets, one per
   store), ``kd`` (the ensemble run online on every batch of fresh ``cifar`` views). All use
-  the same batched loader (``dr.batched.DeviceReplay``), so the comparison measures the
+  the same batched loader (``dr.replay.DeviceReplay``), so the comparison measures the
   targets, not the loaders. Hyperparameters were chosen once on ``plain`` and reused;
 * calibration: every run records its mean confidence and a fitted temperature; the
   ``calibration`` stage trains each reinforced condition once more per target variant
@@ -52,8 +52,8 @@ from proof_common import log, shipped_cards, teacher_card
 from proof_common import machine as _machine
 
 import dr
-from dr.batched import DeviceReplay
-from dr.build import BuildConfig, reinforce
+from dr.replay import DeviceReplay
+from dr.builder import BuildConfig, reinforce
 from dr.loss import densify, soft_cross_entropy
 from dr.policy import get_policy
 from dr.sources import ImageFolderSource

@@ -30,7 +30,7 @@ The protocol is fixed up front and the same for every condition:
   ``plain-strong`` (fresh views of the strong policy, hard mixed labels),
   ``reinforced:<policy>`` (stored views + sparse top-k targets, one per store), ``kd`` (the
   ensemble online on fresh base views; ResNet only). Every condition uses the same batched
-  loader (``dr.batched.DeviceReplay``), so the comparison measures the targets, not the
+  loader (``dr.replay.DeviceReplay``), so the comparison measures the targets, not the
   loaders; each run records the test top-1 after every epoch;
 * k study (Tiny-ImageNet-100): one ``rrc`` store with k = 100 (dense), ResNet students trained
   with its targets cut to k' in {1, 3, 10, 100} at read time (``DeviceReplay(topk=k')``; the
@@ -62,8 +62,8 @@ from proof_common import log, shipped_cards, teacher_card
 from proof_common import machine as _machine
 
 import dr
-from dr.batched import DeviceReplay
-from dr.build import BuildConfig, reinforce
+from dr.replay import DeviceReplay
+from dr.builder import BuildConfig, reinforce
 from dr.loss import soft_cross_entropy
 from dr.policy import get_policy
 from dr.sources import ImageFolderSource
@@ -141,7 +141,18 @@ class Protocol:
 
 FAMILIES = {"resnet": (0, 1), "mobile": (0,), "vit": (0,)}
 TIN_CPU = Protocol(
-    "tin100-cpu", "tin100", None, None, 10, 10, ("rrc", "rrc+ra/re"), (4, 12), FAMILIES, kstudy=(1, 3, 10, 100), kstudy_epochs=4, kstudy_views=4
+    "tin100-cpu",
+    "tin100",
+    None,
+    None,
+    10,
+    10,
+    ("rrc", "rrc+ra/re"),
+    (4, 12),
+    FAMILIES,
+    kstudy=(1, 3, 10, 100),
+    kstudy_epochs=4,
+    kstudy_views=4,
 )
 C10_CPU = Protocol("cifar10plus-families-cpu", "cifar10", None, None, 10, 10, ("cifar", "cifar+ra/re"), (5,), FAMILIES)
 QUICK = Protocol(

@@ -70,7 +70,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def cifar64_store(cifar64: Path, tiny_teacher: str, ray_session, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A complete store of the 64 images: policy cifar, V=4, k=3, chunk 16, one worker."""
-    from dr.build import BuildConfig, reinforce
+    from dr.builder import BuildConfig, reinforce
 
     out = tmp_path_factory.mktemp("store") / "cifar64.zarr"
     config = BuildConfig(

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from dr import ReinforcedDataset
-from dr.batched import DeviceReplay
-from dr.build import UnitWorker
-from dr.build.config import BuildConfig
-from dr.build.pipeline import make_header
+from dr.builder import UnitWorker
+from dr.builder.config import BuildConfig
+from dr.builder.job import make_header
 from dr.errors import StoreError
 from dr.policy import list_policies
+from dr.replay import DeviceReplay
 from dr.sources import ImageFolderSource
 from dr.storage import StoreWriter
 

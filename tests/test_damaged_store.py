@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from dr import ReinforcedDataset
-from dr.batched import DeviceReplay
 from dr.errors import StoreDamagedError, StoreMismatchError
+from dr.replay import DeviceReplay
 
 
 def _damaged_copy(store: str, tmp_path: Path, how: str) -> Path:

@@ -173,7 +173,7 @@ def test_bad_images_name_the_member(repacked: dict[str, str], tmp_path: Path) ->
 @pytest.mark.parametrize("kind", ["wds", "csv", "hf-disk", "cifar10"])
 def test_each_kind_builds_verifies_and_trains(kind: str, repacked: dict[str, str], tiny_teacher: str, ray_session, tmp_path: Path) -> None:
     from dr import ReinforcedDataset
-    from dr.build import BuildConfig, reinforce
+    from dr.builder import BuildConfig, reinforce
     from dr.loss import soft_cross_entropy
     from dr.teachers.zoo import tiny_cnn
 

@@ -27,11 +27,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dr import ReinforcedDataset
-from dr.batched import DeviceReplay
-from dr.build import BuildConfig, reinforce
-from dr.build.verify import verify_store
+from dr.builder import BuildConfig, reinforce
+from dr.builder.verify import verify_store
 from dr.cli.main import cli
 from dr.errors import BadImageError, ConfigError, HeaderSealError, SchemaVersionError, StoreDamagedError, TeacherError
+from dr.replay import DeviceReplay
 from dr.sources import decode_image, max_image_pixels, set_max_image_pixels
 from dr.storage import StoreHeader, StoreReader
 from dr.storage.lock import StoreLock, StoreLockedError
@@ -238,7 +238,7 @@ def test_the_guard_stops_a_small_collapsed_build(sample300: Path, ray_session, t
 def test_the_guard_judges_once_the_sample_spans_enough_classes() -> None:
     """Sources list images class by class: a first chunk of one class says little about the
     ensemble, so the bound judges from 10 classes on (all, when the dataset has fewer)."""
-    from dr.build.preflight import AgreementGuard
+    from dr.builder.agreement import AgreementGuard
 
     labels = np.repeat(np.arange(20), 50)  # 20 classes of 50 images, in class order
     guard = AgreementGuard(labels, threshold=0.1, after_images=10**6)
@@ -333,6 +333,6 @@ def test_wrong_depth_weights_name_the_keys(tmp_path: Path) -> None:
 
 
 def test_no_library_module_changes_pil_globals() -> None:
-    code = "from PIL import Image; a = Image.MAX_IMAGE_PIXELS; import dr, dr.sources, dr.build; print(a == Image.MAX_IMAGE_PIXELS)"
+    code = "from PIL import Image; a = Image.MAX_IMAGE_PIXELS; import dr, dr.sources, dr.builder; print(a == Image.MAX_IMAGE_PIXELS)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.strip() == "True"

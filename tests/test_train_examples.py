@@ -28,7 +28,7 @@ def _load(name: str):
 @pytest.fixture(scope="module")
 def store200(tiny_teacher: str, ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """200 JPEGs (20 per class) in the README's layout: data/cifar10/train and cifar10+.zarr."""
-    from dr.build import BuildConfig, reinforce
+    from dr.builder import BuildConfig, reinforce
 
     root = tmp_path_factory.mktemp("readme")
     src = copy_sample(root / "data" / "cifar10" / "train", 20)

@@ -99,7 +99,7 @@ def test_hub_download_failures_are_teacher_errors(tmp_path: Path, monkeypatch: p
 def test_relative_teacher_and_class_map_files_are_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store recorded `@examples/...` as given: `verify` from another directory could not load
     the teachers (the item-7 fix covered sources only)."""
-    from dr.build import BuildConfig
+    from dr.builder import BuildConfig
 
     monkeypatch.chdir(REPO)
     (tmp_path / "map.json").write_text("{}")

@@ -69,7 +69,7 @@ def test_the_readme_options_table_is_reinforces_help() -> None:
 
 
 def test_every_config_field_is_a_flag_and_in_the_example() -> None:
-    from dr.build.config import EXAMPLE_CONFIG, BuildConfig
+    from dr.builder.config import EXAMPLE_CONFIG, BuildConfig
 
     flags = _help_flags("reinforce")
     for name in BuildConfig.model_fields:
@@ -80,8 +80,8 @@ def test_every_config_field_is_a_flag_and_in_the_example() -> None:
 
 def _fake_build(monkeypatch: pytest.MonkeyPatch, status: str = "complete", error: Exception | None = None) -> list:
     """Replace the build with a recorder (flag parsing and printing are what is tested)."""
-    import dr.build
-    from dr.build.pipeline import BuildResult
+    import dr.builder
+    from dr.builder.job import BuildResult
 
     seen: list = []
 
@@ -93,7 +93,7 @@ def _fake_build(monkeypatch: pytest.MonkeyPatch, status: str = "complete", error
         done = 4 if status == "complete" else 1
         return BuildResult(header, config.out, 4, done, 0, done * 32, 1.0, ["host:node:cpu"], 0.5)
 
-    monkeypatch.setattr(dr.build, "reinforce", fake)
+    monkeypatch.setattr(dr.builder, "reinforce", fake)
     return seen
 
 
@@ -124,7 +124,7 @@ def test_config_file_reports_every_problem_with_suggestions(tmp_path: Path) -> N
 
 
 def test_config_alone_prints_the_example() -> None:
-    from dr.build.config import EXAMPLE_CONFIG
+    from dr.builder.config import EXAMPLE_CONFIG
 
     r = CliRunner().invoke(cli, ["config"])
     assert r.exit_code == 0 and r.output == EXAMPLE_CONFIG
@@ -177,7 +177,7 @@ def test_verify_never_prints_a_negative_kl(cifar64_store: str, cifar64: Path, mo
     """Re-computed probabilities a hair above the stored ones on the top-k (what float16 rounding
     the stored ones down does): the KL over the top-k alone went negative (-3.17e-06 was
     printed); over the top-k plus the rest it is a true divergence, >= 0."""
-    from dr.build.verify import format_report, verify_store
+    from dr.builder.verify import format_report, verify_store
     from dr.teachers import Ensemble
 
     forward = Ensemble.forward

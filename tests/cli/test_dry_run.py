@@ -24,7 +24,7 @@ def test_dry_run_plans_times_and_writes_nothing(cifar64: Path, tiny_teacher: str
     assert 0 < plan["bytes_per_view_compressed"] < 21 and plan["projected_wall_s"] > 0
     assert plan["device"] == "cpu" and plan["projected_gpu_hours"] == 0
     assert not out.exists() and not list(tmp_path.iterdir())
-    from dr.build.dryrun import DryRun, format_dry_run
+    from dr.builder.dryrun import DryRun, format_dry_run
 
     text = format_dry_run(DryRun(**plan))  # what the command prints without --json
     assert "projected" in text and "GPU-hours" in text and "nothing was written" in text

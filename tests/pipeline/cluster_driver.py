@@ -10,7 +10,7 @@ import json
 import ray
 from ray.cluster_utils import Cluster
 
-from dr.build import BuildConfig, reinforce
+from dr.builder import BuildConfig, reinforce
 
 p = argparse.ArgumentParser()
 p.add_argument("--source", required=True)

@@ -35,7 +35,7 @@ if args.mode == "cluster":
     print(json.dumps({"stopped": True}), flush=True)
     sys.exit(0)
 
-from dr.build import BuildConfig, reinforce  # noqa: E402 - only the build mode needs torch
+from dr.builder import BuildConfig, reinforce  # noqa: E402 - only the build mode needs torch
 
 
 def pause_once(chunk: int) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import zarr
 
-from dr.build import BuildConfig, UnitWorker, reinforce
+from dr.builder import BuildConfig, UnitWorker, reinforce
 from dr.errors import ConfigError, StoreError, StoreIncompleteError
 from dr.policy import Policy
 from dr.sources import ImageFolderSource

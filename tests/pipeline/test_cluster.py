@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import store_bytes
 
-from dr.build import BuildConfig, reinforce
+from dr.builder import BuildConfig, reinforce
 
 HERE = Path(__file__).resolve().parent
 

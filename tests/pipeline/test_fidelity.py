@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from dr import ReinforcedDataset
-from dr.build import BuildConfig, reinforce
+from dr.builder import BuildConfig, reinforce
 from dr.sources import ImageFolderSource
 from dr.storage import StoreReader
 from dr.teachers import Ensemble

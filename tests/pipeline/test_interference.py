@@ -16,8 +16,9 @@ import zarr
 from click.testing import CliRunner
 from helpers import store_bytes
 
-import dr.build.pipeline as pipeline
-from dr.build import BuildConfig, reinforce
+import dr.builder.job as pipeline
+import dr.builder.pool as pool
+from dr.builder import BuildConfig, reinforce
 from dr.cli.main import cli
 from dr.errors import WorkerStartError
 
@@ -133,7 +134,7 @@ def test_worker_start_is_retried_then_reported_with_rays_error(
             if not failed_once.exists():
                 failed_once.write_text("x")
                 raise RuntimeError("simulated: the first start fails")
-            from dr.build.worker import UnitWorker
+            from dr.builder.worker import UnitWorker
 
             self.worker = UnitWorker(*args, **kwargs)
 
@@ -147,15 +148,15 @@ def test_worker_start_is_retried_then_reported_with_rays_error(
         def __init__(self, *args, **kwargs) -> None:
             raise RuntimeError("simulated: this worker cannot start")
 
-    monkeypatch.setattr(pipeline, "START_BACKOFF_S", (0.1,))
+    monkeypatch.setattr(pool, "START_BACKOFF_S", (0.1,))
     monkeypatch.setattr(pipeline, "UnitWorker", FlakyStart)
-    with caplog.at_level(logging.WARNING, logger="dr.build.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="dr.builder.pool"):
         result = reinforce(_config(cifar64, tiny_teacher, tmp_path / "flaky.zarr"), progress=False)
     assert failed_once.exists() and result.complete and result.chunks_computed == 2 and len(result.workers) == 1
     assert "a teacher worker failed to start (attempt 1 of 2; retrying in 0.1s)" in caplog.text
     assert "RuntimeError: simulated: the first start fails" in caplog.text
 
-    monkeypatch.setattr(pipeline, "START_BACKOFF_S", ())  # one attempt: each costs a worker process
+    monkeypatch.setattr(pool, "START_BACKOFF_S", ())  # one attempt: each costs a worker process
     monkeypatch.setattr(pipeline, "UnitWorker", NeverStarts)
     with pytest.raises(WorkerStartError) as e:
         reinforce(_config(cifar64, tiny_teacher, tmp_path / "never.zarr"), progress=False)
@@ -178,7 +179,7 @@ def test_losing_every_worker_after_some_chunks_is_resumable(
         def __init__(self, *args, **kwargs) -> None:
             if computed.exists():
                 raise RuntimeError("simulated: no replacement can start")
-            from dr.build.worker import UnitWorker
+            from dr.builder.worker import UnitWorker
 
             self.worker = UnitWorker(*args, **kwargs)
 
@@ -196,7 +197,7 @@ def test_losing_every_worker_after_some_chunks_is_resumable(
             time.sleep(1.0)
             os._exit(1)  # the worker process dies mid-build
 
-    monkeypatch.setattr(pipeline, "START_BACKOFF_S", ())
+    monkeypatch.setattr(pool, "START_BACKOFF_S", ())
     monkeypatch.setattr(pipeline, "UnitWorker", DiesAfterOne)
     cfg = _config(cifar64, tiny_teacher, tmp_path / "lost.zarr")
     with pytest.raises(WorkerStartError) as e:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from helpers import store_bytes
 
-from dr.build import BuildConfig, reinforce
+from dr.builder import BuildConfig, reinforce
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # the venv's bin: ray and dr-build
@@ -214,11 +214,11 @@ def test_ray_job_stop_then_resubmitted_resume_gives_the_same_bytes(
 
 def test_progress_lines_without_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Whole lines (no carriage returns) for the first and last chunk and every interval."""
-    from dr.build import pipeline
+    from dr.builder import progress
 
     clock = iter([0.0, 1.0, 2.0, 13.0, 14.0])
-    monkeypatch.setattr(pipeline.time, "monotonic", lambda: next(clock))
-    lines = pipeline._ProgressLines(chunks=4, views=400)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    lines = progress.ProgressLines(chunks=4, views=400)
     for done in range(1, 5):
         lines.update(done, done * 100)
     err = capsys.readouterr().err

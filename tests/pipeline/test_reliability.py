@@ -15,8 +15,8 @@ import zarr
 from helpers import rehash_store, store_bytes
 from PIL import Image
 
-from dr.build import BuildConfig, reinforce
-from dr.build.verify import verify_store
+from dr.builder import BuildConfig, reinforce
+from dr.builder.verify import verify_store
 from dr.errors import BadImageError, DRError, PolicyError, StoreError
 from dr.policy import Policy, get_policy
 from dr.storage import StoreReader, read_header
@@ -192,7 +192,7 @@ def test_bad_images_fail_or_skip(cifar64: Path, tiny_teacher: str, ray_session, 
     failed = [c for c in verify_store(str(out), src) if not c.ok]
     assert [c.name for c in failed] == ["labels"], [c.detail for c in failed]
     # info reports the skipped images; `show --index` counts source images, skipped ones included
-    from dr.build.inspect import format_summary, store_summary
+    from dr.builder.summary import format_summary, store_summary
     from dr.show import draw_views
 
     summary = store_summary(str(out))

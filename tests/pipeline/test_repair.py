@@ -1,6 +1,7 @@
 """Damaged stores: verify names every bad chunk, info reports it, --repair recomputes it; the
 resume key holds the teachers' resolved math; source locations are absolute."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,9 +13,9 @@ import zarr
 from click.testing import CliRunner
 from helpers import rehash_store, store_bytes
 
-from dr.build import BuildConfig, reinforce
-from dr.build.inspect import format_summary, store_summary
-from dr.build.verify import format_report, verify_store
+from dr.builder import BuildConfig, reinforce
+from dr.builder.summary import format_summary, store_summary
+from dr.builder.verify import format_report, verify_store
 from dr.cli.main import cli
 from dr.errors import ConfigError, StoreMismatchError
 
@@ -83,7 +84,7 @@ def test_resume_key_holds_the_teachers_math_and_locations_are_absolute(
     cifar64: Path, tiny_teacher: str, ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dr import ReinforcedDataset
-    from dr.build import pipeline
+    from dr.builder import ray_runtime
 
     monkeypatch.chdir(cifar64.parent)
     out = tmp_path / "rel.zarr"
@@ -94,8 +95,8 @@ def test_resume_key_holds_the_teachers_math_and_locations_are_absolute(
     with pytest.raises(StoreMismatchError, match="ensemble"):
         reinforce(_config(cifar64, tiny_teacher, out, chunk_size=32, resume=True, compile=True), progress=False)
     # `auto` resumed where the workers would run on CUDA (bf16): refused, not mixed
-    real = pipeline._worker_resources
-    monkeypatch.setattr(pipeline, "_worker_resources", lambda ray, config: (*real(ray, config)[:3], "cuda"))
+    real = ray_runtime.worker_shape
+    monkeypatch.setattr(ray_runtime, "worker_shape", lambda ray, config: dataclasses.replace(real(ray, config), device="cuda"))
     with pytest.raises(StoreMismatchError, match="ensemble"):
         reinforce(_config(cifar64, tiny_teacher, out, chunk_size=32, resume=True), progress=False)
     monkeypatch.undo()

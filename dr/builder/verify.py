@@ -224,7 +224,7 @@ def verify_store(
     except DRError as e:
         checks.append(Check("source", False, str(e)))
         return checks
-    from dr.build.preflight import label_agreement
+    from dr.builder.agreement import label_agreement
     from dr.teachers import ClassMap
 
     checks.append(Check("labels", *label_agreement(r)))

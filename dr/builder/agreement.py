@@ -1,42 +1,33 @@
-"""Is this teacher ensemble right for this dataset? Checks before and during a build.
+"""Do the teachers agree with the dataset's labels? The rule a build's guard and ``verify`` share.
 
-* :func:`evaluate_teachers` -- each teacher's and the ensemble's top-1 on a labelled folder
-  (``dr-build reinforce --check-on VAL``, ``dr-build teachers eval SPEC --on VAL``), before
-  any GPU hour is spent.
 * :class:`AgreementGuard` -- during a build, stops it when the teachers' top-1 agrees with
   the dataset's labels less than a threshold (default: twice chance): wrong class order,
   wrong preprocessing or wrong weights all look like that. It judges with
   :func:`agreement_upper_bound`, so a collapse is caught after the first chunk on a dataset of
-  any size, and a working ensemble is not stopped by a small sample's bad luck; ``verify``
-  judges stores by the same rule.
+  any size, and a working ensemble is not stopped by a small sample's bad luck.
+* :func:`label_agreement` -- the same rule on a finished store (``dr-build verify``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
-from dr.errors import ConfigError, TeacherError
+from dr.errors import TeacherError
 
 __all__ = [
-    "AgreementGuard",
-    "LIKELY_CAUSES",
-    "agreement_threshold",
-    "agreement_upper_bound",
     "AGREEMENT_Z",
     "GUARD_MIN_CLASSES",
-    "evaluate_teachers",
-    "format_evaluation",
+    "LIKELY_CAUSES",
+    "AgreementGuard",
+    "agreement_threshold",
+    "agreement_upper_bound",
     "guard_for",
     "label_agreement",
-    "probe_classes",
-    "probe_ensemble",
-    "run_check_on",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +52,7 @@ def agreement_threshold(num_classes: int, min_agreement: float | None = None) ->
 #: the guard's bound judges a sample only once it spans this many classes (all, if fewer)
 GUARD_MIN_CLASSES = 10
 
+
 #: one-sided z of the agreement test: a working ensemble exactly at the threshold is called
 #: collapsed by one look with probability 0.05 %
 AGREEMENT_Z = 3.29
@@ -84,83 +76,6 @@ def agreement_upper_bound(agreement: float, images: int, z: float = AGREEMENT_Z)
     centre = p + z2 / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return min(1.0, (centre + spread) / (1 + z2 / n))
-
-
-def _center_view(image: np.ndarray, size: int) -> torch.Tensor:
-    """The usual evaluation view: shorter side resized to ``size`` (anti-aliased), centre crop."""
-    from torchvision.transforms.v2 import functional as TF
-
-    x = torch.from_numpy(image).permute(2, 0, 1)
-    x = TF.resize(x, [size], antialias=True)
-    return TF.center_crop(x, [size, size])
-
-
-def evaluate_teachers(
-    ensemble: Any,
-    folder: str,
-    *,
-    size: int,
-    max_images: int = 1000,
-    seed: int = 0,
-    batch: int = 64,
-    storage_options: Mapping[str, Any] | None = None,
-    expected_classes: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Top-1 of each teacher and of the ensemble on a labelled ImageFolder.
-
-    Args:
-        ensemble: a :class:`teachers.Ensemble` (its class map, if any, is applied).
-        folder: labelled ImageFolder (local path or fsspec URL).
-        size: view size fed to the teachers (each resizes to its own input size).
-        max_images: evaluate a seeded sample of at most this many images.
-        expected_classes: the build dataset's classes; the folder must have the same.
-
-    Returns:
-        ``{"folder", "images", "classes", "chance", "teachers": [{"spec", "top1"}], "ensemble_top1"}``.
-    """
-    from dr.sources import open_source
-
-    src = open_source(folder, storage_options)
-    if expected_classes is not None and tuple(src.classes) != tuple(expected_classes):
-        raise ConfigError(
-            f"--check-on {folder!r} has classes ({', '.join(list(src.classes)[:6])}...) that are not the source's "
-            f"({', '.join(list(expected_classes)[:6])}...): use a labelled split of the same dataset"
-        )
-    n = len(src)
-    picks = np.arange(n) if n <= max_images else np.sort(np.random.default_rng(seed).choice(n, size=max_images, replace=False))
-    labels = src.labels()[picks]
-    hits = np.zeros(len(ensemble.members) + 1, dtype=np.int64)
-    for b0 in range(0, len(picks), batch):
-        idx = picks[b0 : b0 + batch]
-        views = torch.stack([_center_view(src.read(int(i))[0], size) for i in idx])
-        lab = torch.from_numpy(labels[b0 : b0 + len(idx)])
-        with torch.inference_mode():
-            members = ensemble.member_probs(views)
-            total = ensemble(views)
-        for j, p in enumerate([*members, total]):
-            hits[j] += int((p.argmax(1).cpu() == lab).sum())
-    count = max(1, len(picks))
-    return {
-        "folder": folder,
-        "images": int(len(picks)),
-        "classes": len(src.classes),
-        "chance": 1.0 / max(1, len(src.classes)),
-        "teachers": [{"spec": str(t.spec), "top1": float(hits[j] / count)} for j, t in enumerate(ensemble.members)],
-        "ensemble_top1": float(hits[-1] / count),
-    }
-
-
-def format_evaluation(report: Mapping[str, Any], threshold: float | None = None) -> str:
-    """Human-readable table of :func:`evaluate_teachers`."""
-    lines = [
-        f"teachers on {report['folder']} ({report['images']} images, {report['classes']} classes, chance {100 * report['chance']:.2f}%)"
-    ]
-    for t in report["teachers"]:
-        lines.append(f"  top-1 {100 * t['top1']:6.2f}%  {t['spec']}")
-    lines.append(f"  top-1 {100 * report['ensemble_top1']:6.2f}%  ensemble")
-    if threshold is not None and report["ensemble_top1"] < threshold:
-        lines.append(f"  WARNING: below the {100 * threshold:.2f}% the build requires (twice chance unless --min-agreement)")
-    return "\n".join(lines)
 
 
 class AgreementGuard:
@@ -207,80 +122,12 @@ class AgreementGuard:
             )
 
 
-def probe_ensemble(config: Any, dataset_classes: Sequence[str]) -> tuple[Any, dict[str, Any], int]:
-    """Load the build's ensemble once on the driver: fail fast on bad specs, learn the class
-    count, and check the teachers' classes against the dataset's (resolving ``class_map``).
-
-    Returns ``(ensemble, description for the header, number of stored classes)``. Random
-    teachers (allowed only with ``allow_random_teachers``) are seeded ``seed + i``.
-    """
-    from dr.policy import get_policy
-    from dr.teachers import Ensemble
-
-    size = get_policy(config.policy, config.output_size).output_size  # a bad policy fails before teachers load
-    seeds = [int(config.seed) + i for i in range(len(config.teachers))]
-    ensemble = Ensemble.from_specs(
-        list(config.teachers), config.temperature, config.precision, allow_random=config.allow_random_teachers, init_seeds=seeds
-    )
-    if config.class_map is None and any(t.init_seed is not None for t in ensemble.members):
-        # random teachers predict no real classes: ids stay in their space (tests, benchmarks)
-        with torch.inference_mode():
-            num_classes = int(ensemble(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1])
-        if num_classes != len(dataset_classes):
-            log.warning(
-                "random teachers: the store's ids are the teachers' %d classes, not the dataset's %d "
-                "(no class check; pass --class-map to store dataset ids)",
-                num_classes,
-                len(dataset_classes),
-            )
-    else:
-        num_classes = probe_classes(ensemble, dataset_classes, config.class_map, size)
-    return ensemble, ensemble.describe(), num_classes
-
-
-def probe_classes(ensemble: Any, dataset_classes: Sequence[str], class_map: str | None, size: int) -> int:
-    """Learn how many classes the teachers predict (one dummy forward), check their classes
-    against the dataset's and set ``ensemble.class_map``; returns the number of stored classes."""
-    from dr.teachers import resolve_class_map
-
-    ensemble.class_map = None
-    with torch.inference_mode():
-        teacher_classes = int(ensemble(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1])
-    ensemble.class_map = resolve_class_map(dataset_classes, ensemble.teacher_classes, teacher_classes, class_map)
-    return teacher_classes if ensemble.class_map is None else int(ensemble.class_map.num_dataset)
-
-
 def guard_for(config: Any, labels: np.ndarray, num_dataset_classes: int, ensemble_desc: Mapping[str, Any]) -> AgreementGuard | None:
     """The build's :class:`AgreementGuard`, or ``None`` when it is off: ``min_agreement`` 0, or
     random teachers (at chance by construction)."""
     if config.min_agreement == 0 or any(t.get("init_seed") is not None for t in ensemble_desc.get("teachers", [])):
         return None
     return AgreementGuard(labels, agreement_threshold(num_dataset_classes, config.min_agreement), config.agreement_check_images)
-
-
-def run_check_on(config: Any, ensemble: Any, dataset_classes: Sequence[str], size: int) -> dict[str, Any]:
-    """``--check-on``: evaluate on the labelled folder; raise when the ensemble is below the
-    agreement threshold (the report is attached to the error as ``.report``)."""
-    report = evaluate_teachers(
-        ensemble,
-        config.check_on,
-        size=size,
-        max_images=config.check_images,
-        seed=config.seed,
-        storage_options=config.storage_options,
-        expected_classes=dataset_classes,
-    )
-    threshold = agreement_threshold(len(dataset_classes), config.min_agreement)
-    report["threshold"] = threshold
-    if report["ensemble_top1"] < threshold and config.min_agreement != 0:
-        err = TeacherError(
-            f"pre-flight: the ensemble's top-1 on {config.check_on!r} is {100 * report['ensemble_top1']:.2f}% "
-            f"({report['images']} images), below {100 * threshold:.2f}% (twice chance unless --min-agreement); "
-            f"nothing was built.\n{format_evaluation(report)}\n{LIKELY_CAUSES}"
-        )
-        err.report = report  # type: ignore[attr-defined]
-        raise err
-    return report
 
 
 def label_agreement(reader: Any) -> tuple[bool, str, dict[str, Any]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from dr.build.preflight import LIKELY_CAUSES, agreement_threshold
+from dr.builder.agreement import LIKELY_CAUSES, agreement_threshold
 from dr.errors import StoreIncompleteError
 from dr.storage import StoreReader
 from dr.storage.integrity import digest_paths

@@ -15,12 +15,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dr.checks import ChunkGuard, open_checked
 from dr.dataset import served_topk, view_choice
 from dr.errors import StoreError
 from dr.policy import ImageBank, Policy, fresh_rng
 from dr.sources import open_source
 from dr.storage.schema import StoreHeader
+from dr.trusted import ChunkGuard, open_checked
 
 __all__ = ["DeviceReplay"]
 
@@ -35,7 +35,7 @@ class DeviceReplay:
         seed: seeds the view choice (same rule as ``ReinforcedDataset(seed=...)``).
         output_size: replay size (default: the build's).
         verify_source: ``"sample"`` (re-hash 32 seeded images), ``"all"`` or ``"none"``: the
-            same source check as ``ReinforcedDataset`` (:func:`dr.checks.check_source`).
+            same source check as ``ReinforcedDataset`` (:func:`dr.trusted.check_source`).
         topk: serve the ``topk`` largest stored probabilities per view (k' <= k; the same rule
             as ``ReinforcedDataset(topk=)``).
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dr.build.config import BuildConfig
-from dr.build.plan import plan_units
+from dr.builder.config import BuildConfig
+from dr.builder.units import plan_units
 from dr.errors import WorkerStartError
 from dr.sources import Source, open_source
 from dr.storage.schema import StoreHeader, ids_dtype
@@ -88,20 +88,17 @@ def _compressed_bytes(arrays: dict[str, np.ndarray]) -> int:
 def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_unit: bool = True) -> DryRun:
     """Plan ``config``'s build without writing anything; with ``time_unit``, time its first
     unit on one worker of the build's cluster (cold, then again warm) and project the cost."""
-    from dr.build import pipeline
-    from dr.build.preflight import probe_ensemble
-    from dr.build.worker import SourceRef, UnitWorker
+    from dr.builder import job, ray_runtime
+    from dr.builder.teacher_probe import probe_ensemble
 
     src = open_source(source if source is not None else config.source, config.storage_options)
     ensemble, ensemble_desc, num_classes = probe_ensemble(config, src.classes)
     del ensemble
-    ensemble_desc = {**ensemble_desc, **pipeline._teacher_math(config)}
-    header = pipeline.make_header(config, src, ensemble_desc, num_classes)
+    ensemble_desc = {**ensemble_desc, **job.teacher_math(config)}
+    header = job.make_header(config, src, ensemble_desc, num_classes)
     units = plan_units(header.dataset.count, header.chunk_size)
     per_view, raw = projected_bytes(header)
-    ray = pipeline._init_ray(config.address)
-    workers, per_cpu, per_gpu, device = pipeline._worker_resources(ray, config)
-    workers = min(workers, len(units))
+    shape = ray_runtime.worker_shape(ray_runtime.connect(config.address), config).capped(len(units))
     n, v = header.dataset.count, header.views
     plan = DryRun(
         source=str(header.dataset.location),
@@ -115,35 +112,20 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
         policy=config.policy,
         bytes_per_view_raw=per_view,
         store_bytes_raw=raw,
-        device=device,
-        workers=workers,
-        gpus_per_worker=per_gpu,
+        device=shape.device,
+        workers=shape.workers,
+        gpus_per_worker=shape.gpus,
     )
     if not time_unit:
         return plan
     unit = units[0]
-    actor_cls = ray.remote(UnitWorker).options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=0, max_task_retries=0)
-    t0 = time.perf_counter()
-    actor = actor_cls.remote(
-        SourceRef(ray.put(src)), header.policy, list(config.teachers), **pipeline.worker_options(config, header, device, per_cpu, views=v)
-    )
+    pool = job.worker_pool(config, header, src, shape, concurrency=1)
     try:
         try:
-            ray.get(actor.ping.remote(), timeout=config.start_timeout)
-        except (ray.exceptions.GetTimeoutError, *pipeline.start_errors_of_ray()) as e:
-            why = (
-                f"Ray scheduled none within {config.start_timeout:g}s (--start-timeout)"
-                if isinstance(e, ray.exceptions.GetTimeoutError)
-                else f"Ray said: {pipeline._ray_error_text(e)}"
-            )
-            free, total = ray.available_resources(), ray.cluster_resources()
-            raise WorkerStartError(
-                f"--dry-run: its teacher worker did not start: {why}\n"
-                f"  it asks for {per_cpu:g} CPU and {per_gpu:g} GPU; the cluster has {free.get('CPU', 0.0):g} of "
-                f"{total.get('CPU', 0.0):g} CPU and {free.get('GPU', 0.0):g} of {total.get('GPU', 0.0):g} GPU free\n"
-                "  lower --cpus-per-worker, add nodes, or free the cluster"
-            ) from e
-        plan.worker_start_s = time.perf_counter() - t0
+            actor, plan.worker_start_s = pool.start_one()
+        except WorkerStartError as e:
+            raise WorkerStartError(f"--dry-run: its teacher worker did not start: {e}") from e
+        ray = pool.ray
         t1 = time.perf_counter()
         result = ray.get(actor.compute.remote(unit.start, unit.stop))
         plan.first_unit_s = time.perf_counter() - t1
@@ -157,16 +139,17 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
             plan.warm_unit_s = plan.first_unit_s
             plan.notes.append("the first unit took over 2 minutes: projected from it (cold) alone")
     finally:
-        ray.kill(actor)
+        pool.stop()
     plan.timed = True
     plan.unit_images = unit.size
     plan.views_per_s_per_worker = unit.size * v / max(min(plan.first_unit_s, plan.warm_unit_s), 1e-9)
     arrays = {k: a for k, a in result.arrays.items() if k.startswith(("params/", "targets/"))}
     plan.bytes_per_view_compressed = _compressed_bytes(arrays) / (unit.size * v)
     plan.store_bytes_compressed = int(plan.bytes_per_view_compressed * n * v + PER_IMAGE_BYTES * n)
+    workers = shape.workers
     plan.projected_wall_s = plan.worker_start_s + n * v / (plan.views_per_s_per_worker * workers)
-    plan.projected_gpu_hours = plan.projected_wall_s * workers * per_gpu / 3600
-    plan.projected_cpu_hours = plan.projected_wall_s * workers * per_cpu / 3600
+    plan.projected_gpu_hours = plan.projected_wall_s * workers * shape.gpus / 3600
+    plan.projected_cpu_hours = plan.projected_wall_s * workers * shape.cpus / 3600
     if workers > 1:
         plan.notes.append(f"assumes the {workers} workers each run at the timed worker's rate (one unit at a time: conservative)")
     if unit.size < header.chunk_size or unit.size < 2 * header.forward_group:
@@ -175,7 +158,7 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
 
 
 def _size(b: float) -> str:
-    from dr.build.inspect import human_bytes
+    from dr.builder.summary import human_bytes
 
     return human_bytes(b)
 
