@@ -30,7 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dr teachers storage cli tests examples bench deploy
 	$(VENV)/bin/ruff format --check dr teachers storage cli tests examples bench deploy
-	$(VENV)/bin/mypy -p dr
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 	$(PY) deploy/check_manifests.py
 

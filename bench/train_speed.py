@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dr.replay import DeviceReplay
 from dr.builder import BuildConfig, reinforce
 from dr.loss import soft_cross_entropy
 from dr.policy import get_policy
+from dr.replay import DeviceReplay
 from dr.teachers.zoo import CIFAR_MEAN, CIFAR_STD, cifar_resnet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -300,34 +300,10 @@ def reinforce(
     `ray job stop`, the last worker lost mid-build): the same command with --resume finishes
     it; 1 an error (no worker ever started, a bad image, ...); 2 bad usage or a bad config file.
     """
-    from click.core import ParameterSource
-
-    from dr.builder import BuildConfig, load_config_file
     from dr.builder import reinforce as run_build
 
-    ctx = click.get_current_context()
-    given: dict[str, Any] = {k: v for k, v in options.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    if source:
-        given["source"] = source
-    if teachers:
-        given["teachers"] = teachers
     try:
-        if storage_options:
-            pairs = [o.split("=", 1) for o in storage_options]
-            if any(len(p) != 2 for p in pairs):
-                raise click.BadParameter(f"--storage-option takes KEY=VALUE, got {storage_options!r}")
-            given["storage_options"] = {k: yaml_scalar(v) for k, v in pairs}
-        if config_file:
-            try:
-                config = load_config_file(config_file, given)
-            except ConfigError as e:  # an invalid config file is bad usage (exit code 2), like a bad flag
-                raise click.UsageError(str(e)) from e
-        else:
-            need = {"source": "SOURCE", "teachers": "--teacher SPEC", "out": "--out STORE"}
-            missing = [flag for name, flag in need.items() if not given.get(name) and not options.get(name)]
-            if missing:
-                raise click.UsageError(f"missing {', '.join(missing)} (or pass --config build.yaml)")
-            config = BuildConfig(**{**options, **given})
+        config = _build_config(source, config_file, teachers, storage_options, options)
         if dry_run:
             from dr.builder.dryrun import dry_run as plan_build
             from dr.builder.dryrun import format_dry_run
@@ -350,6 +326,43 @@ def reinforce(
             err=True,
         )
         sys.exit(EXIT_RESUMABLE)
+    _report_build(result, as_json)
+
+
+def _build_config(
+    source: str | None, config_file: str | None, teachers: tuple[str, ...], storage_options: tuple[str, ...], options: dict[str, Any]
+) -> Any:
+    """The BuildConfig of ``reinforce``'s arguments: --config FILE overridden by the flags given
+    on the command line."""
+    from click.core import ParameterSource
+
+    from dr.builder import BuildConfig, load_config_file
+
+    ctx = click.get_current_context()
+    given: dict[str, Any] = {k: v for k, v in options.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if source:
+        given["source"] = source
+    if teachers:
+        given["teachers"] = teachers
+    if storage_options:
+        pairs = [o.split("=", 1) for o in storage_options]
+        if any(len(p) != 2 for p in pairs):
+            raise click.BadParameter(f"--storage-option takes KEY=VALUE, got {storage_options!r}")
+        given["storage_options"] = {k: yaml_scalar(v) for k, v in pairs}
+    if config_file:
+        try:
+            return load_config_file(config_file, given)
+        except ConfigError as e:  # an invalid config file is bad usage (exit code 2), like a bad flag
+            raise click.UsageError(str(e)) from e
+    need = {"source": "SOURCE", "teachers": "--teacher SPEC", "out": "--out STORE"}
+    missing = [flag for name, flag in need.items() if not given.get(name) and not options.get(name)]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or pass --config build.yaml)")
+    return BuildConfig(**{**options, **given})
+
+
+def _report_build(result: Any, as_json: bool) -> None:
+    """Print a finished build's line; exit 3 (resumable) when chunks are left."""
     r = result.to_dict()
     if as_json:
         click.echo(json.dumps(r))

@@ -199,7 +199,7 @@ class ReinforcedDataset(Dataset):
         data, damaged = self._reader.load_checked([*self._fields, *ARRAYS], chunks=[c])
         if damaged:
             self.guard.add(damaged)
-            self.guard.check(c * cs)
+            self.guard.refuse_damaged(c * cs)
         self._cache[c] = data
         if len(self._cache) > self.cache_chunks:
             self._cache.popitem(last=False)
@@ -208,7 +208,7 @@ class ReinforcedDataset(Dataset):
     def record(self, index: int, view: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Parameters (field -> ``[1, ...]``), top-k ids and probs of one stored view of source
         image ``index``."""
-        self.guard.check(index)
+        self.guard.refuse_damaged(index)
         if self._meta is not None:
             meta, row = self._meta, index
         else:
@@ -228,7 +228,7 @@ class ReinforcedDataset(Dataset):
         if not 0 <= item < len(self):
             raise IndexError(f"index {item} out of range for {len(self)} images")
         index = int(self.indices[item])
-        self.guard.check(index)  # never serve rows of a damaged chunk (StoreDamagedError)
+        self.guard.refuse_damaged(index)  # never serve rows of a damaged chunk (StoreDamagedError)
         epoch = self.epoch
         img = self.image(index)
         if self.p_original and KeyedRNG(view_keys(self.seed, epoch, index, _TAG_COIN)).random()[0] < self.p_original:

@@ -128,7 +128,7 @@ class DeviceReplay:
         if self.header is None:
             raise StoreError("this DeviceReplay has no store (DeviceReplay.fresh_only): use fresh(), or open one on a store")
         index = self.indices[np.asarray(items, dtype=np.int64)]
-        self.guard.check(index)
+        self.guard.refuse_damaged(index)
         view = self.view_ids(index, epoch)
         params = {k: a[index, view] for k, a in self.params.items()}
         partner = params["mix_partner"].astype(np.int64) if "mix_partner" in params else None
@@ -144,7 +144,7 @@ class DeviceReplay:
         dense hard targets ``[B,C]`` -- mixed by the view's lambda when the policy mixes."""
         policy = policy or self.policy
         index = self.indices[np.asarray(items, dtype=np.int64)]
-        self.guard.check(index)
+        self.guard.refuse_damaged(index)
         # one keyed stream per (seed, epoch, index): vectorised over the batch; mixing partners
         # come from the same batch (the in-batch equivalent of the store's chunk pool)
         rng = fresh_rng(seed, epoch, index)

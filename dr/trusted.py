@@ -1,4 +1,4 @@
-"""Checks shared by every reader of a store (``ReinforcedDataset``, ``DeviceReplay``, verify).
+"""Trust before use: what every reader of a store (``ReinforcedDataset``, ``DeviceReplay``, verify) checks.
 
 * :func:`check_source` -- is this source the dataset the store was built from?
 * :class:`ChunkGuard` -- refuse rows whose store chunk is damaged (missing, unreadable or
@@ -87,7 +87,7 @@ class ChunkGuard:
         if new:
             log.warning("%s", damage_message(self.store, new))
 
-    def check(self, indices: int | Iterable[int]) -> None:
+    def refuse_damaged(self, indices: int | Iterable[int]) -> None:
         """Raise :class:`StoreDamagedError` if any source index lies in a damaged chunk."""
         if not self.bad:
             return

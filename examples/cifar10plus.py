@@ -52,10 +52,10 @@ from proof_common import log, shipped_cards, teacher_card
 from proof_common import machine as _machine
 
 import dr
-from dr.replay import DeviceReplay
 from dr.builder import BuildConfig, reinforce
 from dr.loss import densify, soft_cross_entropy
 from dr.policy import get_policy
+from dr.replay import DeviceReplay
 from dr.sources import ImageFolderSource
 from dr.teachers import Ensemble
 from dr.teachers.zoo import CIFAR_MEAN, CIFAR_STD, cifar_resnet

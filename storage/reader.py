@@ -12,18 +12,15 @@ from pydantic import ValidationError
 from dr.errors import HeaderSealError, SchemaVersionError, StoreError, StoreIncompleteError
 from dr.storage.integrity import ChunkProblem, load_checked, read_done
 from dr.storage.schema import FORMAT, SCHEMA_VERSION, StoreHeader
+from dr.urls import is_url
 
 __all__ = ["StoreReader", "open_group", "store_exists", "read_header"]
-
-
-def _is_url(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
 
 
 def open_group(url: str, *, mode: str = "r", storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
     """Open a Zarr v3 group at a local path or an fsspec URL (``s3://...``)."""
     kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
-    if _is_url(url):
+    if is_url(url):
         kwargs["storage_options"] = dict(storage_options or {})
     try:
         return zarr.open_group(url, **kwargs)

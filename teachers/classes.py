@@ -154,6 +154,69 @@ def _load_map_file(path: str) -> Mapping[str, Any]:
     return data
 
 
+def _same_classes_or_raise(ds: list[str], tc: list[str] | None, num_teacher_classes: int) -> None:
+    """Without a class map the teachers' classes must be the dataset's (or, names unknown, as
+    many); else a ConfigError naming both and the --class-map that fits."""
+    if tc is not None and tc == ds:
+        return
+    if tc is None and num_teacher_classes == len(ds):
+        # names unknown: ids are taken as the dataset's (the agreement guard checks it)
+        log.warning(
+            "the teachers' class names are unknown: their %d class ids are taken as the dataset's classes in order (%s); "
+            "name them (?classes=FILE, or a JSON card next to the weights) to have the build check it",
+            num_teacher_classes,
+            _preview(ds),
+        )
+        return
+    if tc is None:
+        what = f"the teachers predict {num_teacher_classes} classes (their names are unknown)"
+        hint = (
+            'name the teachers\' classes (?classes=FILE in the spec, or a JSON card with "classes" next to the weights) and pass '
+            "--class-map names, or pass --class-map FILE mapping each dataset class to teacher class ids"
+        )
+    else:
+        what = f"the teachers' {len(tc)} classes are ({_preview(tc)})"
+        if set(ds) <= set(tc):
+            hint = "every dataset class is a teacher class of the same name: pass --class-map names"
+        elif len(ds) == len(tc):
+            hint = "if only the names differ and the order is the same, pass --class-map identity; otherwise --class-map FILE"
+        else:
+            hint = 'pass --class-map FILE mapping each dataset class to teacher class(es), e.g. {"dog": ["beagle", "pug"]}'
+    raise ConfigError(
+        f"the dataset's {len(ds)} classes ({_preview(ds)}) are not the teachers' classes: {what}. "
+        f"Stored ids would name the wrong classes; {hint}"
+    )
+
+
+def _teacher_to_dataset(
+    mapping: dict[str, Any], ds: list[str], tc: list[str] | None, num_teacher_classes: int, class_map: str
+) -> list[int]:
+    """For each teacher class id, the dataset class it counts for (-1: none)."""
+    t2d = [-1] * num_teacher_classes
+    for d_index, name in enumerate(ds):
+        if name not in mapping:
+            raise ConfigError(f"--class-map {class_map}: dataset class {name!r} is not mapped to any teacher class")
+        targets = mapping[name]
+        for t in targets if isinstance(targets, (list, tuple)) else [targets]:
+            if isinstance(t, int) and not isinstance(t, bool):
+                t_id = t
+            elif tc is not None and str(t) in tc:
+                t_id = tc.index(str(t))
+            elif str(t).isdigit():
+                t_id = int(str(t))
+            else:
+                raise ConfigError(
+                    f"--class-map {class_map}: {t!r} (for {name!r}) is not a teacher class"
+                    + (f" ({_preview(tc)})" if tc is not None else "; the teachers' names are unknown, use ids")
+                )
+            if not 0 <= t_id < num_teacher_classes:
+                raise ConfigError(f"--class-map {class_map}: teacher class id {t_id} (for {name!r}) is not in [0, {num_teacher_classes})")
+            if t2d[t_id] != -1:
+                raise ConfigError(f"--class-map {class_map}: teacher class {t_id} is mapped to two dataset classes")
+            t2d[t_id] = d_index
+    return t2d
+
+
 def resolve_class_map(
     dataset_classes: Sequence[str],
     teacher_classes: Sequence[str] | None,
@@ -181,35 +244,8 @@ def resolve_class_map(
             f"the teachers' class names list {len(tc)} classes but they predict {num_teacher_classes}: fix the class-names file"
         )
     if class_map is None:
-        if tc is not None and tc == ds:
-            return None
-        if tc is None and num_teacher_classes == len(ds):
-            # names unknown: ids are taken as the dataset's (the agreement guard checks it)
-            log.warning(
-                "the teachers' class names are unknown: their %d class ids are taken as the dataset's classes in order (%s); "
-                "name them (?classes=FILE, or a JSON card next to the weights) to have the build check it",
-                num_teacher_classes,
-                _preview(ds),
-            )
-            return None
-        if tc is None:
-            what = f"the teachers predict {num_teacher_classes} classes (their names are unknown)"
-            hint = (
-                'name the teachers\' classes (?classes=FILE in the spec, or a JSON card with "classes" next to the weights) and pass '
-                "--class-map names, or pass --class-map FILE mapping each dataset class to teacher class ids"
-            )
-        else:
-            what = f"the teachers' {len(tc)} classes are ({_preview(tc)})"
-            if set(ds) <= set(tc):
-                hint = "every dataset class is a teacher class of the same name: pass --class-map names"
-            elif len(ds) == len(tc):
-                hint = "if only the names differ and the order is the same, pass --class-map identity; otherwise --class-map FILE"
-            else:
-                hint = 'pass --class-map FILE mapping each dataset class to teacher class(es), e.g. {"dog": ["beagle", "pug"]}'
-        raise ConfigError(
-            f"the dataset's {len(ds)} classes ({_preview(ds)}) are not the teachers' classes: {what}. "
-            f"Stored ids would name the wrong classes; {hint}"
-        )
+        _same_classes_or_raise(ds, tc, num_teacher_classes)
+        return None
     if class_map == "identity":
         if num_teacher_classes != len(ds):
             raise ConfigError(
@@ -233,26 +269,5 @@ def resolve_class_map(
     unknown = [str(k) for k in mapping if str(k) not in ds]
     if unknown:
         raise ConfigError(f"--class-map {class_map}: {', '.join(map(repr, unknown))} not dataset classes ({_preview(ds)})")
-    t2d = [-1] * num_teacher_classes
-    for d_index, name in enumerate(ds):
-        if name not in mapping:
-            raise ConfigError(f"--class-map {class_map}: dataset class {name!r} is not mapped to any teacher class")
-        targets = mapping[name]
-        for t in targets if isinstance(targets, (list, tuple)) else [targets]:
-            if isinstance(t, int) and not isinstance(t, bool):
-                t_id = t
-            elif tc is not None and str(t) in tc:
-                t_id = tc.index(str(t))
-            elif str(t).isdigit():
-                t_id = int(str(t))
-            else:
-                raise ConfigError(
-                    f"--class-map {class_map}: {t!r} (for {name!r}) is not a teacher class"
-                    + (f" ({_preview(tc)})" if tc is not None else "; the teachers' names are unknown, use ids")
-                )
-            if not 0 <= t_id < num_teacher_classes:
-                raise ConfigError(f"--class-map {class_map}: teacher class id {t_id} (for {name!r}) is not in [0, {num_teacher_classes})")
-            if t2d[t_id] != -1:
-                raise ConfigError(f"--class-map {class_map}: teacher class {t_id} is mapped to two dataset classes")
-            t2d[t_id] = d_index
+    t2d = _teacher_to_dataset(mapping, ds, tc, num_teacher_classes, class_map)
     return ClassMap(kind, tuple(t2d), len(ds), source)

@@ -32,6 +32,7 @@ from torch import nn
 from dr.errors import DRError, TeacherError
 from dr.teachers.classes import read_class_names, sidecar_metadata
 from dr.teachers.spec import TeacherSpec, parse_teacher_spec
+from dr.urls import is_url, strip_file_scheme
 
 __all__ = [
     "Preprocess",
@@ -95,18 +96,12 @@ def describe_preprocess(d: dict[str, Any]) -> str:
     return f"{size} {d.get('interpolation', 'bilinear')}, {norm}{src}"
 
 
-def is_url(location: str) -> bool:
-    """True for an fsspec URL other than ``file://`` (``s3://``, ``gs://``, ``memory://``...)."""
-    return "://" in location and not location.startswith("file://")
-
-
 @contextmanager
 def local_file(location: str, what: str = "teacher weights") -> Iterator[str]:
     """A local path for ``location``: a path, ``file://`` URL, or any fsspec URL (fetched into a
     temporary directory that is removed afterwards; the file name is kept, so the suffix still
     says how to read it)."""
-    if location.startswith("file://"):
-        location = location[len("file://") :]
+    location = strip_file_scheme(location)
     if not is_url(location):
         if not Path(location).is_file():
             raise TeacherError(f"{what} {location!r} not found: check the path after '@' in the teacher spec")

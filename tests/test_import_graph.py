@@ -4,6 +4,7 @@ cycle "broken" by importing inside a function is still a cycle a reader has to h
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -13,7 +14,8 @@ PACKAGE = REPO / "dr"
 def _modules() -> dict[str, Path]:
     """Every module of ``dr`` by dotted name (teachers/, storage/ and cli/ install as dr.*)."""
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    paths = [Path(d) / f for d, _, files in os.walk(PACKAGE, followlinks=True) for f in files if f.endswith(".py")]
+    for path in sorted(paths):
         parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
@@ -69,3 +71,33 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_the_cycle_finder_finds_one() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _functions() -> list[tuple[int, str]]:
+    """(lines, module:function) of every function and method of the package."""
+    out = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.append((node.end_lineno - node.lineno + 1, f"{name}:{node.name}"))  # type: ignore[operator]
+    return out
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    functions = _functions()
+    assert len(functions) > 300  # the walk sees the whole package, linked folders included
+    assert [f for f in functions if f[0] > 80] == []
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    """A name used by another module is public (or the code moves): ``from dr.x import _y``
+    nowhere in the package."""
+    private = [
+        f"{name}: from {node.module} import {a.name}"
+        for name, path in _modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dr")
+        for a in node.names
+        if a.name.startswith("_") and not a.name.startswith("__")
+    ]
+    assert private == []

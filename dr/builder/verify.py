@@ -20,15 +20,15 @@ from dr.policy import RA_OPS, Policy
 from dr.storage import StoreReader, ids_dtype
 from dr.storage.integrity import DIGESTS_PATH, digest_paths
 
-__all__ = ["Check", "verify_store", "format_report", "replay_tolerance"]
+__all__ = ["Finding", "verify_store", "format_report", "replay_tolerance"]
 
 #: FAIL lines listed for damaged chunks before the rest are summed up
 MAX_CHUNK_LINES = 20
 
 
 @dataclass
-class Check:
-    """One line of a verify report: ``ok`` False fails the store; ``skipped`` marks a check
+class Finding:
+    """One finding of ``verify`` (a line of its report): ``ok`` False fails the store; ``skipped`` marks a check
     that did not run (it does not fail the store, and the report says how to run it)."""
 
     name: str
@@ -48,13 +48,13 @@ def replay_tolerance(ensemble: dict[str, Any]) -> float:
     return 0.01 if device == "cpu" else 0.05
 
 
-def _chunk_checks(r: StoreReader, problems: list[Any]) -> list[Check]:
+def _chunk_checks(r: StoreReader, problems: list[Any]) -> list[Finding]:
     """One FAIL line per damaged (array, chunk), then a summary once there are too many."""
-    out = [Check("chunk", False, f"{p}") for p in problems[:MAX_CHUNK_LINES]]
+    out = [Finding("chunk", False, f"{p}") for p in problems[:MAX_CHUNK_LINES]]
     chunks = sorted({p.chunk for p in problems})
     more = f"{len(problems) - MAX_CHUNK_LINES} more damaged array chunks not listed; " if len(problems) > MAX_CHUNK_LINES else ""
     out.append(
-        Check(
+        Finding(
             "chunks",
             False,
             f"{more}{len(chunks)} damaged chunk(s) {chunks[:20]}{'...' if len(chunks) > 20 else ''}: recompute them with the build's "
@@ -65,13 +65,13 @@ def _chunk_checks(r: StoreReader, problems: list[Any]) -> list[Check]:
     return out
 
 
-def _integrity(r: StoreReader) -> list[Check]:
+def _integrity(r: StoreReader) -> list[Finding]:
     h = r.header
     n, v, k = h.dataset.count, h.views, h.topk
-    out: list[Check] = []
+    out: list[Finding] = []
     done = r.done()
     out.append(
-        Check("complete", h.status == "complete" and bool(done.all()), f"status {h.status!r}, {int(done.sum())}/{done.size} chunks done")
+        Finding("complete", h.status == "complete" and bool(done.all()), f"status {h.status!r}, {int(done.sum())}/{done.size} chunks done")
     )
     expected: dict[str, tuple[tuple[int, ...], str]] = {f"params/{f.name}": ((n, v, *f.shape), f.dtype) for f in h.param_fields}
     expected.update(
@@ -92,14 +92,14 @@ def _integrity(r: StoreReader) -> list[Check]:
         for p, (s, d) in expected.items()
         if p not in arrays or tuple(arrays[p].shape) != s or str(arrays[p].dtype) != d
     ]
-    out.append(Check("schema", not bad, "; ".join(bad) or f"{len(expected)} arrays with the header's shapes and dtypes"))
+    out.append(Finding("schema", not bad, "; ".join(bad) or f"{len(expected)} arrays with the header's shapes and dtypes"))
     if bad:
         return out
     paths = digest_paths(h)
     data, damaged = r.load_checked(paths)
     if damaged:
         return out + _chunk_checks(r, damaged)
-    out.append(Check("chunks", True, f"{int(done.sum())} chunks x {len(paths)} arrays match the digests recorded when they were written"))
+    out.append(Finding("chunks", True, f"{int(done.sum())} chunks x {len(paths)} arrays match the digests recorded when they were written"))
     skipped = data["source/skipped"].astype(bool)
     rows = ~skipped & done.repeat(h.chunk_size)[:n]  # chunks not yet written hold fill values
     probs = data["targets/probs"].astype(np.float32)[rows]
@@ -116,13 +116,13 @@ def _integrity(r: StoreReader) -> list[Check]:
     if (ids >= h.num_classes).any():
         problems.append(f"class ids >= {h.num_classes}")
     out.append(
-        Check("targets", not problems, "; ".join(problems) or f"{probs.shape[0] * v} views: sorted, in [0, 1], ids < {h.num_classes}")
+        Finding("targets", not problems, "; ".join(problems) or f"{probs.shape[0] * v} views: sorted, in [0, 1], ids < {h.num_classes}")
     )
     out.append(_param_bounds(r, rows, data))
     return out
 
 
-def _param_bounds(r: StoreReader, ok: np.ndarray, data: dict[str, np.ndarray]) -> Check:
+def _param_bounds(r: StoreReader, ok: np.ndarray, data: dict[str, np.ndarray]) -> Finding:
     h = r.header
     skipped = ~ok
     policy = Policy.from_dict(h.policy)
@@ -164,7 +164,9 @@ def _param_bounds(r: StoreReader, ok: np.ndarray, data: dict[str, np.ndarray]) -
             problems.append("mixing partners outside the image's chunk")
         if (skipped[np.clip(partner, 0, h.dataset.count - 1)] & mixed).any():
             problems.append("mixed with a skipped image")
-    return Check("params", not problems, "; ".join(problems) or "crop, erase and mix boxes inside their images; op ids and partners valid")
+    return Finding(
+        "params", not problems, "; ".join(problems) or "crop, erase and mix boxes inside their images; op ids and partners valid"
+    )
 
 
 def verify_store(
@@ -180,7 +182,7 @@ def verify_store(
     storage_options: dict[str, Any] | None = None,
     max_dp: float | None = None,
     trust_store_teachers: bool = False,
-) -> list[Check]:
+) -> list[Finding]:
     """Run every check; returns them (``all(c.ok for c in checks)`` means the store is sound).
 
     A store is data: the replay audit runs the teachers given in ``teachers`` (the user's own
@@ -215,36 +217,44 @@ def verify_store(
     if not all(c.ok for c in checks):
         return checks
     from dr.dataset import ReinforcedDataset
-    from dr.teachers import Ensemble
 
     h = r.header
     try:
         ds = ReinforcedDataset(url, source, transform=lambda v: v, verify_source=content, storage_options=storage_options)  # type: ignore[arg-type]
-        checks.append(Check("source", True, f"{h.dataset.count} images; count, classes, labels and content hashes ({content}) match"))
+        checks.append(Finding("source", True, f"{h.dataset.count} images; count, classes, labels and content hashes ({content}) match"))
     except DRError as e:
-        checks.append(Check("source", False, str(e)))
+        checks.append(Finding("source", False, str(e)))
         return checks
     from dr.builder.agreement import label_agreement
-    from dr.teachers import ClassMap
 
-    checks.append(Check("labels", *label_agreement(r)))
+    checks.append(Finding("labels", *label_agreement(r)))
+    audit = _audit_ensemble(h, teachers, trust_store_teachers)
+    if isinstance(audit, Finding):
+        checks.append(audit)
+        return checks
+    checks.append(_replay_audit(ds, audit, np.random.default_rng(seed), fraction, min_views, max_views, max_dp))
+    return checks
+
+
+def _audit_ensemble(h: Any, teachers: list[str] | None, trust_store_teachers: bool) -> Any:
+    """The replay audit's teachers (the user's specs, or the header's when trusted), or the
+    finding that says why the audit does not run."""
+    from dr.teachers import ClassMap, Ensemble
+
     recorded = h.ensemble.get("teachers", [])
     if not teachers and not trust_store_teachers:
-        checks.append(
-            Check(
-                "replay",
-                True,
-                "skipped: the audit runs teachers, and a store never chooses code to run. Pass the teachers yourself "
-                "(--teacher SPEC, as built) or, for a store you trust, --trust-store-teachers (loads the "
-                f"{len(recorded)} spec(s) in its header; python:, torchscript: and export: specs run code)",
-                skipped=True,
-            )
+        return Finding(
+            "replay",
+            True,
+            "skipped: the audit runs teachers, and a store never chooses code to run. Pass the teachers yourself "
+            "(--teacher SPEC, as built) or, for a store you trust, --trust-store-teachers (loads the "
+            f"{len(recorded)} spec(s) in its header; python:, torchscript: and export: specs run code)",
+            skipped=True,
         )
-        return checks
     specs = teachers or [t["spec"] for t in recorded]
     seeds = [t.get("init_seed") for t in recorded]  # random teachers are rebuilt with their recorded seeds
     try:
-        ensemble = Ensemble.from_specs(
+        return Ensemble.from_specs(
             specs,
             float(h.ensemble.get("temperature", 1.0)),
             allow_random=any(s is not None for s in seeds),
@@ -252,55 +262,61 @@ def verify_store(
             class_map=ClassMap.from_dict(h.ensemble.get("class_map")),
         )
     except DRError as e:
-        checks.append(Check("replay", False, f"cannot load the teachers for the audit ({e}); pass --teacher SPEC"))
-        return checks
-    rng = np.random.default_rng(seed)
+        return Finding("replay", False, f"cannot load the teachers for the audit ({e}); pass --teacher SPEC")
+
+
+def _replay_audit(
+    ds: Any, ensemble: Any, rng: np.random.Generator, fraction: float, min_views: int, max_views: int, max_dp: float | None
+) -> Finding:
+    """Re-label a sample of stored views with ``ensemble`` and compare with the stored targets."""
+    h = ds.header
     total = len(ds) * h.views
     count = int(min(max(min_views, round(fraction * total)), max_views, total))
-    picks = rng.choice(total, size=count, replace=False)
     agree, kls, max_abs = 0, [], 0.0
-    for flat in picks:
-        item, view = divmod(int(flat), h.views)
-        index = int(ds.indices[item])
-        params, ids, probs = ds.record(index, view)
-        images, partner = [ds.image(index)], None
-        if "mix_kind" in params and int(params["mix_kind"][0]):
-            images.append(ds.image(int(params["mix_partner"][0])))
-            partner = np.ones(1, dtype=np.int64)
-        replayed = ds.policy.replay(images, params, np.zeros(1, dtype=np.int64), partner_index=partner)
-        with torch.inference_mode():
-            q = ensemble(replayed)[0].double()
-        p = torch.from_numpy(probs.astype(np.float64))
-        t_ids = torch.from_numpy(ids.astype(np.int64))
-        agree += int(int(q.argmax()) == int(t_ids[0]))
-        # KL of the stored top-k plus one "rest" bucket against the same buckets of the re-run: a
-        # true divergence, >= 0 (a top-k-only sum goes negative when float16 rounds p down); the
-        # clamp only absorbs p summing a hair above 1 after rounding.
-        qk = q[t_ids]
-        p_rest, q_rest = max(0.0, 1.0 - float(p.sum())), max(0.0, 1.0 - float(qk.sum()))
-        kl = float((p * (p.clamp_min(1e-12).log() - qk.clamp_min(1e-12).log())).sum())
-        kl += p_rest * (math.log(p_rest) - math.log(max(q_rest, 1e-12))) if p_rest > 0 else 0.0
-        kls.append(max(0.0, kl))
-        dp = float((p - q[t_ids]).abs().max())
+    for flat in rng.choice(total, size=count, replace=False):
+        same_top1, kl, dp = _replay_view(ds, ensemble, int(flat))
+        agree += same_top1
+        kls.append(kl)
         if math.isfinite(max_abs):  # a NaN, once seen, stays (it must fail the check)
             max_abs = dp if not math.isfinite(dp) else max(max_abs, dp)
     agreement = agree / count
     mean_kl = float(np.mean(kls))
     tol = replay_tolerance(h.ensemble) if max_dp is None else float(max_dp)
     ok = agreement >= 0.98 and mean_kl <= 0.01 and math.isfinite(max_abs) and max_abs <= tol  # NaN fails
-    checks.append(
-        Check(
-            "replay",
-            ok,
-            f"{count} views re-labelled: top-1 agreement {100 * agreement:.2f}% (>= 98%), mean KL {mean_kl:.2e} (<= 0.01), "
-            f"max |dp| {max_abs:.3g} (<= {tol:g})",
-            {"views": count, "top1_agreement": agreement, "mean_kl": mean_kl, "max_abs_prob_diff": max_abs, "max_dp_tolerance": tol},
-        )
+    return Finding(
+        "replay",
+        ok,
+        f"{count} views re-labelled: top-1 agreement {100 * agreement:.2f}% (>= 98%), mean KL {mean_kl:.2e} (<= 0.01), "
+        f"max |dp| {max_abs:.3g} (<= {tol:g})",
+        {"views": count, "top1_agreement": agreement, "mean_kl": mean_kl, "max_abs_prob_diff": max_abs, "max_dp_tolerance": tol},
     )
-    return checks
 
 
-def format_report(url: str, checks: list[Check]) -> str:
+def _replay_view(ds: Any, ensemble: Any, flat: int) -> tuple[int, float, float]:
+    """One stored view replayed through the teachers: (same top-1, KL, max |dp|)."""
+    item, view = divmod(flat, ds.header.views)
+    index = int(ds.indices[item])
+    params, ids, probs = ds.record(index, view)
+    images, partner = [ds.image(index)], None
+    if "mix_kind" in params and int(params["mix_kind"][0]):
+        images.append(ds.image(int(params["mix_partner"][0])))
+        partner = np.ones(1, dtype=np.int64)
+    replayed = ds.policy.replay(images, params, np.zeros(1, dtype=np.int64), partner_index=partner)
+    with torch.inference_mode():
+        q = ensemble(replayed)[0].double()
+    p = torch.from_numpy(probs.astype(np.float64))
+    t_ids = torch.from_numpy(ids.astype(np.int64))
+    # KL of the stored top-k plus one "rest" bucket against the same buckets of the re-run: a
+    # true divergence, >= 0 (a top-k-only sum goes negative when float16 rounds p down); the
+    # clamp only absorbs p summing a hair above 1 after rounding.
+    qk = q[t_ids]
+    p_rest, q_rest = max(0.0, 1.0 - float(p.sum())), max(0.0, 1.0 - float(qk.sum()))
+    kl = float((p * (p.clamp_min(1e-12).log() - qk.clamp_min(1e-12).log())).sum())
+    kl += p_rest * (math.log(p_rest) - math.log(max(q_rest, 1e-12))) if p_rest > 0 else 0.0
+    return int(int(q.argmax()) == int(t_ids[0])), max(0.0, kl), float((p - qk).abs().max())
+
+
+def format_report(url: str, checks: list[Finding]) -> str:
     """The human-readable report: one PASS/FAIL/SKIP line per check and a verdict."""
     lines = [f"verify {url}"]
     lines += [f"  {'SKIP' if c.skipped else 'PASS' if c.ok else 'FAIL'}  {c.name:<9} {c.detail}" for c in checks]

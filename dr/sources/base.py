@@ -1,4 +1,5 @@
-"""What every source is: the :class:`Source` protocol, its fingerprint, the URL test."""
+"""What every source is: the :class:`Source` protocol and its fingerprint (``is_url`` is
+:mod:`dr.urls`'s, re-exported)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dr.urls import is_url
+
 __all__ = ["Source", "SourceFingerprint", "is_url", "labels_hash"]
-
-
-def is_url(location: str) -> bool:
-    """True for an fsspec URL other than ``file://`` (``s3://``, ``gs://``, ``memory://``...)."""
-    return "://" in location and not location.startswith("file://")
 
 
 @dataclass(frozen=True)

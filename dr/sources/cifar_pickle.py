@@ -61,33 +61,49 @@ def read_cifar_batch(data: bytes) -> Any:
     (``pickletools.genops``, which executes nothing) and only what the batches hold is built --
     dicts, lists, tuples, strings, bytes, numbers and numpy arrays of plain dtypes. No import,
     no call: any other global is refused (``SourceError``)."""
-    stack: list[Any] = []
-    marks: list[int] = []
-    memo: dict[int, Any] = {}
+    machine = _OpcodeMachine()
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == "STOP":
+            break
+        machine.step(op, arg)
+    if len(machine.stack) != 1:
+        raise SourceError("malformed CIFAR batch")
+    return machine.stack[0]
 
-    def pop_mark() -> list[Any]:
-        start = marks.pop()
-        items = stack[start:]
-        del stack[start:]
+
+class _OpcodeMachine:
+    """The pickle machine's stack, marks and memo, for the opcodes CIFAR batches use."""
+
+    def __init__(self) -> None:
+        self.stack: list[Any] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, Any] = {}
+
+    def pop_mark(self) -> list[Any]:
+        start = self.marks.pop()
+        items = self.stack[start:]
+        del self.stack[start:]
         return items
 
-    arg: Any
-    for op, arg, _ in pickletools.genops(data):
+    def step(self, op: Any, arg: Any) -> None:
         name = op.name
         if name in ("PROTO", "FRAME"):
-            continue
-        if name == "STOP":
-            break
+            return
         if name == "MARK":
-            marks.append(len(stack))
-        elif name in ("EMPTY_DICT", "DICT"):
-            stack.append({} if name == "EMPTY_DICT" else dict(zip(*[iter(pop_mark())] * 2)))
+            self.marks.append(len(self.stack))
+        elif not (self._container(name) or self._memo(name, arg) or self._object(name, arg) or self._scalar(op, arg)):
+            raise SourceError(f"pickle opcode {name} is not expected in a CIFAR batch")
+
+    def _container(self, name: str) -> bool:
+        stack = self.stack
+        if name in ("EMPTY_DICT", "DICT"):
+            stack.append({} if name == "EMPTY_DICT" else dict(zip(*[iter(self.pop_mark())] * 2)))
         elif name in ("EMPTY_LIST", "LIST"):
-            stack.append([] if name == "EMPTY_LIST" else pop_mark())
+            stack.append([] if name == "EMPTY_LIST" else self.pop_mark())
         elif name == "EMPTY_TUPLE":
             stack.append(())
         elif name == "TUPLE":
-            stack.append(tuple(pop_mark()))
+            stack.append(tuple(self.pop_mark()))
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             n = int(name[-1])
             stack[-n:] = [tuple(stack[-n:])]
@@ -95,21 +111,32 @@ def read_cifar_batch(data: bytes) -> Any:
             v, k = stack.pop(), stack.pop()
             stack[-1][k] = v
         elif name == "SETITEMS":
-            items = pop_mark()
+            items = self.pop_mark()
             stack[-1].update(zip(items[::2], items[1::2]))
         elif name == "APPEND":
             v = stack.pop()
             stack[-1].append(v)
         elif name == "APPENDS":
-            items = pop_mark()
+            items = self.pop_mark()  # before stack[-1]: the list lies below the mark
             stack[-1].extend(items)
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = stack[-1]
+        else:
+            return False
+        return True
+
+    def _memo(self, name: str, arg: Any) -> bool:
+        if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            self.memo[int(arg)] = self.stack[-1]
         elif name == "MEMOIZE":
-            memo[len(memo)] = stack[-1]
+            self.memo[len(self.memo)] = self.stack[-1]
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(memo[int(arg)])
-        elif name in ("GLOBAL", "INST"):
+            self.stack.append(self.memo[int(arg)])
+        else:
+            return False
+        return True
+
+    def _object(self, name: str, arg: Any) -> bool:
+        stack = self.stack
+        if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
             stack.append(_Global(module, attr))
         elif name == "STACK_GLOBAL":
@@ -127,19 +154,22 @@ def read_cifar_batch(data: bytes) -> Any:
                 stack[-1] = obj.value
             elif not isinstance(obj, np.dtype):  # a dtype's state (byte order, flags) is implied by its name
                 raise SourceError(f"cannot BUILD a {type(obj).__name__} in a CIFAR batch")
-        elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-            stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
-        elif op.arg is not None or name in ("BYTEARRAY8",):
-            if name.startswith(("INT", "BININT", "LONG", "BINFLOAT", "FLOAT", "BINUNICODE", "SHORT_BINUNICODE", "UNICODE")):
-                stack.append(arg)
-            elif name.startswith(("BINBYTES", "SHORT_BINBYTES", "BYTEARRAY8")):
-                stack.append(bytes(arg))
-            elif name.startswith(("BINSTRING", "SHORT_BINSTRING", "STRING")):
-                stack.append(arg.decode("latin1") if isinstance(arg, bytes) else str(arg))
-            else:
-                raise SourceError(f"pickle opcode {name} is not expected in a CIFAR batch")
         else:
-            raise SourceError(f"pickle opcode {name} is not expected in a CIFAR batch")
-    if len(stack) != 1:
-        raise SourceError("malformed CIFAR batch")
-    return stack[0]
+            return False
+        return True
+
+    def _scalar(self, op: Any, arg: Any) -> bool:
+        name = op.name
+        if name in ("NONE", "NEWTRUE", "NEWFALSE"):
+            self.stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
+        elif op.arg is None and name != "BYTEARRAY8":
+            return False
+        elif name.startswith(("INT", "BININT", "LONG", "BINFLOAT", "FLOAT", "BINUNICODE", "SHORT_BINUNICODE", "UNICODE")):
+            self.stack.append(arg)
+        elif name.startswith(("BINBYTES", "SHORT_BINBYTES", "BYTEARRAY8")):
+            self.stack.append(bytes(arg))
+        elif name.startswith(("BINSTRING", "SHORT_BINSTRING", "STRING")):
+            self.stack.append(arg.decode("latin1") if isinstance(arg, bytes) else str(arg))
+        else:
+            return False
+        return True
