@@ -282,7 +282,19 @@ class ChunkAwareSampler(Sampler[int]):
     Shuffles the chunk order, then the rows inside windows of ``window`` consecutive (shuffled)
     chunks, so a per-process cache of ``window`` chunks serves every read. Still a permutation
     of all indices. With ``num_replicas``/``rank`` it splits each epoch like
-    ``DistributedSampler`` (every rank gets ``ceil(N / replicas)`` indices).
+    ``DistributedSampler`` (every rank gets ``ceil(N / replicas)`` indices). Call
+    :meth:`set_epoch` before each epoch.
+
+    Args:
+        dataset: the :class:`ReinforcedDataset` to sample.
+        window: store chunks whose rows are shuffled together (and cached per process).
+        shuffle: ``False`` gives the indices in order.
+        seed: seeds the order, with the epoch.
+        num_replicas: the number of DDP ranks sharing each epoch.
+        rank: this process's rank, in ``[0, num_replicas)``.
+
+    Raises:
+        ConfigError: ``rank`` outside ``[0, num_replicas)``.
     """
 
     def __init__(

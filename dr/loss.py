@@ -75,7 +75,9 @@ def soft_cross_entropy(
         target: sparse ``(ids, probs)`` or a dense ``[B, C]`` distribution.
         temperature: divides the student logits (scale the loss by ``T**2`` yourself if wanted).
         rest: meaning of the mass outside the top-k (see the module docstring).
-        labels, hard_weight: optionally mix in ``hard_weight`` x cross-entropy with hard labels.
+        labels: hard labels ``[B]`` for the optional hard-label term.
+        hard_weight: the loss is ``(1 - hard_weight)`` x the soft term + ``hard_weight`` x
+            cross-entropy with ``labels`` (0: soft targets only).
         label_smoothing: for the hard-label term.
         reduction: ``mean`` (default), ``sum`` or ``none``.
     """

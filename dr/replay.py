@@ -34,6 +34,7 @@ class DeviceReplay:
         device: where images live and views are made.
         seed: seeds the view choice (same rule as ``ReinforcedDataset(seed=...)``).
         output_size: replay size (default: the build's).
+        storage_options: fsspec options for a remote store or source.
         verify_source: ``"sample"`` (re-hash 32 seeded images), ``"all"`` or ``"none"``: the
             same source check as ``ReinforcedDataset`` (:func:`dr.trusted.check_source`).
         topk: serve the ``topk`` largest stored probabilities per view (k' <= k; the same rule

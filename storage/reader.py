@@ -18,7 +18,19 @@ __all__ = ["StoreReader", "open_group", "store_exists", "read_header"]
 
 
 def open_group(url: str, *, mode: str = "r", storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
-    """Open a Zarr v3 group at a local path or an fsspec URL (``s3://...``)."""
+    """Open a Zarr v3 group at a local path or an fsspec URL (``s3://...``).
+
+    Args:
+        url: a local path or an fsspec URL.
+        mode: Zarr's open mode (``r``, ``r+``, ``a``, ``w``).
+        storage_options: fsspec options for a URL (ignored for local paths).
+
+    Returns:
+        The group.
+
+    Raises:
+        StoreError: nothing at ``url``, or not a Zarr v3 group.
+    """
     kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
     if is_url(url):
         kwargs["storage_options"] = dict(storage_options or {})
@@ -31,6 +43,15 @@ def open_group(url: str, *, mode: str = "r", storage_options: Mapping[str, Any] 
 
 
 def store_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether a Zarr v3 group can be opened at ``url`` (a dr store or not).
+
+    Args:
+        url: a local path or an fsspec URL.
+        storage_options: fsspec options for a URL.
+
+    Returns:
+        ``True`` when :func:`open_group` opens it for reading.
+    """
     try:
         open_group(url, mode="r", storage_options=storage_options)
     except StoreError:
@@ -41,9 +62,17 @@ def store_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> 
 def read_header(attrs: Mapping[str, Any], url: str = "<store>") -> StoreHeader:
     """Validate raw attributes into a :class:`StoreHeader` and check its seal.
 
+    Args:
+        attrs: the store group's attributes (``dict(group.attrs)``).
+        url: the store's location, for messages.
+
+    Returns:
+        The validated header.
+
     Raises:
-        StoreError: not a dr store, or a malformed header; SchemaVersionError: another schema
-        version; HeaderSealError: a sealed field (or the seal) was edited -- named.
+        StoreError: not a dr store, or a malformed header.
+        SchemaVersionError: another schema version (both versions are named).
+        HeaderSealError: a sealed field (or the seal) was edited -- named.
     """
     if not isinstance(attrs, Mapping) or attrs.get("format") != FORMAT:
         got = attrs.get("format") if isinstance(attrs, Mapping) else type(attrs).__name__

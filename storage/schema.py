@@ -1,4 +1,4 @@
-"""The store schema (version 2): header model, array layout, version checks.
+"""The store schema (version 3): header model, array layout, version checks.
 
 A store is a Zarr v3 group. Its attributes are the header (:class:`StoreHeader`, JSON), so
 ``zarr.open_group(path).attrs`` explains the store without this package. Arrays, with
@@ -62,7 +62,9 @@ __all__ = [
 ]
 
 FORMAT = "dr-store"
-SCHEMA_VERSION = 3  # 2: keyed per-view sampling streams, one replay arithmetic (v0.2); 3: sealed header (v0.3)
+"""The header's ``format`` value: what marks a Zarr group as a dr store."""
+SCHEMA_VERSION = 3  # 2: keyed per-view sampling streams, one replay arithmetic; 3: sealed header (both first released in 0.2.0)
+"""The store schema this code writes and reads (other versions are refused)."""
 #: the header fields the seal covers -- the resume key (:meth:`StoreHeader.config_key`): each one
 #: decides which view a stored row replays or what its target means (the dataset without its
 #: location, the teachers without their file locations)
@@ -88,7 +90,14 @@ class _Strict(BaseModel):
 
 
 class ParamFieldSpec(_Strict):
-    """One parameter array: ``params/<name>`` of shape ``[N, V, *shape]`` and ``dtype``."""
+    """One parameter array: ``params/<name>`` of shape ``[N, V, *shape]`` and ``dtype``.
+
+    Attributes:
+        name: the field's name (``crop_box``, ``flip``, ...): lower case, digits, ``_``.
+        dtype: the numpy dtype of the array.
+        shape: the per-view shape (``()`` for a scalar per view).
+        doc: what the field holds.
+    """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     dtype: Literal["uint8", "int8", "uint16", "int16", "uint32", "int32", "float16", "float32"]
@@ -97,7 +106,16 @@ class ParamFieldSpec(_Strict):
 
 
 class DatasetInfo(_Strict):
-    """What the store was built from."""
+    """What the store was built from.
+
+    Attributes:
+        kind: the source kind (``image_folder``, ``wds``, ``list``, ``hf-disk``, ``cifar10``, ...).
+        count: the number of images N.
+        classes: the class names, in label order.
+        labels_sha256: SHA-256 of the class names and the labels (the dataset's identity).
+        digests_sha256: SHA-256 of ``source/digests``, set when the build completes.
+        location: where the source was read from: an absolute path, a URL or a source spec.
+    """
 
     kind: str
     count: int = Field(ge=1, le=2**40)
@@ -113,7 +131,13 @@ def _canonical(value: Any) -> bytes:
 
 class HeaderSeal(_Strict):
     """The header's seal: a SHA-256 per sealed field and one digest over them all (which keys
-    the chunk digests, so the seal cannot be rewritten alone)."""
+    the chunk digests, so the seal cannot be rewritten alone).
+
+    Attributes:
+        algorithm: ``sha256``.
+        fields: sealed field name to the SHA-256 of its canonical JSON.
+        digest: SHA-256 of the canonical JSON of ``fields``.
+    """
 
     algorithm: Literal["sha256"] = "sha256"
     fields: dict[str, Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]]
@@ -121,7 +145,30 @@ class HeaderSeal(_Strict):
 
 
 class StoreHeader(_Strict):
-    """The store's root attributes."""
+    """The store's root attributes (the header; see the store format reference).
+
+    Attributes:
+        format: always ``dr-store``.
+        schema_version: :data:`SCHEMA_VERSION`.
+        status: ``building`` until every chunk is done, then ``complete``.
+        tool_version: the dr version that created the store.
+        created_at: ISO 8601 creation time.
+        completed_at: ISO 8601 completion time, or ``None``.
+        dataset: what the store was built from.
+        num_classes: the dataset's class count.
+        views: V, the views per image.
+        topk: k, the soft-label entries kept per view.
+        seed: the seed of every view's random stream.
+        chunk_size: images per store chunk (and work unit).
+        forward_group: images per teacher batch (divides ``chunk_size``).
+        output_size: the view size the teachers saw, in pixels.
+        policy: the augmentation policy (``Policy.to_dict()``).
+        param_fields: the parameter arrays' layout.
+        ensemble: the teachers, their preprocessing, classes, class map and arithmetic.
+        build: the resolved build configuration and build records.
+        skipped: source index to the reason the image was skipped.
+        seal: the seal of the sealed fields (:data:`SEALED_FIELDS`).
+    """
 
     format: Literal["dr-store"] = "dr-store"
     schema_version: int
@@ -210,7 +257,14 @@ def _location_free(ensemble: dict[str, Any]) -> dict[str, Any]:
 
 
 def ids_dtype(num_classes: int) -> str:
-    """Smallest unsigned dtype holding class ids."""
+    """Smallest unsigned dtype holding class ids.
+
+    Args:
+        num_classes: the number of classes.
+
+    Returns:
+        ``"uint16"``, or ``"uint32"`` above 65,535 classes.
+    """
     return "uint16" if num_classes <= 65535 else "uint32"
 
 

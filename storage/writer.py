@@ -24,11 +24,16 @@ log = logging.getLogger(__name__)
 
 
 def now_iso() -> str:
+    """The current UTC time, to the second, as the header records times.
+
+    Returns:
+        An ISO 8601 string such as ``2025-01-31T12:00:00+00:00``.
+    """
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _compressors(path: str) -> list[Any]:
-    """Per array, the smaller of two codecs measured on real stores (DESIGN-NOTES): Blosc-zstd
+    """Per array, the smaller of two codecs measured on real stores (docs/design.md): Blosc-zstd
     with byte-shuffle for the parameter fields and the float16 probabilities (5-35 % smaller
     than zstd-19), plain zstd-19 for the class ids (shuffle cost 1000-class ids ~35 %)."""
     if path == "targets/ids":
@@ -43,6 +48,11 @@ class StoreWriter:
     Each :meth:`write_chunk` writes the rows of one chunk in every array, reads them back to
     verify, then marks the chunk done. :meth:`finalize` flips the status to ``complete`` only
     when every chunk is done.
+
+    Args:
+        group: the store's open Zarr group.
+        header: its (sealed) header.
+        url: its location, for messages.
     """
 
     def __init__(self, group: zarr.Group, header: StoreHeader, url: str) -> None:

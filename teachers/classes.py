@@ -36,7 +36,17 @@ def _names_from(data: Any, where: str) -> tuple[str, ...]:
 
 def read_class_names(location: str) -> tuple[str, ...]:
     """Class names from a file: a JSON list, a JSON object with ``"classes"`` (a model card),
-    or text with one name per line. Local path or fsspec URL."""
+    or text with one name per line.
+
+    Args:
+        location: a local path or an fsspec URL.
+
+    Returns:
+        The class names, in the file's order.
+
+    Raises:
+        TeacherError: the file cannot be read, is invalid JSON, or lists no names.
+    """
     try:
         if "://" in location:
             import fsspec
@@ -86,6 +96,14 @@ class ClassMap:
     into their dataset class (many-to-one is allowed, e.g. dog breeds -> dog), dropped ones
     are removed, and the result is renormalised to sum to one over the dataset's classes.
     ``kind="identity"`` keeps the teachers' ids as they are (same count, names differ).
+    Built by :func:`resolve_class_map`; recorded in a store's header (``ensemble.class_map``).
+
+    Attributes:
+        kind: ``identity``, ``names`` or ``file`` (how the map was given).
+        teacher_to_dataset: for each teacher class id, the dataset class id it counts as, or
+            ``-1`` (dropped).
+        num_dataset: the number of dataset classes.
+        source: the map file, for ``kind="file"``.
     """
 
     kind: str
@@ -233,9 +251,13 @@ def resolve_class_map(
             kept), ``"names"`` (each dataset class is the teacher class of the same name) or a
             JSON/YAML file mapping each dataset class to a teacher class name or id, or a list.
 
+    Returns:
+        The map, or ``None`` when ``class_map`` is ``None`` and the classes agree.
+
     Raises:
         ConfigError: the classes differ and no map was given, or the map is invalid -- naming
             the classes and the fix.
+        TeacherError: the teachers' names do not match their class count.
     """
     ds = [str(c) for c in dataset_classes]
     tc = [str(c) for c in teacher_classes] if teacher_classes is not None else None

@@ -22,6 +22,19 @@ class Ensemble(nn.Module):
 
     ``p = sum_i w_i softmax(z_i / T) / sum_i w_i`` -- the paper's ensemble rule. With a
     ``class_map`` the result is mapped to the dataset's classes (see :class:`ClassMap`).
+    :meth:`from_specs` loads the teachers from spec strings.
+
+    Args:
+        teachers: the loaded teachers (:func:`dr.teachers.load_teacher`); their weights
+            ``w_i`` are each spec's ``weight``. All must name the same classes, in one order.
+        temperature: the softmax temperature ``T`` of every teacher (> 0).
+        precision: ``fp32``, ``bf16`` (bf16 autocast on CUDA with fp32 classifier heads and
+            softmax) or ``auto`` (bf16 on CUDA, fp32 on the CPU).
+        class_map: maps teacher classes to the dataset's, or ``None`` (the same classes).
+
+    Raises:
+        TeacherError: no teachers, a temperature <= 0, an unknown precision, or teachers that
+            name different classes.
     """
 
     weights: torch.Tensor
@@ -142,7 +155,18 @@ class Ensemble(nn.Module):
 
 
 def topk(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` class ids and probabilities, sorted descending (ties: lower id first)."""
+    """Top-``k`` class ids and probabilities, sorted descending (ties: lower id first).
+
+    Args:
+        probs: probabilities ``[B, C]``.
+        k: entries to keep, in ``[1, C]``.
+
+    Returns:
+        ``(ids, probs)``, each ``[B, k]``: class ids (int64) and their probabilities.
+
+    Raises:
+        TeacherError: ``k`` outside ``[1, C]``.
+    """
     if k < 1 or k > probs.shape[1]:
         raise TeacherError(f"top-k must be in [1, {probs.shape[1]}] (number of classes), got {k}")
     # Stable order for ties: sort by (-prob, id) via a stable descending sort.

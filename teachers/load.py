@@ -63,7 +63,17 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How views become teacher inputs: resize to ``input_size`` (if set), scale, normalise."""
+    """How views become teacher inputs: resize to ``input_size`` (if set), scale, normalise.
+
+    Attributes:
+        input_size: ``(height, width)`` views are resized to, or ``None`` (as given).
+        mean: per-channel mean of inputs scaled to ``[0, 1]`` (``(0, 0, 0)`` with
+            ``normalize=none``).
+        std: per-channel std (``(1, 1, 1)`` with ``normalize=none``).
+        interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
+        source: where mean and std came from: the spec, torchvision's weights, metadata inside
+            a program, a JSON card next to the weights, or ``pretrained_cfg``.
+    """
 
     input_size: tuple[int, int] | None
     mean: tuple[float, float, float]
@@ -140,8 +150,19 @@ def _read_state(local: str, shown: str) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a weights file (local path or fsspec URL) without unpickling objects; unwraps
-    common checkpoint wrappers with timm's loader."""
+    """Read a weights file without unpickling objects; unwraps common checkpoint wrappers
+    (``state_dict_ema``, ``model_ema``, ``state_dict``, ``model``; ``module.`` prefixes) with
+    timm's loader.
+
+    Args:
+        path: a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file: a local path or an fsspec URL.
+
+    Returns:
+        The state dict, parameter name to tensor.
+
+    Raises:
+        TeacherError: the file cannot be fetched or read.
+    """
     with local_file(str(path)) as local:
         return _read_state(local, str(path))
 
@@ -228,8 +249,19 @@ def _build_timm(spec: TeacherSpec, local: str | None) -> _Built:
 
 
 def resolve_torchvision_weights(spec: TeacherSpec) -> Any:
-    """The torchvision weights enum member a spec asks for (``?weights=IMAGENET1K_V1``, or
-    ``DEFAULT`` for ``pretrained=true``), or ``None``. Resolving downloads nothing."""
+    """The torchvision weights enum member a spec asks for. Resolving downloads nothing.
+
+    Args:
+        spec: a parsed ``torchvision:`` spec.
+
+    Returns:
+        The member named by ``?weights=ENUM`` (``DEFAULT`` for ``pretrained=true``), or ``None``
+        when the spec asks for none.
+
+    Raises:
+        TeacherError: torchvision has no such weights for the architecture (the message lists
+            the names it has).
+    """
     name = spec.hub_weights or ("DEFAULT" if spec.pretrained else None)
     if name is None:
         return None
@@ -324,7 +356,19 @@ def program_metadata(
 ) -> dict[str, str]:
     """Extra files to save *inside* a TorchScript/export program so it says how to feed it:
     ``torch.jit.save(m, f, _extra_files=program_metadata(mean=..., std=..., classes=...))`` or
-    ``torch.export.save(ep, f, extra_files=program_metadata(normalize="none"))``."""
+    ``torch.export.save(ep, f, extra_files=program_metadata(normalize="none"))``.
+
+    Args:
+        mean: per-channel mean of inputs in ``[0, 1]``.
+        std: per-channel std.
+        normalize: ``"none"`` when the program normalises inside (instead of ``mean``/``std``).
+        input_size: the input ``(height, width)`` the program expects.
+        interpolation: how views are resized to ``input_size``.
+        classes: the program's class names, in the order of its outputs.
+
+    Returns:
+        ``{file name: JSON text}``, the ``extra_files`` mapping both save functions take.
+    """
     meta: dict[str, Any] = {}
     for key, value in (("mean", mean), ("std", std), ("input_size", input_size), ("classes", classes)):
         if value is not None:
@@ -498,7 +542,18 @@ class Teacher(nn.Module):
     """A teacher in eval mode: uint8 views ``[B,3,H,W]`` in, logits ``[B,C]`` out.
 
     Resizes views to the teacher's input size when they differ, scales to ``[0,1]`` and
-    normalises with the teacher's mean/std (buffers, so ``.to(device)`` moves them).
+    normalises with the teacher's mean/std (buffers, so ``.to(device)`` moves them). Build one
+    with :func:`load_teacher`.
+
+    Args:
+        model: the network (put in eval mode, gradients off).
+        preprocess: how views become its inputs.
+        spec: the spec it was loaded from.
+        weights_sha256: SHA-256 of its weights file, or ``None``.
+        classes: its class names, in the order of its outputs, if known.
+        classes_from: where ``classes`` came from (for ``dr-build info``).
+        init_seed: the seed of a random initialisation, for teachers without weights.
+        hub_weights: the hub weights it was built with (torchvision's enum name), if any.
     """
 
     mean: torch.Tensor
@@ -574,6 +629,15 @@ def build_model(spec: str | TeacherSpec) -> nn.Module:
     """The bare ``nn.Module`` of a spec (weights loaded if given), e.g. to train a student.
 
     Unlike :func:`load_teacher` this builds random-init models without complaint (students).
+
+    Args:
+        spec: a spec string or :class:`TeacherSpec`, e.g. ``timm:resnet18?num_classes=10``.
+
+    Returns:
+        The model with its weights loaded; no preprocessing is attached.
+
+    Raises:
+        TeacherError: a bad spec, or weights that cannot be read or do not fit.
     """
     if isinstance(spec, str):
         spec = parse_teacher_spec(spec)
@@ -584,8 +648,15 @@ def build_model(spec: str | TeacherSpec) -> nn.Module:
 
 
 def is_random_init(spec: str | TeacherSpec) -> bool:
-    """True when a spec names no weights at all: no ``@WEIGHTS``, no ``pretrained=true``, no
-    torchvision ``weights=``; its network would be randomly initialised."""
+    """Whether a spec names no weights at all: no ``@WEIGHTS``, no ``pretrained=true``, no
+    torchvision ``weights=``.
+
+    Args:
+        spec: a spec string or :class:`TeacherSpec`.
+
+    Returns:
+        ``True`` when its network would be randomly initialised (programs never are).
+    """
     if isinstance(spec, str):
         spec = parse_teacher_spec(spec)
     return spec.kind in ("timm", "torchvision", "python") and spec.weights is None and not spec.pretrained and spec.hub_weights is None
@@ -601,6 +672,9 @@ def load_teacher(spec: str | TeacherSpec, *, allow_random: bool = False, init_se
             benchmarks). Its initialisation is seeded with ``init_seed`` (recorded in
             :meth:`Teacher.describe`), so the same network can be rebuilt later.
         init_seed: the seed of a random initialisation.
+
+    Returns:
+        The teacher, in eval mode on the CPU.
 
     Raises:
         TeacherError: a bad spec, missing or unfitting weights, a random teacher not allowed,

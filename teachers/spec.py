@@ -36,11 +36,31 @@ from dr.errors import TeacherError
 __all__ = ["TeacherSpec", "parse_teacher_spec", "absolute_teacher_spec", "KINDS"]
 
 KINDS = ("timm", "torchvision", "torchscript", "export", "python")
+"""The teacher kinds a spec may name (``KIND:NAME...``)."""
 _OPTION_KEYS = {"input_size", "mean", "std", "interpolation", "weight", "pretrained", "normalize", "classes"}
 
 
 class TeacherSpec(BaseModel):
-    """A parsed teacher spec (see the module docstring for the string form)."""
+    """A parsed teacher spec (see the module docstring for the string form).
+
+    Build one with :func:`parse_teacher_spec`; ``str(spec)`` gives the string back.
+
+    Attributes:
+        kind: ``timm``, ``torchvision``, ``torchscript``, ``export`` or ``python``.
+        name: the architecture (``resnet50``), the program's path, or ``MODULE:FACTORY``.
+        weights: the ``@WEIGHTS`` path or URL (for programs: the program itself), or ``None``.
+        input_size: ``(height, width)`` the teacher takes, or ``None`` (resolved when loading).
+        mean: per-channel normalisation mean, or ``None`` (resolved when loading).
+        std: per-channel normalisation std, or ``None``.
+        interpolation: how views are resized to ``input_size``.
+        weight: the teacher's weight in the ensemble (> 0).
+        pretrained: use hub weights (timm), or for ``python:`` "the factory loads its own".
+        normalize: ``"none"`` when the model normalises inside (it gets inputs in ``[0, 1]``).
+        classes: the ``classes=`` option (a file or comma-separated names), or ``None``.
+        hub_weights: torchvision's ``weights=ENUM`` name, or ``None``.
+        kwargs: the other options, passed to the model factory.
+        text: the spec string as given.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -101,6 +121,12 @@ def _size(value: str, spec: str) -> tuple[int, int]:
 
 def parse_teacher_spec(spec: str) -> TeacherSpec:
     """Parse ``KIND:NAME[@WEIGHTS][?options]`` into a :class:`TeacherSpec`.
+
+    Args:
+        spec: the spec string, e.g. ``timm:resnet50@/w/r50.safetensors?input_size=224``.
+
+    Returns:
+        The parsed spec; option values are typed (sizes, floats, booleans).
 
     Raises:
         TeacherError: unknown kind, empty name, or a malformed option -- naming the bad part.

@@ -62,7 +62,9 @@ class UnitWorker:
         policy: the policy's ``to_dict()`` form.
         teachers: teacher spec strings.
         temperature: ensemble temperature.
-        views, topk, seed: the build's V, k and seed.
+        views: the build's V (views per image).
+        topk: the build's k (soft-label entries kept per view).
+        seed: the build's seed (of every view's random stream).
         forward_group: images per teacher forward batch; units start at multiples of it, so
             batches are the same whatever the unit size or worker count (determinism).
         device: ``auto``, ``cpu`` or ``cuda``.
