@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo.zarr
 DEMO_TEACHER := python:dr.teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format clean docs
 
 venv: $(STAMP)
 
@@ -34,9 +34,12 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 	$(PY) deploy/check_manifests.py
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix dr teachers storage cli tests examples bench deploy
 	$(VENV)/bin/ruff format dr teachers storage cli tests examples bench deploy
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,4 +1,4 @@
-"""Training where users train: the README's snippet as written, examples/train_timm.py (timm's
+"""Training where users train: the training guide's snippet as written (docs/how-to/training.md), examples/train_timm.py (timm's
 factories) and examples/train_ray.py (Ray Train, 2 CPU ranks, disjoint epoch parts, resume),
 on a 200-image store of the bundled CIFAR-10 sample."""
 
@@ -27,7 +27,7 @@ def _load(name: str):
 
 @pytest.fixture(scope="module")
 def store200(tiny_teacher: str, ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """200 JPEGs (20 per class) in the README's layout: data/cifar10/train and cifar10+.zarr."""
+    """200 JPEGs (20 per class) in the training guide's layout: data/cifar10/train and cifar10+.zarr."""
     from dr.builder import BuildConfig, reinforce
 
     root = tmp_path_factory.mktemp("readme")
@@ -41,13 +41,13 @@ def store200(tiny_teacher: str, ray_session, tmp_path_factory: pytest.TempPathFa
     return root, out
 
 
-def test_readme_training_snippet_runs_as_written(store200: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Training on a reinforced store", 1)[1]
+def test_training_guide_snippet_runs_as_written(store200: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (REPO / "docs" / "how-to" / "training.md").read_text()
+    section = text.split("## Plain PyTorch", 1)[1]
     block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     monkeypatch.chdir(store200[0])
     scope: dict = {}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/how-to/training.md", "exec"), scope)
     assert scope["epoch"] == 1 and float(scope["loss"].detach()) > 0
 
 
