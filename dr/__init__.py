@@ -6,7 +6,7 @@ Importing ``dr`` is light: it imports neither Ray, nor torch, nor the build mach
 
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 """The release of dr; stores record it as ``tool_version``."""
 
 __all__ = ["__version__", "ReinforcedDataset", "ChunkAwareSampler"]
