@@ -9,12 +9,19 @@ from typing import Any
 __version__ = "0.2.0"
 """The release of dr; stores record it as ``tool_version``."""
 
-__all__ = ["__version__", "ReinforcedDataset", "ChunkAwareSampler"]
+__all__ = ["__version__", "ReinforcedDataset", "ChunkAwareSampler", "DeviceReplay", "MultiScaleBatchSampler"]
+
+_LAZY = {
+    "ReinforcedDataset": "dr.dataset",
+    "ChunkAwareSampler": "dr.dataset",
+    "DeviceReplay": "dr.replay",
+    "MultiScaleBatchSampler": "dr.multiscale",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ReinforcedDataset", "ChunkAwareSampler"):
-        from dr import dataset
+    if name in _LAZY:
+        import importlib
 
-        return getattr(dataset, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dr' has no attribute {name!r}")

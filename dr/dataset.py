@@ -224,7 +224,11 @@ class ReinforcedDataset(Dataset):
         """The decoded source image ``index`` (a *source* index), uint8 ``[3,H,W]``."""
         return torch.from_numpy(self.source.read(index)[0]).permute(2, 0, 1)
 
-    def __getitem__(self, item: int) -> tuple[Any, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, Any]:
+        """The view of ``item`` at this epoch, replayed at ``output_size`` -- or, for an
+        ``(item, size)`` pair (what :class:`dr.multiscale.MultiScaleBatchSampler` yields), at
+        ``size``: the same stored view and target at any size."""
+        item, size = item if isinstance(item, tuple) else (item, self.output_size)
         if not 0 <= item < len(self):
             raise IndexError(f"index {item} out of range for {len(self)} images")
         index = int(self.indices[item])
@@ -232,17 +236,17 @@ class ReinforcedDataset(Dataset):
         epoch = self.epoch
         img = self.image(index)
         if self.p_original and KeyedRNG(view_keys(self.seed, epoch, index, _TAG_COIN)).random()[0] < self.p_original:
-            return self._original(index, epoch, img)
+            return self._original(index, epoch, img, size)
         params, ids, probs = self.record(index, self.view_index(index, epoch))
         images, partner_index = [img], None
         if "mix_kind" in params and int(params["mix_kind"][0]):
             images.append(self.image(int(params["mix_partner"][0])))
             partner_index = np.ones(1, dtype=np.int64)
         bank = images[0][None] if len(images) == 1 else images  # one image: no padded stack to build
-        view = self.policy.replay(bank, params, np.zeros(1, dtype=np.int64), partner_index=partner_index, output_size=self.output_size)[0]
+        view = self.policy.replay(bank, params, np.zeros(1, dtype=np.int64), partner_index=partner_index, output_size=size)[0]
         return self.transform(view), self._target(ids, probs)
 
-    def _original(self, index: int, epoch: int, img: torch.Tensor) -> tuple[Any, Any]:
+    def _original(self, index: int, epoch: int, img: torch.Tensor, size: int) -> tuple[Any, Any]:
         label = int(self.labels[index])
         k = self.topk
         ids = np.array([label] + [c for c in range(k) if c != label][: k - 1], dtype=np.int64)
@@ -259,7 +263,7 @@ class ReinforcedDataset(Dataset):
         )
         if "mix_kind" in fresh:
             fresh["mix_kind"][:] = 0  # an original sample is never mixed
-        view = self.policy.replay(img[None], fresh, output_size=self.output_size)[0]
+        view = self.policy.replay(img[None], fresh, output_size=size)[0]
         return self.transform(view), self._target(ids, probs)
 
     def _target(self, ids: np.ndarray, probs: np.ndarray) -> Any:

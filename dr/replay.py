@@ -123,9 +123,13 @@ class DeviceReplay:
         """The stored view of each source image in ``index`` at ``epoch``."""
         return view_choice(self.seed, np.asarray(index, dtype=np.int64), int(epoch), self.views)
 
-    def batch(self, items: np.ndarray | torch.Tensor, epoch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def batch(
+        self, items: np.ndarray | torch.Tensor, epoch: int, *, output_size: int | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Replayed uint8 views ``[B,3,S,S]`` and sparse targets ``(ids, probs)`` ``[B,k]`` for
-        dataset items ``items`` (positions among the non-skipped images) at ``epoch``."""
+        dataset items ``items`` (positions among the non-skipped images) at ``epoch``;
+        ``output_size`` replays this batch at another size (multi-scale training: the same
+        views and targets at any size)."""
         if self.header is None:
             raise StoreError("this DeviceReplay has no store (DeviceReplay.fresh_only): use fresh(), or open one on a store")
         index = self.indices[np.asarray(items, dtype=np.int64)]
@@ -133,16 +137,23 @@ class DeviceReplay:
         view = self.view_ids(index, epoch)
         params = {k: a[index, view] for k, a in self.params.items()}
         partner = params["mix_partner"].astype(np.int64) if "mix_partner" in params else None
-        views = self.policy.replay(self.images, params, index, partner_index=partner, output_size=self.output_size)
+        views = self.policy.replay(self.images, params, index, partner_index=partner, output_size=output_size or self.output_size)
         ids = torch.from_numpy(self.ids[index, view]).to(self.device)
         probs = torch.from_numpy(self.probs[index, view]).to(self.device)
         return views, (ids, probs)
 
     def fresh(
-        self, items: np.ndarray | torch.Tensor, epoch: int, *, policy: Policy | None = None, seed: int = 1
+        self,
+        items: np.ndarray | torch.Tensor,
+        epoch: int,
+        *,
+        policy: Policy | None = None,
+        seed: int = 1,
+        output_size: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Freshly sampled views (``policy``, default the store's) of ``items`` with their
-        dense hard targets ``[B,C]`` -- mixed by the view's lambda when the policy mixes."""
+        dense hard targets ``[B,C]`` -- mixed by the view's lambda when the policy mixes;
+        ``output_size`` as in :meth:`batch`."""
         policy = policy or self.policy
         index = self.indices[np.asarray(items, dtype=np.int64)]
         self.guard.refuse_damaged(index)
@@ -152,7 +163,7 @@ class DeviceReplay:
         own = np.arange(len(index))
         params = policy.sample_views(rng, self.sizes[index, 0], self.sizes[index, 1], own=own, pool=index, pool_sizes=self.sizes[index])
         partner_index = params["mix_partner"].astype(np.int64) if policy.mix else None
-        views = policy.replay(self.images, params, index, partner_index=partner_index, output_size=self.output_size)
+        views = policy.replay(self.images, params, index, partner_index=partner_index, output_size=output_size or self.output_size)
         target = torch.nn.functional.one_hot(self.labels[index], self.num_classes).float()
         if policy.mix:
             lam = torch.from_numpy(params["mix_lambda"].astype(np.float32))[:, None]
