@@ -64,6 +64,7 @@ from proof_common import machine as _machine
 import dr
 from dr.builder import BuildConfig, reinforce
 from dr.loss import soft_cross_entropy
+from dr.multiscale import MultiScaleBatchSampler
 from dr.policy import get_policy
 from dr.replay import DeviceReplay
 from dr.sources import ImageFolderSource
@@ -317,11 +318,13 @@ class Run:
     epochs: int
     seed: int
     k: int | None = None  # the k study's k' (None: the store's k)
+    multiscale: bool = False  # MultiScaleBatchSampler (0.75-1.25x, linear curriculum) instead of fixed-size batches
 
     @property
     def name(self) -> str:
         k = f"-k{self.k}" if self.k is not None else ""
-        return f"{self.family}-{self.condition.replace(':', '-').replace('/', '-')}{k}-e{self.epochs}-s{self.seed}"
+        ms = "-ms" if self.multiscale else ""
+        return f"{self.family}-{self.condition.replace(':', '-').replace('/', '-')}{k}{ms}-e{self.epochs}-s{self.seed}"
 
 
 def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: dict[str, str], specs: list[str]) -> dict:
@@ -351,21 +354,26 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         teachers = Ensemble.from_specs(specs).to(device)
         teachers.optimize(channels_last=True, compile=proto.compile_teachers)
     opt = sgd_nesterov(model, proto.lr, proto.wd)
-    steps = run.epochs * math.ceil(len(rep) / proto.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=proto.lr, total_steps=steps, pct_start=0.15)
+    sampler = MultiScaleBatchSampler(len(rep), ds.size, proto.batch, curriculum="linear", epochs=run.epochs, seed=run.seed)
+    batches = (lambda e: list(sampler.batches(e))) if run.multiscale else (lambda e: _fixed_batches(len(rep), proto.batch, gen, ds.size))
     gen = torch.Generator().manual_seed(run.seed)  # the same data order in every condition
-    seen, train_s, curve, epoch_s = 0, 0.0, [], []
+    steps = (
+        sum(len(list(sampler.batches(e))) for e in range(run.epochs)) if run.multiscale else run.epochs * math.ceil(len(rep) / proto.batch)
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=proto.lr, total_steps=steps, pct_start=0.15)
+    seen, train_s, curve, epoch_s, pixels, sampler_s = 0, 0.0, [], [], [], 0.0
     for epoch in range(run.epochs):
         te = time.perf_counter()
         model.train()
-        order = torch.randperm(len(rep), generator=gen).numpy()
+        plan = batches(epoch)
+        sampler_s += time.perf_counter() - te
+        pixels.append(int(sum(len(items) * size * size for size, items in plan)))
         total = torch.zeros((), device=device)
-        for s in range(0, len(order), proto.batch):
-            items = order[s : s + proto.batch]
+        for size, items in plan:
             if store_policy is not None:
-                views, target = rep.batch(items, epoch)
+                views, target = rep.batch(items, epoch, output_size=size)
             else:
-                views, target = rep.fresh(items, epoch, policy=fresh_policy, seed=run.seed + 1)
+                views, target = rep.fresh(items, epoch, policy=fresh_policy, seed=run.seed + 1, output_size=size)
                 if teachers is not None:
                     target = teachers(views).clone()  # a normal tensor (the forward runs in inference mode)
             with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -373,6 +381,9 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
             loss = soft_cross_entropy(logits.float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if run.multiscale:  # the linear scaling rule: the step's lr follows its batch size
+                for g in opt.param_groups:
+                    g["lr"] = sched.get_last_lr()[0] * sampler.lr_scale(size)
             opt.step()
             sched.step()
             seen += len(items)
@@ -384,8 +395,8 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         if not args.quiet:
             eta = np.mean(epoch_s) * (run.epochs - epoch - 1)
             print(
-                f"  [{run.name}] epoch {epoch + 1}/{run.epochs} loss {float(total) / len(order):.4f} top-1 {acc:.4f} "
-                f"{len(order) / epoch_s[-1]:,.0f} img/s, ETA {eta:.0f}s",
+                f"  [{run.name}] epoch {epoch + 1}/{run.epochs} loss {float(total) / len(rep):.4f} top-1 {acc:.4f} "
+                f"{len(rep) / epoch_s[-1]:,.0f} img/s, ETA {eta:.0f}s",
                 flush=True,
             )
     return {
@@ -401,9 +412,20 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         "train_seconds": round(train_s, 1),
         "images_per_second": round(seen / train_s, 1),
         "curve": curve,
+        "epoch_seconds": [round(t, 2) for t in epoch_s],
+        "pixels_per_epoch": pixels,  # sum of size**2 over the epoch's training views: conv FLOPs scale with it
+        "multiscale": run.multiscale,
+        "train_images": len(rep),
+        "sampler_seconds": round(sampler_s, 3),
         "kstudy": run.k is not None,
         "device": str(device),
     }
+
+
+def _fixed_batches(n: int, batch: int, gen: torch.Generator, size: int) -> list[tuple[int, np.ndarray]]:
+    """One epoch of fixed-size batches in the run's data order."""
+    order = torch.randperm(n, generator=gen).numpy()
+    return [(size, order[s : s + batch]) for s in range(0, n, batch)]
 
 
 # -- the students and k-study stages ------------------------------------------------------------
@@ -457,6 +479,8 @@ def plan(proto: Protocol, args: argparse.Namespace, kstudy: bool = False) -> lis
         runs = [r for r in runs if r.condition in args.condition]
     if args.seed:
         runs = [r for r in runs if r.seed in args.seed]
+    if getattr(args, "multiscale", False):
+        runs = [Run(r.family, r.condition, r.epochs, r.seed, r.k, multiscale=True) for r in runs]
     return runs
 
 
@@ -541,7 +565,7 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
         with torch.inference_mode():
             ens_acc = float(torch.cat([ens(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]).eq(y).float().mean())
         lines[0] += f"; ensemble {100 * ens_acc:.2f}%"
-    main = [r for r in runs if not r.get("kstudy")]
+    main = [r for r in runs if not r.get("kstudy") and not r.get("multiscale")]
     summary: dict[str, Any] = {}
     for family in proto.families:
         lines += [
@@ -596,6 +620,22 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
                     f"| {k} | {100 * rs[0]['test_top1']:.2f} | {rs[0]['ece']:.3f} | {f'{nbytes:.2f}' if nbytes is not None else '-'} |"
                 )
                 kstudy.append({"k": k, "test_top1": rs[0]["test_top1"], "ece": rs[0]["ece"], "target_bytes_per_view": nbytes})
+    multiscale = _multiscale_rows(runs)
+    if multiscale:
+        lines += [
+            "",
+            "### multi-scale, variable-batch (0.75-1.25x, linear curriculum) vs fixed size",
+            "",
+            "| family | condition | E | top-1 % fixed -> multi-scale | ECE fixed -> ms | training pixels ms/fixed | wall ms/fixed |"
+            " to fixed reinforced's top-1: pixels, wall (ms/fixed) | sampler share of training |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m['family']} | {m['condition']} | {m['epochs']} | {100 * m['fixed_top1']:.2f} -> {100 * m['ms_top1']:.2f} | "
+            f"{m['fixed_ece']:.3f} -> {m['ms_ece']:.3f} | {m['pixels_ratio']:.2f} | {m['wall_ratio']:.2f} | "
+            f"{_fmt(m['tta_pixels_ratio'])}, {_fmt(m['tta_wall_ratio'])} | {100 * m['sampler_share']:.2f}% |"
+            for m in multiscale
+        ]
     builds = [json.loads(p.read_text()) for p in sorted(work.glob("*.zarr.build.json"))]
     if builds:
         lines += ["", "| store | views | views/s | bytes/view |", "|---|---|---|---|"]
@@ -633,6 +673,7 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
         "runs": [{k: r.get(k) for k in keys} for r in runs],
         "summary": summary,
         "kstudy": kstudy,
+        "multiscale": multiscale,
     }
     (work / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     _plot(work, proto, main, ens_acc)
@@ -645,6 +686,78 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
         shutil.copy(work / "results.json", REPO / "bench" / "results" / f"{proto.name}.json")
     print(text)
     return text
+
+
+def _fmt(x: float | None) -> str:
+    return "never" if x is None else f"{x:.2f}"
+
+
+def _cumulative_to(curve: list[float], costs: list[float], goal: float) -> float | None:
+    """The cost spent until the curve first reaches ``goal`` (None: never)."""
+    spent = 0.0
+    for acc, cost in zip(curve, costs):
+        spent += cost
+        if acc >= goal:
+            return spent
+    return None
+
+
+def _multiscale_rows(runs: list[dict]) -> list[dict]:
+    """Each multi-scale run against its fixed-size twin (same family, condition, budget, seed),
+    with time to the fixed *reinforced* run's final top-1 in training pixels and wall-clock."""
+    rows = []
+    for ms in (r for r in runs if r.get("multiscale")):
+        key = (ms["family"], ms["condition"], ms["epochs"], ms["seed"])
+        fixed = next(
+            (
+                r
+                for r in runs
+                if not r.get("multiscale") and not r.get("kstudy") and (r["family"], r["condition"], r["epochs"], r["seed"]) == key
+            ),
+            None,
+        )
+        goal_run = next(
+            (
+                r
+                for r in runs
+                if not r.get("multiscale")
+                and not r.get("kstudy")
+                and r["condition"].startswith("reinforced:")
+                and (r["family"], r["epochs"], r["seed"]) == (ms["family"], ms["epochs"], ms["seed"])
+            ),
+            None,
+        )
+        if fixed is None or goal_run is None:
+            continue
+        per_epoch = ms["train_images"] * DATASETS[ms["dataset"]].size ** 2  # a fixed-size epoch's pixels
+
+        def n_pixels(r: dict, per_epoch: int = per_epoch) -> list[float]:
+            return r.get("pixels_per_epoch") or [per_epoch] * r["epochs"]
+
+        def wall(r: dict) -> list[float]:
+            return r.get("epoch_seconds") or [r["train_seconds"] / r["epochs"]] * r["epochs"]
+
+        goal = goal_run["test_top1"]
+        tta_p, tta_w = _cumulative_to(ms["curve"], n_pixels(ms), goal), _cumulative_to(ms["curve"], wall(ms), goal)
+        ref_p, ref_w = _cumulative_to(goal_run["curve"], n_pixels(goal_run), goal), _cumulative_to(goal_run["curve"], wall(goal_run), goal)
+        rows.append(
+            {
+                "family": ms["family"],
+                "condition": ms["condition"],
+                "epochs": ms["epochs"],
+                "seed": ms["seed"],
+                "fixed_top1": fixed["test_top1"],
+                "ms_top1": ms["test_top1"],
+                "fixed_ece": fixed["ece"],
+                "ms_ece": ms["ece"],
+                "pixels_ratio": sum(n_pixels(ms)) / sum(n_pixels(fixed)),
+                "wall_ratio": ms["train_seconds"] / fixed["train_seconds"],
+                "tta_pixels_ratio": None if tta_p is None or not ref_p else tta_p / ref_p,
+                "tta_wall_ratio": None if tta_w is None or not ref_w else tta_w / ref_w,
+                "sampler_share": ms.get("sampler_seconds", 0.0) / ms["train_seconds"],
+            }
+        )
+    return rows
 
 
 def _plot(work: Path, proto: Protocol, runs: list[dict], ens_acc: float | None) -> None:
@@ -686,6 +799,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=csv(int), default=None, help="students: only these budgets")
     p.add_argument("--condition", type=csv(str), default=None, help="students: only these conditions (plain,kd,reinforced:rrc,...)")
     p.add_argument("--seed", type=csv(int), default=None, help="students: only these seeds")
+    p.add_argument(
+        "--multiscale",
+        action="store_true",
+        help="students: multi-scale variable-batch training (0.75-1.25x the base size, linear curriculum; dr.multiscale)",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     proto = QUICK if args.quick else C10_CPU if args.dataset == "cifar10" else TIN_CPU
