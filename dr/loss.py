@@ -24,6 +24,7 @@ from dr.errors import ConfigError
 __all__ = ["SparseTarget", "densify", "soft_cross_entropy", "kl_divergence"]
 
 SparseTarget = tuple[torch.Tensor, torch.Tensor]
+"""A sparse soft target: ``(ids [B, k], probs [B, k])``, as the Dataset and ``DeviceReplay`` serve it."""
 Rest = Literal["smooth", "renormalize", "drop"]
 
 

@@ -192,3 +192,4 @@ storage_options: {}                   # fsspec options for remote stores, e.g. {
 # agreement_check_images: 512         # images after which the agreement guard also judges the plain share
 # allow_random_teachers: false        # accept teacher specs without weights (tests, benchmarks only)
 """
+"""A commented example of every build-config key: what ``dr-build config`` prints."""

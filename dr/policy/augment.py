@@ -44,6 +44,7 @@ RA_OPS = (
     "AutoContrast",
     "Equalize",
 )
+"""torchvision's RandAugment ops, in its order: a stored ``ra_ops`` value is an index here."""
 _SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"}
 # RandAugment's replay groups: (op id, negated) for every op, both signs for the signed ones
 _KEYS = [(i, s) for i, op in enumerate(RA_OPS) for s in ((0, 1) if op in _SIGNED else (0,))]

@@ -29,6 +29,7 @@ _RA = " + RandAugment(2 ops, magnitude 9/31) + RandomErasing(p 0.25, zero fill)"
 _MIX = " + MixUp(alpha 1, p 0.25) / CutMix(alpha 1, p 0.25) with a partner from the same chunk"
 
 PRESETS: dict[str, tuple[Callable[[int | None], Policy], str]] = {}
+"""Preset name to (a factory taking an output size, a one-line description); see :func:`list_policies`."""
 for _base, _crop, _size, _desc in (("rrc", RandomResizedCrop(), 224, _RRC), ("cifar", PadCrop(padding=4), 32, _PAD)):
     for _suffix, _ra, _mx in (("", False, False), ("+ra/re", True, False), ("+mix", False, True), ("+mix+ra/re", True, True)):
         _name = _base + _suffix

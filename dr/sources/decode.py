@@ -21,10 +21,12 @@ __all__ = [
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""File extensions an ImageFolder source reads as images (compared in lower case)."""
 
-#: dr's decode limit unless set otherwise: PIL's own default limit (~9,459 x 9,459 pixels,
-#: ~268 MB as RGB), which keeps a decompression bomb's memory bounded
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+"""dr's decode limit unless set otherwise (``--max-image-pixels``, :func:`set_max_image_pixels`):
+PIL's own default (~9,459 x 9,459 pixels, ~268 MB as RGB), which keeps a decompression bomb's
+memory bounded. Larger images are bad images, refused before they are decoded."""
 _max_pixels = DEFAULT_MAX_IMAGE_PIXELS
 
 

@@ -18,6 +18,7 @@ SOURCE_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "cifar10": (("split",), "cifar10:DIR[?split=train|test] -- torchvision's CIFAR-10 layout (cifar-10-batches-py)"),
     "cifar100": (("split", "labels"), "cifar100:DIR[?split=train|test&labels=fine|coarse] -- torchvision's CIFAR-100 layout"),
 }
+"""The source spec kinds (``KIND:LOCATION[?opts]``): kind to (accepted options, one-line usage)."""
 
 
 @dataclass(frozen=True)
