@@ -1,9 +1,14 @@
 # GPU worker image for dr builds: PyTorch + CUDA runtime, Ray, and dr (`dr-build`, `ray`).
-#   docker build -t dr:0.1 .
-#   docker run --gpus all --shm-size=16g -v /data:/data dr:0.1 reinforce /data/train ...
+#   docker build -t dr:0.2.0 .
+#   docker run --gpus all --shm-size=16g -v /data:/data dr:0.2.0 reinforce /data/train ...
 # Ray keeps its object store in /dev/shm: give every container a large --shm-size.
 # The base image pins CUDA and torch; docker/constraints.txt pins every other dependency to
 # the versions the test suite ran with.
+# A build host's pip settings (a private index, its CA bundle) go in as build secrets, mounted for
+# each installing RUN step only and kept in no layer; without them pip uses its defaults:
+#   docker build --secret id=pip.conf,src=build-pip.conf --secret id=ca.crt,src=ca.pem -t dr:0.2.0 .
+# (build-pip.conf: `[global]`, `index-url = ...`, `cert = /etc/pip-build-ca.crt`; docs/docker.md.
+# docker/build-image.sh does this with buildah, from this machine's own pip configuration.)
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 
 FROM ${BASE_IMAGE} AS build
@@ -13,7 +18,9 @@ COPY dr ./dr
 COPY teachers ./teachers
 COPY storage ./storage
 COPY cli ./cli
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca.crt,target=/etc/pip-build-ca.crt \
+    pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,7 +30,9 @@ COPY docker/constraints.txt /tmp/constraints.txt
 COPY --from=build /wheels /tmp/wheels
 # DL3013: the constraints file pins every version; the wheel is this repository's package.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir -c /tmp/constraints.txt /tmp/wheels/*.whl "ray[data,default]" fsspec s3fs \
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca.crt,target=/etc/pip-build-ca.crt \
+    pip install --no-cache-dir -c /tmp/constraints.txt /tmp/wheels/*.whl "ray[default]" fsspec s3fs \
     && rm -rf /tmp/wheels /tmp/constraints.txt \
     && useradd --create-home --uid 1000 --shell /bin/bash dr
 USER 1000:1000
