@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo.zarr
 DEMO_TEACHER := python:dr.teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16
 
-.PHONY: venv demo test lint format clean docs
+.PHONY: venv demo test lint format clean image image-test docs
 
 venv: $(STAMP)
 
@@ -36,6 +36,14 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The worker image (Dockerfile), built with buildah and checked with podman: no Docker daemon needed
+# (docker/build-image.sh, docker/test-image.sh, docs/docker.md). Gigabytes; not part of `make test`.
+image:
+	docker/build-image.sh
+
+image-test: $(STAMP)
+	PYTHON=$(PY) docker/test-image.sh
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix dr teachers storage cli tests examples bench deploy
