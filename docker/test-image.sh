@@ -77,7 +77,7 @@ step "image store == venv store" "$PYTHON" "$REPO/docker/compare-stores.py" "$t/
 {
     echo
     echo "### summary"
-    echo "image $IMAGE, id ${id:0:12}, size $size"
+    echo "image $IMAGE, id $(echo "${id#sha256:}" | cut -c1-12), size $size"
     if [ ${#failed[@]} = 0 ]; then echo "image-test: all steps passed"; else printf 'image-test: FAILED: %s\n' "${failed[@]}"; fi
 } | tee -a "$report"
 [ ${#failed[@]} = 0 ]
