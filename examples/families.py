@@ -677,6 +677,13 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     }
     (work / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     _plot(work, proto, main, ens_acc)
+    if multiscale:
+        _plot_multiscale(work, proto, runs)
+        ms_record = {"protocol": proto.name, "machine": machine, "rows": multiscale}
+        ms_record["runs"] = [
+            {k: r.get(k) for k in (*keys, "epoch_seconds", "pixels_per_epoch")} for r in runs if _in_multiscale(r, multiscale)
+        ]
+        (work / "multiscale.json").write_text(json.dumps(ms_record, indent=2) + "\n")
     if args.publish:
         dest = REPO / "examples" / "results" / f"families-{proto.name}"
         dest.mkdir(parents=True, exist_ok=True)
@@ -684,8 +691,54 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
             shutil.copy(work / name, dest / name)
         (REPO / "bench" / "results").mkdir(exist_ok=True)
         shutil.copy(work / "results.json", REPO / "bench" / "results" / f"{proto.name}.json")
+        if multiscale:
+            shutil.copy(work / "multiscale.json", REPO / "bench" / "results" / f"multiscale-{proto.name.rsplit('-', 1)[-1]}.json")
     print(text)
     return text
+
+
+def _in_multiscale(run: dict, rows: list[dict]) -> bool:
+    """A run the multi-scale comparison uses (a multi-scale run, its twin, the reinforced goal)."""
+    keys = {(m["family"], m["epochs"], m["seed"]) for m in rows}
+    return (
+        not run.get("kstudy") and (run["family"], run["epochs"], run["seed"]) in keys and run["condition"] in {m["condition"] for m in rows}
+    )
+
+
+def _plot_multiscale(work: Path, proto: Protocol, runs: list[dict]) -> None:
+    """Test top-1 against cumulative training pixels (conv FLOPs scale with them): each
+    multi-scale run and its fixed-size twin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = DATASETS[proto.dataset].size
+    for family in sorted({r["family"] for r in runs if r.get("multiscale")}):
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        ms = [r for r in runs if r.get("multiscale") and r["family"] == family]
+        for k, m in enumerate(ms):
+            twin = [
+                r
+                for r in runs
+                if not r.get("multiscale")
+                and not r.get("kstudy")
+                and (r["family"], r["condition"], r["epochs"], r["seed"]) == (family, m["condition"], m["epochs"], m["seed"])
+            ]
+            for r, style in ((m, "-"), *((t, "--") for t in twin)):
+                pixels = r.get("pixels_per_epoch") or [m["train_images"] * size * size] * r["epochs"]
+                x = np.cumsum(pixels) / 1e9
+                label = (
+                    f"{r['condition']} {'multi-scale' if r.get('multiscale') else f'fixed {size} px'} (E={r['epochs']}, seed {r['seed']})"
+                )
+                ax.plot(x, 100 * np.asarray(r["curve"]), style, marker="o", ms=3, color=f"C{k}", label=label)
+        ax.set_xlabel("training pixels (billions; conv FLOPs scale with them)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(f"{proto.dataset} {family}: multi-scale vs fixed size ({proto.name})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(work / f"accuracy-vs-pixels-{family}.png", dpi=110)
+        plt.close(fig)
 
 
 def _fmt(x: float | None) -> str:
