@@ -61,3 +61,14 @@ start_pip_serve() {
 }
 
 image_exists() { "${BUILDAH[@]}" inspect --type image "$1" >/dev/null 2>&1; }
+
+# smoke_setup NAME: podman present, the image built, and a fresh $t with an output folder the
+# image's user (uid 1000) can write
+smoke_setup() {
+    need podman podman
+    image_exists "$IMAGE" || { echo "no image $IMAGE: run make image first" >&2; exit 1; }
+    t="$WORK/$1"
+    rm -rf "$t"
+    mkdir -p "$t/out" "$RESULTS"
+    chmod 0777 "$t/out"
+}

@@ -7,13 +7,7 @@
 # Writes docker/results/multinode.txt. Needs `make image` first; not part of `make image-test`.
 # shellcheck source=docker/lib.sh
 source "$(dirname "$0")/lib.sh"
-need podman podman
-image_exists "$IMAGE" || { echo "no image $IMAGE: run make image first" >&2; exit 1; }
-
-t="$WORK/multinode"
-rm -rf "$t"
-mkdir -p "$t/out" "$RESULTS"
-chmod 0777 "$t/out"
+smoke_setup multinode
 ASSETS="$REPO/examples/assets"
 TEACHER="python:dr.teachers.zoo:cifar_resnet@$ASSETS/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 BUILD_ARGS=(--policy cifar --teacher "$TEACHER" --views 8 --topk 5 --chunk-size 128 --device cpu --overwrite)

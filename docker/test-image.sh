@@ -13,13 +13,7 @@
 # Writes docker/results/image-test.txt. Settings (environment): IMAGE, PYTHON (the venv's python).
 # shellcheck source=docker/lib.sh
 source "$(dirname "$0")/lib.sh"
-need podman podman
-image_exists "$IMAGE" || { echo "no image $IMAGE: run make image first" >&2; exit 1; }
-
-t="$WORK/test"
-rm -rf "$t"
-mkdir -p "$t/out" "$RESULTS"
-chmod 0777 "$t/out"  # the image's user (uid 1000) writes here
+smoke_setup test
 ASSETS="$REPO/examples/assets"
 TEACHER="python:dr.teachers.zoo:cifar_resnet@$ASSETS/teacher/cifar_resnet20.safetensors?depth=20&width=16"
 BUILD_ARGS=(--policy cifar --teacher "$TEACHER" --views 8 --topk 5 --chunk-size 128 --device cpu --overwrite)

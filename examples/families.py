@@ -732,13 +732,13 @@ def _plot_multiscale(work: Path, proto: Protocol, runs: list[dict]) -> None:
                     f"{r['condition']} {'multi-scale' if r.get('multiscale') else f'fixed {size} px'} (E={r['epochs']}, seed {r['seed']})"
                 )
                 ax.plot(x, 100 * np.asarray(r["curve"]), style, marker="o", ms=3, color=f"C{k}", label=label)
-        ax.set_xlabel("training pixels (billions; conv FLOPs scale with them)")
-        ax.set_ylabel("test top-1 (%)")
-        ax.set_title(f"{proto.dataset} {family}: multi-scale vs fixed size ({proto.name})")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(work / f"accuracy-vs-pixels-{family}.png", dpi=110)
-        plt.close(fig)
+        _save(
+            fig,
+            ax,
+            "training pixels (billions; conv FLOPs scale with them)",
+            f"{proto.dataset} {family}: multi-scale vs fixed size ({proto.name})",
+            work / f"accuracy-vs-pixels-{family}.png",
+        )
 
 
 def _fmt(x: float | None) -> str:
@@ -830,13 +830,20 @@ def _plot(work: Path, proto: Protocol, runs: list[dict], ens_acc: float | None) 
                 ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=f"{c} (n={len(rs)})", color=f"C{k}")
         if ens_acc is not None:
             ax.axhline(100 * ens_acc, color="gray", ls="--", label="teacher ensemble")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test top-1 (%)")
-        ax.set_title(f"{proto.dataset} {family} students, E={budget} ({proto.name})")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(work / f"accuracy-{family}.png", dpi=110)
-        plt.close(fig)
+        _save(fig, ax, "epoch", f"{proto.dataset} {family} students, E={budget} ({proto.name})", work / f"accuracy-{family}.png")
+
+
+def _save(fig: Any, ax: Any, xlabel: str, title: str, path: Path) -> None:
+    """Label a test top-1 plot, save it, close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
