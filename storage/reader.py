@@ -159,6 +159,10 @@ class StoreReader:
                     out[f"{group_name}/{name}"] = node
         return out
 
+    def nbytes(self, paths: Sequence[str]) -> int:
+        """Bytes of the arrays ``paths`` once decoded (what loading them takes in memory)."""
+        return int(sum(int(np.prod(self.array(p).shape)) * self.array(p).dtype.itemsize for p in paths))
+
     def nbytes_stored(self) -> int:
         return int(sum(a.nbytes_stored() for a in self.arrays().values()))
 

@@ -115,6 +115,10 @@ class DatasetInfo(_Strict):
         labels_sha256: SHA-256 of the class names and the labels (the dataset's identity).
         digests_sha256: SHA-256 of ``source/digests``, set when the build completes.
         location: where the source was read from: an absolute path, a URL or a source spec.
+        offset: the global index of this store's first image: 0, except in a segment that
+            extends a store (:mod:`dr.storage.segments`), where it is the number of images in
+            the segments before it. Every view's random stream and every mixing partner use
+            global indices, so a segment holds what a one-shot build over all segments would.
     """
 
     kind: str
@@ -123,6 +127,7 @@ class DatasetInfo(_Strict):
     labels_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     digests_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     location: str | None = None
+    offset: int = Field(default=0, ge=0, le=2**40)
 
 
 def _canonical(value: Any) -> bytes:
@@ -214,6 +219,15 @@ class StoreHeader(_Strict):
             return edited
         return [] if self.seal.digest == now.digest and set(self.seal.fields) == set(SEALED_FIELDS) else ["seal"]
 
+    def to_attrs(self) -> dict[str, Any]:
+        """The header as the store's attributes (JSON). ``dataset.offset`` is written only
+        when non-zero, so a store that is not a segment has the attributes every 0.2 reader
+        reads."""
+        attrs = self.model_dump(mode="json")
+        if not self.dataset.offset:
+            attrs["dataset"].pop("offset", None)
+        return attrs
+
     def digest_key(self) -> bytes:
         """The key of the chunk digests (BLAKE2b keyed with the seal's digest)."""
         return bytes.fromhex(self.seal.digest) if self.seal is not None else b""
@@ -222,11 +236,8 @@ class StoreHeader(_Strict):
         """The fields that must match for a resume to continue a build (no timestamps, no
         file locations: teachers are keyed by their weights' digest, not where the file lies,
         like the dataset by its content, not its path -- see :func:`_location_free`)."""
-        key = self.model_dump(
-            include=set(SEALED_FIELDS),
-            exclude={"dataset": {"digests_sha256", "location"}},
-            mode="json",
-        )
+        unkeyed = {"digests_sha256", "location"} | (set() if self.dataset.offset else {"offset"})
+        key = self.model_dump(include=set(SEALED_FIELDS), exclude={"dataset": unkeyed}, mode="json")
         key["ensemble"] = _location_free(key["ensemble"])
         return key
 

@@ -84,7 +84,7 @@ class StoreWriter:
         if len(labels) != n:
             raise StoreError(f"{len(labels)} labels for {n} images")
         group = open_group(url, mode="w", storage_options=storage_options)
-        group.update_attributes(h.model_dump(mode="json"))
+        group.update_attributes(h.to_attrs())
 
         def arr(path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> zarr.Array:
             parent, name = path.rsplit("/", 1)
@@ -210,6 +210,6 @@ class StoreWriter:
         digests = np.asarray(self._array("source/digests")[:])
         ds = self.header.dataset.model_copy(update={"digests_sha256": hashlib.sha256(digests.tobytes()).hexdigest()})
         header = self.header.model_copy(update={"status": "complete", "completed_at": now_iso(), "dataset": ds})
-        self.group.update_attributes(header.model_dump(mode="json"))
+        self.group.update_attributes(header.to_attrs())
         self.header = header
         return header

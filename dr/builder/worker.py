@@ -79,6 +79,8 @@ class UnitWorker:
         init_seeds: each teacher's random-init seed (as recorded in the header).
         max_image_pixels: the decode limit in this worker (see
             :func:`dr.sources.set_max_image_pixels`).
+        index_offset: the store's ``dataset.offset``: source image ``i`` is global image
+            ``index_offset + i`` (its random streams and mixing partners use the global index).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class UnitWorker:
         allow_random_teachers: bool = False,
         init_seeds: Sequence[int] | None = None,
         max_image_pixels: int | None = None,
+        index_offset: int = 0,
     ) -> None:
         from dr.sources import set_max_image_pixels
         from dr.teachers import Ensemble
@@ -125,6 +128,7 @@ class UnitWorker:
         self.ensemble.optimize(channels_last=True, compile=compile)  # channels-last pays on CPUs too (1.6x)
         self.views, self.topk, self.seed, self.group = views, topk, seed, forward_group
         self.on_bad_image = on_bad_image
+        self.offset = int(index_offset)
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="dr-decode")
 
     def ping(self) -> dict[str, Any]:
@@ -170,12 +174,13 @@ class UnitWorker:
                 decoded[i], sizes[i] = placeholder, (size, size)
         # every view of the unit sampled in one vectorised call; partners come from this unit
         # (the store chunk), so no image is decoded twice
-        params = self.policy.sample_unit(self.seed, start, sizes, v)
+        first = self.offset + start  # the global index of the unit's first image
+        params = self.policy.sample_unit(self.seed, first, sizes, v)
         bad = np.zeros(n, dtype=bool)
         bad[[i - start for i in skipped]] = True
         if "mix_kind" in params and bad.any():
             # a view whose partner was skipped is not mixed
-            hit = bad[np.clip(params["mix_partner"].astype(np.int64) - start, 0, n - 1)] & (params["mix_kind"] > 0)
+            hit = bad[np.clip(params["mix_partner"].astype(np.int64) - first, 0, n - 1)] & (params["mix_kind"] > 0)
             for name in params:
                 if name.startswith(("mix_", "partner_")):
                     params[name][hit] = 1 if name == "mix_lambda" else 0
@@ -186,7 +191,7 @@ class UnitWorker:
                 g1 = min(g0 + self.group, n)
                 flat = {k: a[g0:g1].reshape(-1, *a.shape[2:]) for k, a in params.items()}
                 index = np.repeat(np.arange(g0, g1), v)
-                partner_index = flat["mix_partner"].astype(np.int64) - start if "mix_partner" in flat else None
+                partner_index = flat["mix_partner"].astype(np.int64) - first if "mix_partner" in flat else None
                 views = self.policy.replay(bank, flat, index, partner_index=partner_index)
                 top_ids, top_p = topk(self.ensemble(views), self.topk)
                 top_ids_parts.append(top_ids)  # stay on the device: no sync until the unit ends

@@ -35,11 +35,12 @@ and re-open what they need there.
 Modules, each importing only those before it: :mod:`~dr.sources.decode`,
 :mod:`~dr.sources.base`, :mod:`~dr.sources.spec`, :mod:`~dr.sources.folder`,
 :mod:`~dr.sources.cifar_pickle`, :mod:`~dr.sources.indexed`, :mod:`~dr.sources.kinds`,
-:mod:`~dr.sources.open`.
+:mod:`~dr.sources.open`, :mod:`~dr.sources.concat` (the images of a store's segments as one source).
 """
 
 from dr.sources.base import Source, SourceFingerprint, is_url
 from dr.sources.cifar_pickle import read_cifar_batch
+from dr.sources.concat import ConcatSource
 from dr.sources.decode import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMG_EXTENSIONS,
@@ -59,6 +60,7 @@ __all__ = [
     "IMG_EXTENSIONS",
     "SOURCE_KINDS",
     "CifarSource",
+    "ConcatSource",
     "FileListSource",
     "HFDiskSource",
     "ImageFolderSource",
