@@ -199,6 +199,14 @@ def cli(verbose: int) -> None:
 )
 @click.option("--compile", is_flag=True, help="torch.compile the teachers (15-40 s once per worker; pays off on big builds).")
 @click.option("--decode-threads", default=4, show_default=True, type=click.IntRange(1, 256), help="Image-decoding threads per actor.")
+@click.option(
+    "--extend",
+    metavar="STORE",
+    help="Add SOURCE's images to the complete STORE as a new segment (no --out): the store's policy, V, k, seed and "
+    "chunking are used (flags that repeat them must agree) and --teacher must name the store's teachers (same "
+    "weights). Only the new images are labelled; existing chunks are never rewritten. With --resume: finish an "
+    "interrupted extension; with --overwrite: replace one that is still building.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted build of OUT (same settings): done chunks are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option(
@@ -354,10 +362,19 @@ def _build_config(
             return load_config_file(config_file, given)
         except ConfigError as e:  # an invalid config file is bad usage (exit code 2), like a bad flag
             raise click.UsageError(str(e)) from e
-    need = {"source": "SOURCE", "teachers": "--teacher SPEC", "out": "--out STORE"}
+    need = {"source": "SOURCE", "teachers": "--teacher SPEC", "out": "--out STORE (or --extend STORE)"}
+    if options.get("extend"):
+        need.pop("out")
     missing = [flag for name, flag in need.items() if not given.get(name) and not options.get(name)]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or pass --config build.yaml)")
+    if options.get("extend"):  # only the flags given: the rest comes from the store's header
+        from dr.builder.extend import extension_settings
+
+        try:
+            return extension_settings(BuildConfig(**given))
+        except ConfigError as e:  # a flag that contradicts the store is bad usage (exit code 2)
+            raise click.UsageError(str(e)) from e
     return BuildConfig(**{**options, **given})
 
 

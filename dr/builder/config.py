@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dr.errors import ConfigError
 from dr.sources import DEFAULT_MAX_IMAGE_PIXELS
@@ -46,6 +46,10 @@ class BuildConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="teacher math: auto = bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the teachers (15-40 s once per worker; pays off on big builds)")
     decode_threads: int = Field(4, ge=1, le=256, description="image-decoding threads per actor")
+    extend: str | None = Field(
+        None,
+        description="a complete store to extend: SOURCE's images are added as a new segment, with the store's settings and teachers",
+    )
     resume: bool = Field(False, description="continue an interrupted build of out (same settings)")
     overwrite: bool = Field(False, description="replace out if it exists")
     force: bool = Field(False, description="take over the store's writer lock")
@@ -76,6 +80,14 @@ class BuildConfig(BaseModel):
         ge=1,
         description="images after which the agreement guard also judges the plain agreement (it judges a proven collapse at once)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extension_out(cls, data: Any) -> Any:
+        """An extension is written into the store it extends: ``out`` defaults to ``extend``."""
+        if isinstance(data, dict) and data.get("extend") and not data.get("out"):
+            return {**data, "out": data["extend"]}
+        return data
 
     @field_validator("teachers", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ import numpy as np
 from dr import __version__
 from dr.builder import ray_runtime
 from dr.builder.config import BuildConfig
+from dr.builder.extend import Extension, extension_settings, finish_extension, plan_extension
 from dr.builder.pool import WorkerPool
 from dr.builder.progress import BuildProgress
 from dr.builder.ray_runtime import WorkerShape
@@ -185,6 +186,8 @@ def reinforce(
     if config.repair and (not config.resume or config.overwrite):
         raise ConfigError("--repair recomputes the damaged chunks of an existing store: use it with --resume (and without --overwrite)")
     t0 = time.perf_counter()
+    if config.extend is not None:
+        config = extension_settings(config)
     src = open_source(source if source is not None else config.source, config.storage_options)
     ensemble, ensemble_desc, num_classes = probe_ensemble(config, src.classes)  # teachers vs dataset classes
     if config.check_on:  # pre-flight: measure the teachers on labelled data before building
@@ -194,6 +197,15 @@ def reinforce(
     del ensemble
     ensemble_desc = {**ensemble_desc, **teacher_math(config)}
     header = make_header(config, src, ensemble_desc, num_classes)
+    base_lock, ext = None, None
+    if config.extend is not None:  # the new images go to a segment of the store: lock the store, record the segment
+        base_lock = StoreLock(config.extend, config.storage_options)
+        base_lock.acquire(force=config.force)
+        try:
+            config, header, ext = _segment_build(config, header)
+        except BaseException:
+            base_lock.release()
+            raise
     lock = StoreLock(config.out, config.storage_options)
     try:
         writer = _open_writer(config, header, src.labels(), lock)
@@ -213,13 +225,28 @@ def reinforce(
             computed, views_done, worker_names, working = runner.computed, runner.views, runner.pool_names, runner.working_seconds
         if writer.done().all():
             header = writer.finalize()
+            if ext is not None:
+                finish_extension(config, ext)
         else:
             header = writer.header
     finally:
         lock.release()
-    result = BuildResult(header, config.out, total_chunks, computed, skipped, views_done, time.perf_counter() - t0, worker_names, working)
+        if base_lock is not None:
+            base_lock.release()
+    result = BuildResult(
+        header, config.extend or config.out, total_chunks, computed, skipped, views_done, time.perf_counter() - t0, worker_names, working
+    )
     log.info("build %s: %s", config.out, result.to_dict())
     return result
+
+
+def _segment_build(config: BuildConfig, header: StoreHeader) -> tuple[BuildConfig, StoreHeader, Extension]:
+    """An extension's build: the config writing segment ``i`` of the store, the segment's
+    header (``dataset.offset`` set) and where it goes (the table row is recorded)."""
+    ext = plan_extension(config, header)
+    header = header.model_copy(update={"dataset": header.dataset.model_copy(update={"offset": ext.offset})})
+    resume = config.resume and store_exists(ext.url, config.storage_options)
+    return config.model_copy(update={"out": ext.url, "resume": resume, "overwrite": config.overwrite and not resume}), header, ext
 
 
 def worker_options(config: BuildConfig, header: StoreHeader, device: str, per_cpu: float, views: int | None = None) -> dict[str, Any]:
@@ -241,6 +268,7 @@ def worker_options(config: BuildConfig, header: StoreHeader, device: str, per_cp
         allow_random_teachers=config.allow_random_teachers,
         init_seeds=[t.get("init_seed") or 0 for t in header.ensemble["teachers"]],
         max_image_pixels=config.max_image_pixels,
+        index_offset=header.dataset.offset,
     )
 
 

@@ -8,8 +8,9 @@ import numpy as np
 
 from dr.builder.agreement import LIKELY_CAUSES, agreement_threshold
 from dr.errors import StoreIncompleteError
-from dr.storage import StoreReader
+from dr.storage import StoreReader, store_exists
 from dr.storage.integrity import digest_paths
+from dr.storage.segments import SegmentRecord, read_segment_table, segment_url
 
 __all__ = ["store_summary", "format_summary"]
 
@@ -92,7 +93,27 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
                 f"top-1 agreement is below {100 * threshold:.2f}% (twice chance for {len(h.dataset.classes)} classes): "
                 f"the teachers do not seem to predict this dataset's labels. {LIKELY_CAUSES}"
             )
-    return summary
+    return {**summary, **_segments(url, n, storage_options)}
+
+
+def _segments(url: str, n: int, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """``segments`` (one row per extension) and ``images_all_segments``, for an extended store."""
+    table = read_segment_table(url, storage_options)
+    if not table:
+        return {}
+    rows = [_segment_row(url, rec, storage_options) for rec in table]
+    return {"segments": rows, "images_all_segments": n + sum(r.count for r in table if r.status == "complete")}
+
+
+def _segment_row(url: str, rec: SegmentRecord, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """One extension's line of ``info``: the table row and, once its store exists, its chunks,
+    size, damage and label agreement."""
+    row: dict[str, Any] = {k: v for k, v in rec.model_dump(mode="json").items() if k not in ("labels_sha256", "path")}
+    seg = segment_url(url, rec.index)
+    if store_exists(seg, storage_options):
+        s = store_summary(seg, allow_incomplete=True, storage_options=storage_options)
+        row.update({k: s.get(k) for k in ("chunks", "stored_bytes", "bytes_per_view", "teacher_top1_agreement", "warning")})
+    return row
 
 
 def human_bytes(nbytes: float) -> str:
@@ -157,6 +178,18 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     if s.get("warning"):
         lines.append(f"  WARNING: {s['warning']}")
+    for seg in s.get("segments", []):
+        ch = seg.get("chunks") or {}
+        agree = seg.get("teacher_top1_agreement")
+        lines.append(
+            f"segment {seg['index']:<4} {seg['count']} images from {seg['location']} (images {seg['offset']}-{seg['offset'] + seg['count'] - 1}), "
+            f"{seg['status']}, added {seg['added_at']}; chunks {ch.get('done', 0)}/{ch.get('total', '?')}"
+            + (f", {len(ch['damaged'])} DAMAGED" if ch.get("damaged") else "")
+            + (f", {human_bytes(seg['stored_bytes'])}" if seg.get("stored_bytes") else "")
+            + (f", top-1 agreement {100 * agree:.2f}%" if agree is not None else "")
+        )
+    if "segments" in s:
+        lines.append(f"all segments {s['images_all_segments']} images served (segment 0 is the store above)")
     lines.append("arrays")
     for path, a in s["arrays"].items():
         shape = "x".join(str(d) for d in a["shape"])

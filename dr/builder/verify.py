@@ -9,16 +9,17 @@ on replayed views of a seeded sample and compare with the stored top-k (top-1 ag
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from dr.errors import DRError
+from dr.errors import ConfigError, DRError
 from dr.policy import RA_OPS, Policy
 from dr.storage import StoreReader, ids_dtype
 from dr.storage.integrity import DIGESTS_PATH, digest_paths
+from dr.storage.segments import read_segment_table, segment_url
 
 __all__ = ["Finding", "verify_store", "format_report", "replay_tolerance"]
 
@@ -137,7 +138,7 @@ def _param_bounds(r: StoreReader, ok: np.ndarray, data: dict[str, np.ndarray]) -
         if box is None:
             continue
         if prefix:
-            partner = params["mix_partner"]
+            partner = np.clip(params["mix_partner"] - h.dataset.offset, 0, h.dataset.count - 1)
             hh, ww = sizes[partner, 0], sizes[partner, 1]
             used = (params["mix_kind"] > 0) & ok[:, None]
         else:
@@ -155,12 +156,12 @@ def _param_bounds(r: StoreReader, ok: np.ndarray, data: dict[str, np.ndarray]) -
         if name in params and (params[name] >= len(RA_OPS)).any():
             problems.append(f"{name} has unknown op ids")
     if policy.mix:
-        kind, partner = params["mix_kind"], params["mix_partner"]
+        kind, partner = params["mix_kind"], params["mix_partner"].astype(np.int64) - h.dataset.offset  # partners are global indices
         if (kind > 2).any():
             problems.append("mix_kind outside {0, 1, 2}")
         rows = np.arange(h.dataset.count)[:, None] // h.chunk_size
         mixed = kind > 0
-        if ((partner >= h.dataset.count) & mixed).any() or ((partner // h.chunk_size != rows) & mixed).any():
+        if (((partner < 0) | (partner >= h.dataset.count)) & mixed).any() or ((partner // h.chunk_size != rows) & mixed).any():
             problems.append("mixing partners outside the image's chunk")
         if (skipped[np.clip(partner, 0, h.dataset.count - 1)] & mixed).any():
             problems.append("mixed with a skipped image")
@@ -212,7 +213,46 @@ def verify_store(
     Raises:
         StoreError: not a store, or a header whose sealed fields were edited.
     """
-    r = StoreReader(url, allow_incomplete=True, storage_options=storage_options)
+    audit: dict[str, Any] = dict(
+        teachers=teachers,
+        fraction=fraction,
+        min_views=min_views,
+        max_views=max_views,
+        content=content,
+        seed=seed,
+        storage_options=storage_options,
+        max_dp=max_dp,
+        trust_store_teachers=trust_store_teachers,
+    )
+    table = read_segment_table(url, storage_options)
+    if not table:
+        return _verify_segment(url, StoreReader(url, allow_incomplete=True, storage_options=storage_options), source, None, **audit)
+    if source is not None:
+        raise ConfigError(f"store {url!r} has {len(table) + 1} segments, each checked against the source it records: leave the source out")
+    checks: list[Finding] = []
+    for i in range(len(table) + 1):
+        r = StoreReader(url if i == 0 else segment_url(url, i), allow_incomplete=True, storage_options=storage_options)
+        checks += [replace(c, detail=f"segment {i}: {c.detail}") for c in _verify_segment(url, r, None, [i], **audit)]
+    return checks
+
+
+def _verify_segment(
+    url: str,
+    r: StoreReader,
+    source: Any,
+    segments: list[int] | None,
+    *,
+    teachers: list[str] | None,
+    fraction: float,
+    min_views: int,
+    max_views: int,
+    content: str,
+    seed: int,
+    storage_options: dict[str, Any] | None,
+    max_dp: float | None,
+    trust_store_teachers: bool,
+) -> list[Finding]:
+    """Every check of one store (a segment of ``url`` when ``segments`` names it)."""
     checks = _integrity(r)
     if not all(c.ok for c in checks):
         return checks
@@ -220,7 +260,14 @@ def verify_store(
 
     h = r.header
     try:
-        ds = ReinforcedDataset(url, source, transform=lambda v: v, verify_source=content, storage_options=storage_options)  # type: ignore[arg-type]
+        ds = ReinforcedDataset(
+            url,
+            source,
+            transform=lambda v: v,
+            verify_source=content,  # type: ignore[arg-type]
+            storage_options=storage_options,
+            segments=segments,
+        )
         checks.append(Finding("source", True, f"{h.dataset.count} images; count, classes, labels and content hashes ({content}) match"))
     except DRError as e:
         checks.append(Finding("source", False, str(e)))
@@ -299,7 +346,7 @@ def _replay_view(ds: Any, ensemble: Any, flat: int) -> tuple[int, float, float]:
     params, ids, probs = ds.record(index, view)
     images, partner = [ds.image(index)], None
     if "mix_kind" in params and int(params["mix_kind"][0]):
-        images.append(ds.image(int(params["mix_partner"][0])))
+        images.append(ds.image(int(params["mix_partner"][0]) - ds.header.dataset.offset))
         partner = np.ones(1, dtype=np.int64)
     replayed = ds.policy.replay(images, params, np.zeros(1, dtype=np.int64), partner_index=partner)
     with torch.inference_mode():

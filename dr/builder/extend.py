@@ -1,0 +1,164 @@
+"""``--extend``: add a source's images to a complete store as a new segment.
+
+The extension is an ordinary build of the new images into ``STORE/segments/<i>`` (resumable,
+kill-safe, digested, verified) whose header has the base store's settings and
+``dataset.offset`` = the images already in the store, so its views and targets are those a
+one-shot build over all the images would hold (see :mod:`dr.storage.segments`). Settings come
+from the base header; flags that repeat them must agree; the teachers are given again and must
+be the base's (same weights, same math).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dr.builder.config import BuildConfig
+from dr.errors import ConfigError, StoreMismatchError
+from dr.storage import StoreHeader, StoreReader, now_iso
+from dr.storage.segments import SegmentRecord, extension_problems, read_segment_table, segment_url, write_segment_table
+
+__all__ = ["Extension", "extension_settings", "finish_extension", "plan_extension"]
+
+#: build settings an extension takes from the store's header (config field -> header value)
+_FROM_HEADER = ("policy", "views", "topk", "seed", "chunk_size", "forward_group", "output_size", "temperature", "compile")
+
+
+def _header_settings(header: StoreHeader) -> dict[str, Any]:
+    return {
+        "policy": header.policy.get("name"),
+        "views": header.views,
+        "topk": header.topk,
+        "seed": header.seed,
+        "chunk_size": header.chunk_size,
+        "forward_group": header.forward_group,
+        "output_size": header.output_size,
+        "temperature": header.ensemble.get("temperature", 1.0),
+        "compile": bool(header.ensemble.get("compile", False)),
+    }
+
+
+def extension_settings(config: BuildConfig) -> BuildConfig:
+    """``config`` with the settings of the store it extends: the base header's policy, V, k,
+    seed, chunking, output size, temperature and compile flag, and ``out`` = the store.
+
+    A setting given explicitly (in ``config.model_fields_set``) must equal the header's.
+
+    Raises:
+        ConfigError: a given setting differs from the store's (named, with both values), or
+            ``--out`` names another store.
+        StoreError: the store is missing, not a dr store, or not complete.
+    """
+    assert config.extend is not None
+    header = StoreReader(config.extend, storage_options=config.storage_options).header
+    stored = _header_settings(header)
+    given = config.model_fields_set
+    differ = [
+        f"--{k.replace('_', '-')} {getattr(config, k)!r} (the store has {v!r})"
+        for k, v in stored.items()
+        if k in given and getattr(config, k) != v
+    ]
+    if "out" in given and config.out != config.extend:
+        differ.append(f"--out {config.out!r} (an extension is written into the store it extends, {config.extend!r})")
+    if differ:
+        raise ConfigError(
+            f"--extend {config.extend!r}: an extension is built with the store's own settings, but "
+            + "; ".join(differ)
+            + ". Leave these flags out (they come from the store's header) or build a new store"
+        )
+    return config.model_copy(update={**stored, "out": config.extend})
+
+
+@dataclass(frozen=True)
+class Extension:
+    """Where an extension goes: the segment's number, its store URL, its first global index,
+    the base header and the segment table (with this segment's row once :func:`plan_extension`
+    recorded it)."""
+
+    index: int
+    url: str
+    offset: int
+    base: StoreHeader
+    table: tuple[SegmentRecord, ...]
+
+
+def plan_extension(config: BuildConfig, header: StoreHeader) -> Extension:
+    """Check that ``header`` (the new segment's, offset 0) may extend ``config.extend`` and
+    record the segment in the table (status ``building``); a resumed extension continues the
+    segment that is still building.
+
+    Raises:
+        StoreMismatchError: a setting or the teachers differ from the store's (each named), the
+            classes do not extend the store's, the same source was already added, or another
+            extension is still building.
+    """
+    assert config.extend is not None
+    store, opts = config.extend, config.storage_options
+    base = StoreReader(store, storage_options=opts).header
+    table = read_segment_table(store, opts)
+    offset = base.dataset.count + sum(r.count for r in table)
+    building = table[-1] if table and table[-1].status == "building" else None
+    ds = header.dataset
+    if building is not None and config.overwrite:  # start the unfinished extension again
+        table, offset, building = table[:-1], offset - building.count, None
+    if building is not None:
+        same = building.labels_sha256 == ds.labels_sha256 and building.count == ds.count
+        if not same:
+            raise StoreMismatchError(
+                f"--extend {store!r}: segment {building.index} (from {building.location}) is still building; finish it first "
+                "(its command again with --resume), or replace it with --overwrite -- one extension at a time"
+            )
+        if not config.resume:
+            raise StoreMismatchError(
+                f"--extend {store!r}: segment {building.index} from this source is still building: add --resume to finish it"
+            )
+        offset -= building.count
+    for j, (loc, labels, count) in enumerate(
+        [(base.dataset.location, base.dataset.labels_sha256, base.dataset.count)]
+        + [(r.location, r.labels_sha256, r.count) for r in table if r is not building]
+    ):
+        if loc == ds.location and labels == ds.labels_sha256 and count == ds.count:
+            if j and config.resume:  # --resume (--repair) of a segment that is complete: check / recompute its chunks
+                rec = table[j - 1]
+                _check(store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": rec.offset})}), rec.offset)
+                return Extension(j, segment_url(store, j), rec.offset, base, tuple(table))
+            fix = (
+                " (to repair it: this command with --resume --repair)"
+                if j
+                else " (to repair it: its own build command with --resume --repair)"
+            )
+            raise StoreMismatchError(f"--extend {store!r}: {ds.location} is already in the store (segment {j}){fix}; add new images only")
+    _check(store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": offset})}), offset)
+    index = building.index if building is not None else len(table) + 1
+    if building is None:
+        row = SegmentRecord(
+            index=index,
+            path=f"segments/{index}",
+            offset=offset,
+            count=ds.count,
+            kind=ds.kind,
+            labels_sha256=ds.labels_sha256,
+            location=ds.location,
+            status="building",
+            added_at=now_iso(),
+        )
+        table = [*table, row]
+        write_segment_table(store, table, opts)
+    return Extension(index, segment_url(store, index), offset, base, tuple(table))
+
+
+def _check(store: str, base: StoreHeader, new: StoreHeader, offset: int) -> None:
+    problems = extension_problems(base, new, offset)
+    if problems:
+        raise StoreMismatchError(
+            f"--extend {store!r}: this build differs from the store's: "
+            + "; ".join(problems)
+            + ". An extension needs the store's teachers (the same weights, on the same device kind) and settings"
+        )
+
+
+def finish_extension(config: BuildConfig, ext: Extension) -> None:
+    """Mark the extension's segment complete in the table (after its store was finalised)."""
+    assert config.extend is not None
+    rows = [r.model_copy(update={"status": "complete", "completed_at": now_iso()}) if r.index == ext.index else r for r in ext.table]
+    write_segment_table(config.extend, rows, config.storage_options)
