@@ -9,13 +9,14 @@ from typing import Any
 __version__ = "0.2.0"
 """The release of dr; stores record it as ``tool_version``."""
 
-__all__ = ["__version__", "ReinforcedDataset", "ChunkAwareSampler", "DeviceReplay", "MultiScaleBatchSampler"]
+__all__ = ["__version__", "ReinforcedDataset", "ChunkAwareSampler", "DeviceReplay", "MultiScaleBatchSampler", "ReplayMixSampler"]
 
 _LAZY = {
     "ReinforcedDataset": "dr.dataset",
     "ChunkAwareSampler": "dr.dataset",
     "DeviceReplay": "dr.replay",
     "MultiScaleBatchSampler": "dr.multiscale",
+    "ReplayMixSampler": "dr.continual",
 }
 
 

@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +29,8 @@ from dr.policy import TAG_ORIGINAL, Policy, fresh_rng
 from dr.policy.rng import KeyedRNG, splitmix64, splitmix64_int, view_keys
 from dr.sources import Source
 from dr.storage import StoreReader
+from dr.storage.integrity import ChunkProblem
+from dr.storage.segments import SegmentedStore
 from dr.trusted import ChunkGuard, open_checked
 
 __all__ = ["ReinforcedDataset", "ChunkAwareSampler", "served_topk", "to_float", "view_choice"]
@@ -107,6 +109,11 @@ class ReinforcedDataset(Dataset):
             store's k; default all). The mass left out is the loss's ``rest`` (spread over the
             other classes by :func:`dr.loss.soft_cross_entropy`'s default, or renormalised
             with ``rest="renormalize"``): a store built with a large k serves any smaller one.
+        segments: for a store extended with ``dr-build reinforce --extend``, the segments whose
+            images this Dataset serves (default: every complete segment; ``source`` is then one
+            entry per segment). Items keep the store's order; :attr:`segment_ids` gives each
+            item's segment (what :class:`dr.continual.ReplayMixSampler` mixes by). An
+            extended store's metadata is read into memory whatever ``memory_budget``.
 
     Raises:
         ConfigError: ``topk`` outside ``[1, k]``.
@@ -131,14 +138,15 @@ class ReinforcedDataset(Dataset):
         storage_options: Mapping[str, Any] | None = None,
         cache_chunks: int = 8,
         topk: int | None = None,
+        segments: Sequence[int] | None = None,
     ) -> None:
         if not 0.0 <= p_original <= 1.0:
             raise ConfigError(f"p_original must be in [0, 1], got {p_original}")
         self.store = str(store)
         self.storage_options = dict(storage_options or {})
-        opened = open_checked(self.store, source, storage_options=self.storage_options, verify_source=verify_source)
-        reader, damaged = opened.reader, opened.damaged
-        self.header = reader.header
+        opened = open_checked(self.store, source, storage_options=self.storage_options, verify_source=verify_source, segments=segments)
+        reader, damaged = opened.reader, list[ChunkProblem]()
+        self.header = opened.header
         self.source: Source = opened.source
         self.policy = Policy.from_dict(self.header.policy)
         self.output_size = output_size or self.header.output_size
@@ -152,11 +160,14 @@ class ReinforcedDataset(Dataset):
         self.topk = served_topk(topk, self.header.topk, self.store)
         self.labels = opened.rows["source/labels"].astype(np.int64)
         self.skipped = opened.skipped
-        #: source index of each dataset item (images skipped by the build are never returned)
-        self.indices = np.flatnonzero(~self.skipped)
+        #: source index of each dataset item (images skipped by the build, and images of the
+        #: segments not selected, are never returned)
+        self.indices = np.flatnonzero(~self.skipped & opened.served)
+        #: the segment of each item (0 for a store that was never extended)
+        self.segment_ids = opened.segment[self.indices]
         self._fields = [f"params/{f.name}" for f in self.header.param_fields]
-        need = sum(int(np.prod(reader.array(p).shape)) * reader.array(p).dtype.itemsize for p in (*self._fields, *ARRAYS))
-        self.in_memory = need <= memory_budget
+        need = reader.nbytes([*self._fields, *ARRAYS])
+        self.in_memory = need <= memory_budget or isinstance(reader, SegmentedStore)
         self._meta: dict[str, np.ndarray] | None = None
         if self.in_memory:
             self._meta, more = reader.load_checked([*self._fields, *ARRAYS])
@@ -169,7 +180,7 @@ class ReinforcedDataset(Dataset):
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         #: damaged store chunks (found on load, or when a chunk is read): their rows are refused
-        self.guard = ChunkGuard(self.store, self.header.chunk_size, damaged)
+        self.guard: ChunkGuard = opened.guard(self.store, damaged)
 
     # -- epochs and views --------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -240,7 +251,7 @@ class ReinforcedDataset(Dataset):
         params, ids, probs = self.record(index, self.view_index(index, epoch))
         images, partner_index = [img], None
         if "mix_kind" in params and int(params["mix_kind"][0]):
-            images.append(self.image(int(params["mix_partner"][0])))
+            images.append(self.image(int(params["mix_partner"][0]) - self.header.dataset.offset))  # partners are global indices
             partner_index = np.ones(1, dtype=np.int64)
         bank = images[0][None] if len(images) == 1 else images  # one image: no padded stack to build
         view = self.policy.replay(bank, params, np.zeros(1, dtype=np.int64), partner_index=partner_index, output_size=size)[0]

@@ -10,6 +10,7 @@ that every condition uses the same loader.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +40,9 @@ class DeviceReplay:
             same source check as ``ReinforcedDataset`` (:func:`dr.trusted.check_source`).
         topk: serve the ``topk`` largest stored probabilities per view (k' <= k; the same rule
             as ``ReinforcedDataset(topk=)``).
+        segments: for an extended store, the segments whose images are served (default: every
+            complete segment; the same rule as ``ReinforcedDataset(segments=)``); only their
+            images are decoded.
 
     Raises:
         ConfigError: ``topk`` outside ``[1, k]``.
@@ -57,11 +61,17 @@ class DeviceReplay:
         storage_options: dict[str, Any] | None = None,
         verify_source: Literal["sample", "all", "none"] = "sample",
         topk: int | None = None,
+        segments: Sequence[int] | None = None,
     ) -> None:
         opened = open_checked(
-            store, source, paths=["targets/ids", "targets/probs"], storage_options=storage_options, verify_source=verify_source
+            store,
+            source,
+            paths=["targets/ids", "targets/probs"],
+            storage_options=storage_options,
+            verify_source=verify_source,
+            segments=segments,
         )
-        header, src = opened.reader.header, opened.source
+        header, src = opened.header, opened.source
         k = served_topk(topk, header.topk, store)
         fields = [f"params/{f.name}" for f in header.param_fields]
         params, damaged = opened.reader.load_checked(fields)
@@ -73,12 +83,19 @@ class DeviceReplay:
         self.seed = int(seed)
         self.views = header.views
         self.output_size = output_size or header.output_size
-        self.guard = ChunkGuard(store, header.chunk_size, opened.damaged + damaged)  # rows of damaged chunks are refused
+        self.guard = opened.guard(store, damaged)  # rows of damaged chunks are refused
         self.labels = torch.from_numpy(meta["source/labels"].astype(np.int64))
         self.skipped = opened.skipped
-        self.indices = np.flatnonzero(~self.skipped)
-        #: every source image, decoded once, in the replay engine's layout on ``device``
-        self.images = ImageBank([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))], device=self.device)
+        self.indices = np.flatnonzero(~self.skipped & opened.served)
+        #: the segment of each item (0 for a store that was never extended)
+        self.segment_ids = opened.segment[self.indices]
+        #: every served source image, decoded once, in the replay engine's layout on ``device``
+        #: (the images of segments not served are 1-pixel placeholders, never replayed)
+        blank = torch.zeros(3, 1, 1, dtype=torch.uint8)
+        self.images = ImageBank(
+            [torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) if opened.served[i] else blank for i in range(len(src))],
+            device=self.device,
+        )
         self.sizes = self.images.sizes
         self.params = {p.split("/", 1)[1]: meta[p] for p in fields}
         self.ids = meta["targets/ids"][..., :k].astype(np.int64)
@@ -110,6 +127,7 @@ class DeviceReplay:
         self.labels = torch.from_numpy(np.asarray(src.labels(), dtype=np.int64))
         self.skipped = np.zeros(len(src), dtype=bool)
         self.indices = np.arange(len(src))
+        self.segment_ids = np.zeros(len(src), dtype=np.int64)
         self.images = ImageBank([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))], device=self.device)
         self.sizes = self.images.sizes
         self.params, self.ids, self.probs = {}, np.zeros((0, 0, 0), np.int64), np.zeros((0, 0, 0), np.float32)
@@ -136,7 +154,7 @@ class DeviceReplay:
         self.guard.refuse_damaged(index)
         view = self.view_ids(index, epoch)
         params = {k: a[index, view] for k, a in self.params.items()}
-        partner = params["mix_partner"].astype(np.int64) if "mix_partner" in params else None
+        partner = params["mix_partner"].astype(np.int64) - self.header.dataset.offset if "mix_partner" in params else None
         views = self.policy.replay(self.images, params, index, partner_index=partner, output_size=output_size or self.output_size)
         ids = torch.from_numpy(self.ids[index, view]).to(self.device)
         probs = torch.from_numpy(self.probs[index, view]).to(self.device)
