@@ -83,7 +83,15 @@ class SegmentRecord(BaseModel):
 
 
 def segment_url(store: str, index: int) -> str:
-    """Where segment ``index`` of ``store`` lies (``STORE/segments/<index>``)."""
+    """Where segment ``index`` of ``store`` lies.
+
+    Args:
+        store: the base store's path or URL.
+        index: the segment's number (1, 2, ...).
+
+    Returns:
+        ``STORE/segments/<index>``.
+    """
     return f"{str(store).rstrip('/')}/segments/{int(index)}"
 
 
@@ -93,6 +101,13 @@ def _table_url(store: str) -> str:
 
 def read_segment_table(store: str, storage_options: Mapping[str, Any] | None = None) -> list[SegmentRecord]:
     """The segment table of ``store`` (empty for a store that was never extended).
+
+    Args:
+        store: the base store's path or URL.
+        storage_options: fsspec options for a remote store.
+
+    Returns:
+        The rows, in segment order.
 
     Raises:
         StoreError: a malformed table (the message names the row and field).
@@ -121,7 +136,13 @@ def read_segment_table(store: str, storage_options: Mapping[str, Any] | None = N
 
 
 def write_segment_table(store: str, records: Sequence[SegmentRecord], storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write (create or replace) the segment table of ``store``."""
+    """Write (create or replace) the segment table of ``store``.
+
+    Args:
+        store: the base store's path or URL.
+        records: every row, in segment order.
+        storage_options: fsspec options for a remote store.
+    """
     group = open_group(_table_url(store), mode="a", storage_options=storage_options)
     group.update_attributes({"format": SEGMENTS_FORMAT, "segments": [r.model_dump(mode="json") for r in records]})
 
@@ -133,6 +154,11 @@ def extension_problems(base: StoreHeader, new: StoreHeader, offset: int | None =
     chunking, output size, teachers and their math), start at ``offset`` (when given), and
     have the base's classes or extend them (the base's class names first, in order) within the
     teachers' label space.
+
+    Args:
+        base: the header of the store being extended (segment 0).
+        new: the segment's header.
+        offset: where the segment must start (``None``: not checked).
 
     Returns:
         One message per difference, naming the field and both values; empty when compatible.
@@ -278,6 +304,14 @@ class SegmentedStore:
 
 
 def has_segments(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``url`` was ever extended (it has a segment table)."""
+    """Whether a store was ever extended.
+
+    Args:
+        url: the store's path or URL.
+        storage_options: fsspec options for a remote store.
+
+    Returns:
+        ``True`` when it has a segment table with at least one row.
+    """
     return bool(read_segment_table(url, storage_options))
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLIC_MODULES = ("dr", "dr.teachers", "dr.storage")
+PUBLIC_MODULES = ("dr", "dr.teachers", "dr.storage", "dr.storage.segments", "dr.continual")
 DEMO_STORE = "runs/demo.zarr"  # what `make demo` builds and the quickstart names
 
 
