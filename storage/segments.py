@@ -126,9 +126,7 @@ def read_segment_table(store: str, storage_options: Mapping[str, Any] | None = N
             out.append(SegmentRecord.model_validate(row))
         except ValidationError as e:
             first = e.errors()[0]
-            raise StoreError(
-                f"store {store!r}: segment table row {i}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-            ) from None
+            raise StoreError(f"store {store!r}: segment table row {i}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     for i, rec in enumerate(out, start=1):
         if rec.index != i or rec.path != f"segments/{i}":
             raise StoreError(f"store {store!r}: segment table row {i - 1} is segment {rec.index} at {rec.path!r}, expected segments/{i}")
@@ -314,4 +312,3 @@ def has_segments(url: str, storage_options: Mapping[str, Any] | None = None) -> 
         ``True`` when it has a segment table with at least one row.
     """
     return bool(read_segment_table(url, storage_options))
-

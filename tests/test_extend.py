@@ -5,6 +5,9 @@ be, resumes, verifies and repairs per segment; readers serve its segments as one
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from click.testing import CliRunner
 
 from dr.builder import BuildConfig, reinforce
 from dr.errors import ConfigError, StoreDamagedError, StoreMismatchError
+from dr.storage.lock import StoreLockedError
 
 CHUNK = 16
 
@@ -147,6 +151,32 @@ def test_interrupted_extension_resumes(grown: str, lists: dict[str, str], tiny_t
         reinforce(BuildConfig(source=lists["other"], teachers=[tiny_teacher], extend=store, resume=True), progress=False)
     done = reinforce(BuildConfig(source=lists["b24"], teachers=[tiny_teacher], extend=store, resume=True), progress=False)
     assert done.complete and done.chunks_computed == 1 and done.chunks_skipped == 1
+    resumed, straight = _arrays(store), _arrays(grown)
+    for path in straight:
+        np.testing.assert_array_equal(resumed[path], straight[path], err_msg=path)
+
+
+def test_killed_extension_resumes(grown: str, lists: dict[str, str], tiny_teacher: str, tmp_path: Path) -> None:
+    """SIGKILL of the build's process right after the extension's first chunk is written: the
+    stale lock is named (and taken over with --force), and --resume finishes the same segment."""
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(grown, store)
+    shutil.rmtree(f"{store}/segments")
+    program = (
+        "import os, signal\n"
+        "from dr.builder import BuildConfig, reinforce\n"
+        f"config = BuildConfig(source={lists['b24']!r}, teachers=[{tiny_teacher!r}], extend={store!r}, workers=1)\n"
+        "reinforce(config, progress=False, on_chunk=lambda c: os.kill(os.getpid(), signal.SIGKILL))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    table = zarr.open_group(f"{store}/segments", mode="r").attrs["segments"]
+    assert [r["status"] for r in table] == ["building"]
+    with pytest.raises(StoreLockedError, match="stale writer lock .* no longer running: rerun with --force"):
+        reinforce(BuildConfig(source=lists["b24"], teachers=[tiny_teacher], extend=store, resume=True), progress=False)
+    config = BuildConfig(source=lists["b24"], teachers=[tiny_teacher], extend=store, resume=True, force=True)
+    done = reinforce(config, progress=False)
+    assert done.complete and done.chunks_skipped == 1 and done.chunks_computed == 1
     resumed, straight = _arrays(store), _arrays(grown)
     for path in straight:
         np.testing.assert_array_equal(resumed[path], straight[path], err_msg=path)
