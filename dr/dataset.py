@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 ARRAYS = ("targets/ids", "targets/probs")
 _TAG_COIN = 3  # the stream of the p_original coin
+_VIEW_BLOCK = 1024  # images whose view choice is computed together (ReinforcedDataset.view_index)
 
 
 def view_choice(seed: int, index: np.ndarray, epoch: int, views: int) -> np.ndarray:
@@ -179,6 +180,7 @@ class ReinforcedDataset(Dataset):
         self._reader_pid = -1
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._view_blocks: dict[int, dict[int, np.ndarray]] = {}
         #: damaged store chunks (found on load, or when a chunk is read): their rows are refused
         self.guard: ChunkGuard = opened.guard(self.store, damaged)
 
@@ -194,7 +196,17 @@ class ReinforcedDataset(Dataset):
     def view_index(self, index: int, epoch: int | None = None) -> int:
         """Stored view used for image ``index`` at ``epoch``: each view once per V epochs."""
         e = self.epoch if epoch is None else epoch
-        return int(view_choice(self.seed, np.asarray([index]), e, self.views)[0])
+        block, pos = divmod(int(index), _VIEW_BLOCK)
+        blocks = self._view_blocks.get(e)
+        if blocks is None:  # keep two epochs' choices (4 bytes per image each), per process
+            if len(self._view_blocks) >= 2:
+                del self._view_blocks[next(iter(self._view_blocks))]
+            blocks = self._view_blocks[e] = {}
+        hit = blocks.get(block)
+        if hit is None:  # one vectorised view_choice per block of images and epoch
+            start = block * _VIEW_BLOCK
+            hit = blocks[block] = view_choice(self.seed, np.arange(start, start + _VIEW_BLOCK), e, self.views).astype(np.int32)
+        return int(hit[pos])
 
     # -- metadata -----------------------------------------------------------------------------
     def _chunk(self, c: int) -> dict[str, np.ndarray]:
@@ -220,6 +232,9 @@ class ReinforcedDataset(Dataset):
         """Parameters (field -> ``[1, ...]``), top-k ids and probs of one stored view of source
         image ``index``."""
         self.guard.refuse_damaged(index)
+        return self._record(index, view)
+
+    def _record(self, index: int, view: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         if self._meta is not None:
             meta, row = self._meta, index
         else:
@@ -248,7 +263,7 @@ class ReinforcedDataset(Dataset):
         img = self.image(index)
         if self.p_original and KeyedRNG(view_keys(self.seed, epoch, index, _TAG_COIN)).random()[0] < self.p_original:
             return self._original(index, epoch, img, size)
-        params, ids, probs = self.record(index, self.view_index(index, epoch))
+        params, ids, probs = self._record(index, self.view_index(index, epoch))  # the guard ran above
         images, partner_index = [img], None
         if "mix_kind" in params and int(params["mix_kind"][0]):
             images.append(self.image(int(params["mix_partner"][0]) - self.header.dataset.offset))  # partners are global indices
@@ -287,7 +302,7 @@ class ReinforcedDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_reader"], state["_reader_pid"], state["_cache"] = None, -1, OrderedDict()
+        state["_reader"], state["_reader_pid"], state["_cache"], state["_view_blocks"] = None, -1, OrderedDict(), {}
         return state
 
 

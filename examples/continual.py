@@ -1,6 +1,6 @@
 """A dataset that grows, on CPU: extend a CIFAR-10+ store with new images, then train continually.
 
-    python examples/continual.py all --workdir W --publish     # ~1 h on a 2-core CPU; resumable
+    python examples/continual.py all --workdir W --publish     # ~45 min on a 2-core CPU; resumable
     python examples/continual.py report --workdir W           # the table and JSON again
 
 CIFAR-10 train is split into two seeded random halves of 25,000 images (``list:`` sources of
@@ -11,6 +11,8 @@ the same 10 classes). The protocol, fixed up front:
   teachers label only the new images. The reference is the second half labelled into a store
   of its own (the teacher compute of the new images alone); each build's wall-clock and
   views/s are recorded.
+* ``cost``: two more pairs, alternating, of (extend a copy of the first-half store, label the
+  second half alone), on an otherwise idle machine: the extension's cost ratio.
 * ``students`` (a ResNet-8, the families protocol's optimiser and batch, one-cycle schedule;
   ``DeviceReplay`` over the store, so every run uses the same loader):
 
@@ -18,12 +20,15 @@ the same 10 classes). The protocol, fixed up front:
   - ``continual``: from ``base``'s weights, 5 epochs over the grown store with
     :class:`dr.ReplayMixSampler` (half of each epoch new images, half replayed old ones; each
     epoch 50,000 items, so every new image once per epoch);
-  - ``new-only``: the same from ``base`` without replay (the new images only, 25,000 per epoch);
+  - ``continual-6``: the same for 6 epochs (300,000 images: 0.6x ``scratch``, the goal's budget);
+  - ``new-only``: 5 epochs from ``base`` without replay (the new images only, 25,000 per epoch);
   - ``scratch``: 10 epochs over the grown store from a fresh initialisation.
 
-  Compute is counted in training images (one forward and backward of the same model at the
-  same size each): ``continual`` trains 250,000 images against ``scratch``'s 500,000. The test
-  set is CIFAR-10 test (10,000), never tuned on.
+  Seeds 0, 1 and 2 (initialisation, view choice, data order, replay draws). Compute is counted
+  in training images (one forward and backward of the same model at the same size each):
+  ``continual`` trains 250,000 images against ``scratch``'s 500,000. Every run uses the same
+  optimiser and one-cycle schedule (a warm start restarts it). The test set is CIFAR-10 test
+  (10,000), never tuned on.
 
 Stages cache their outputs in the workdir (stores resume chunk by chunk; a student run is one
 JSON file, its weights one safetensors file), so a stopped protocol continues where it stopped.
@@ -61,9 +66,11 @@ VIEWS, TOPK, CHUNK, BATCH, LR, WD = 4, 10, 256, 256, 0.2, 5e-4
 RUNS: dict[str, tuple[int, str | None, float | None, list[int] | None]] = {
     "base": (10, None, None, [0]),
     "continual": (5, "base", 0.5, None),
+    "continual-6": (6, "base", 0.5, None),
     "new-only": (5, "base", 1.0, None),
     "scratch": (10, None, None, None),
 }
+SEEDS = (0, 1, 2)
 
 
 def _data(work: Path) -> tuple[dict[str, str], Path]:
@@ -141,6 +148,39 @@ def stage_reinforce(work: Path, quiet: bool) -> dict[str, Any]:
     return records
 
 
+def stage_cost(work: Path, quiet: bool, repeats: int = 2) -> list[dict[str, float]]:
+    """The extension's cost, timed fairly: ``repeats`` pairs, alternating, of extending a copy
+    of the first-half store by the second half and labelling the second half into a store of
+    its own (the teacher compute of the new images alone), on an otherwise idle machine."""
+    import shutil
+
+    lists, _ = _data(work)
+    path = work / "cost.json"
+    pairs: list[dict[str, float]] = json.loads(path.read_text()) if path.exists() else []
+    specs = [c["teacher_spec"] for c in shipped_cards(REPO / "examples/assets/teachers", 3, "examples/train_teachers.sh")]
+    for r in range(len(pairs), repeats):
+        base, alone = work / "cost" / f"base-{r}.zarr", work / "cost" / f"alone-{r}.zarr"
+        for old in (base, alone):
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.copytree(work / "cifar10-grown.zarr", base, ignore=shutil.ignore_patterns("segments"))
+        extend = reinforce(BuildConfig(source=lists["second"], teachers=specs, extend=str(base)), progress=not quiet)
+        fresh = BuildConfig(
+            source=lists["second"], teachers=specs, policy="cifar", views=VIEWS, topk=TOPK, chunk_size=CHUNK, out=str(alone)
+        )
+        own = reinforce(fresh, progress=not quiet)
+        pair = {
+            "extend_seconds": round(extend.seconds, 1),
+            "alone_seconds": round(own.seconds, 1),
+            "extend_working_seconds": round(extend.working_seconds, 1),
+            "alone_working_seconds": round(own.working_seconds, 1),
+        }
+        log(work, f"continual: cost pair {r}: extend {extend.seconds:.0f}s, alone {own.seconds:.0f}s")
+        pairs.append(pair)
+        path.write_text(json.dumps(pairs, indent=2) + "\n")
+        shutil.rmtree(base), shutil.rmtree(alone)
+    return pairs
+
+
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Any) -> tuple[float, float]:
     model.eval()
     with torch.no_grad():
@@ -149,15 +189,15 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: An
     return float((p.argmax(1) == y).float().mean()), ece(p, y)
 
 
-def train(work: Path, name: str, quiet: bool) -> dict[str, Any]:
+def train(work: Path, name: str, seed: int, quiet: bool) -> dict[str, Any]:
     """One student run (see the module docstring); its record, and its weights saved."""
     from safetensors.torch import load_file, save_file
 
     epochs, start, new_fraction, segments = RUNS[name]
     _, test = _data(work)
     store = str(work / "cifar10-grown.zarr")
-    torch.manual_seed(0)
-    rep = DeviceReplay(store, seed=0, segments=segments)
+    torch.manual_seed(seed)
+    rep = DeviceReplay(store, seed=seed, segments=segments)
     src = ImageFolderSource(str(test))
     x_test = torch.stack([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))])
     y_test = torch.from_numpy(src.labels())
@@ -168,12 +208,12 @@ def train(work: Path, name: str, quiet: bool) -> dict[str, Any]:
 
     model = zoo.cifar_resnet(depth=8, width=16, num_classes=10).to(memory_format=torch.channels_last)
     if start is not None:
-        model.load_state_dict(load_file(str(work / f"{start}.safetensors")))
-    sampler = ReplayMixSampler(rep, new_fraction=new_fraction, seed=0) if new_fraction is not None else None
+        model.load_state_dict(load_file(str(work / f"{start}-s{seed}.safetensors")))
+    sampler = ReplayMixSampler(rep, new_fraction=new_fraction, seed=seed) if new_fraction is not None else None
     per_epoch = len(sampler) if sampler is not None else len(rep)
     opt = sgd_nesterov(model, LR, WD)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=epochs * math.ceil(per_epoch / BATCH), pct_start=0.15)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     curve, seconds = [], 0.0
     for epoch in range(epochs):
         t0 = time.perf_counter()
@@ -197,11 +237,13 @@ def train(work: Path, name: str, quiet: bool) -> dict[str, Any]:
         curve.append(round(acc, 4))
         if not quiet:
             print(
-                f"  [{name}] epoch {epoch + 1}/{epochs} top-1 {acc:.4f} ({per_epoch / (time.perf_counter() - t0):,.0f} img/s)", flush=True
+                f"  [{name}-s{seed}] epoch {epoch + 1}/{epochs} top-1 {acc:.4f} ({per_epoch / (time.perf_counter() - t0):,.0f} img/s)",
+                flush=True,
             )
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / f"{name}.safetensors"))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / f"{name}-s{seed}.safetensors"))
     return {
         "run": name,
+        "seed": seed,
         "epochs": epochs,
         "starts_from": start,
         "new_fraction": new_fraction,
@@ -215,62 +257,104 @@ def train(work: Path, name: str, quiet: bool) -> dict[str, Any]:
     }
 
 
-def stage_students(work: Path, quiet: bool, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    runs = {}
-    for name in RUNS:
-        path = work / "runs" / f"{name}.json"
-        if not path.exists() and (only is None or name in only):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            record = train(work, name, quiet)
-            path.write_text(json.dumps(record, indent=2) + "\n")
-            log(work, f"continual: student {name}: top-1 {record['test_top1']:.4f} ({record['train_seconds']:.0f}s)")
-        if path.exists():
-            runs[name] = json.loads(path.read_text())
-    return runs
+def stage_students(work: Path, quiet: bool, only: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every run of every seed (seed by seed: each seed's ``base`` first); cached per run."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
+    for seed in SEEDS:
+        for name in RUNS:
+            path = work / "runs" / f"{name}-s{seed}.json"
+            if not path.exists() and (only is None or name in only):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                record = train(work, name, seed, quiet)
+                path.write_text(json.dumps(record, indent=2) + "\n")
+                log(work, f"continual: student {name}-s{seed}: top-1 {record['test_top1']:.4f} ({record['train_seconds']:.0f}s)")
+            if path.exists():
+                runs[name].append(json.loads(path.read_text()))
+    return {name: rs for name, rs in runs.items() if rs}
+
+
+def _mean(rs: list[dict[str, Any]], key: str) -> float:
+    return float(np.mean([r[key] for r in rs]))
+
+
+def _student_table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    scratch = _mean(runs["scratch"], "train_images") if "scratch" in runs else None
+    lines = [
+        "| run | starts from | epochs | training images | vs scratch | top-1 (mean of seeds) | per seed | ECE | train s |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for name, rs in runs.items():
+        r = rs[0]
+        ratio = f"{r['train_images'] / scratch:.2f}x" if scratch else "-"
+        if r["starts_from"] in runs and scratch:
+            ratio += f" ({(r['train_images'] + runs[r['starts_from']][0]['train_images']) / scratch:.2f}x with it)"
+        seeds = ", ".join(f"{100 * x['test_top1']:.2f}" for x in rs)
+        lines.append(
+            f"| {name} | {r['starts_from'] or 'random init'} | {r['epochs']} | {r['train_images']:,} | {ratio} | "
+            f"{100 * _mean(rs, 'test_top1'):.2f} % | {seeds} | {_mean(rs, 'ece'):.3f} | {_mean(rs, 'train_seconds'):.0f} |"
+        )
+    return lines
+
+
+def _build_lines(builds: dict[str, Any]) -> list[str]:
+    first, ext, alone = builds["first"], builds["extend"], builds.get("alone")
+    lines = [
+        "| build | images | views | wall-clock | views/s (workers up) |",
+        "|---|---:|---:|---:|---:|",
+        f"| first half (new store) | {first['images']:,} | {first['views']:,} | {first['seconds']:.0f} s | {first['working_views_per_second']:.0f} |",
+        f"| second half (`--extend`) | {ext['images']:,} | {ext['views']:,} | {ext['seconds']:.0f} s | {ext['working_views_per_second']:.0f} |",
+    ]
+    if alone:
+        lines += [
+            f"| second half alone (new store) | {alone['images']:,} | {alone['views']:,} | {alone['seconds']:.0f} s | {alone['working_views_per_second']:.0f} |",
+            "",
+            "These three builds ran while other jobs shared the CPU at times; the pairs below time the extension's cost.",
+        ]
+    return lines
+
+
+def _cost_lines(pairs: list[dict[str, float]]) -> list[str]:
+    if not pairs:
+        return []
+    ratio = [p["extend_seconds"] / p["alone_seconds"] for p in pairs]
+    working = [p["extend_working_seconds"] / p["alone_working_seconds"] for p in pairs]
+    rows = [
+        f"| {i} | {p['extend_seconds']:.0f} s | {p['alone_seconds']:.0f} s | {ratio[i]:.3f} | {working[i]:.3f} |"
+        for i, p in enumerate(pairs)
+    ]
+    return [
+        "The extension's cost, timed on an otherwise idle machine: pairs of (extend a copy of the first-half store by the second "
+        "half, label the second half into a store of its own), alternating:",
+        "",
+        "| pair | extend | alone | ratio | ratio once workers were up |",
+        "|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Mean ratio {np.mean(ratio):.3f} ({np.mean(working):.3f} once the workers were up): extending costs the teacher compute "
+        "of the new images alone. A full rebuild would label all 50,000 images, twice the views.",
+    ]
 
 
 def stage_report(work: Path, publish: bool) -> str:
     builds = json.loads((work / "builds.json").read_text())
+    cost = json.loads((work / "cost.json").read_text()) if (work / "cost.json").exists() else []
     runs = stage_students(work, quiet=True, only=[])
-    scratch = runs.get("scratch")
-    lines = [
-        "| run | starts from | epochs | training images | vs scratch | top-1 | ECE | train s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in runs.items():
-        total = r["train_images"] + (runs[r["starts_from"]]["train_images"] if r["starts_from"] in runs else 0)
-        ratio = f"{r['train_images'] / scratch['train_images']:.2f}x (with base {total / scratch['train_images']:.2f}x)" if scratch else "-"
-        lines.append(
-            f"| {name} | {r['starts_from'] or 'random init'} | {r['epochs']} | {r['train_images']:,} | {ratio} | "
-            f"{100 * r['test_top1']:.2f} % | {r['ece']:.3f} | {r['train_seconds']:.0f} |"
-        )
-    first, ext, alone = builds["first"], builds["extend"], builds.get("alone")
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     text = "\n".join(
         [
-            f"Measured on {machine('cpu')}, one run each (seed 0).",
+            f"Measured on {machine('cpu')}; students: seeds {', '.join(map(str, seeds))}.",
             "",
-            "| build | images | views | wall-clock | views/s (workers up) |",
-            "|---|---:|---:|---:|---:|",
-            f"| first half (new store) | {first['images']:,} | {first['views']:,} | {first['seconds']:.0f} s | {first['working_views_per_second']:.0f} |",
-            f"| second half (`--extend`) | {ext['images']:,} | {ext['views']:,} | {ext['seconds']:.0f} s | {ext['working_views_per_second']:.0f} |",
-            *(
-                [
-                    f"| second half alone (new store) | {alone['images']:,} | {alone['views']:,} | {alone['seconds']:.0f} s | {alone['working_views_per_second']:.0f} |",
-                    "",
-                    f"Extending took {ext['seconds'] / alone['seconds']:.2f}x the wall-clock of labelling the same new images into a "
-                    f"store of their own ({ext['working_seconds'] / alone['working_seconds']:.2f}x once the workers were up): the teachers "
-                    "ran on the new images only. A full rebuild would label all 50,000 images, twice the views.",
-                ]
-                if alone
-                else []
-            ),
+            *_build_lines(builds),
             "",
-            *lines,
+            *_cost_lines(cost),
+            "",
+            *_student_table(runs),
             "",
         ]
     )
     (work / "results.md").write_text(text)
-    payload = {"protocol": "continual-cifar10-cpu", "machine": machine("cpu"), "builds": builds, "runs": list(runs.values())}
+    flat = [r for rs in runs.values() for r in rs]
+    payload = {"protocol": "continual-cifar10-cpu", "machine": machine("cpu"), "builds": builds, "cost_pairs": cost, "runs": flat}
     (work / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     if publish:
         out = REPO / "examples/results/continual-cifar10-cpu"
@@ -282,9 +366,9 @@ def stage_report(work: Path, publish: bool) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["reinforce", "students", "report", "all"])
+    parser.add_argument("stage", choices=["reinforce", "students", "cost", "report", "all"])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--run", default=None, help="students: only these runs (base,continual,new-only,scratch)")
+    parser.add_argument("--run", default=None, help="students: only these runs (base,continual,continual-6,new-only,scratch)")
     parser.add_argument("--publish", action="store_true", help="write examples/results/continual-cifar10-cpu and bench/results")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -295,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
         stage_reinforce(work, args.quiet)
     if args.stage in ("students", "all"):
         stage_students(work, args.quiet, args.run.split(",") if args.run else None)
+    if args.stage in ("cost", "all"):
+        stage_cost(work, args.quiet)
     if args.stage in ("report", "all"):
         print(stage_report(work, args.publish))
 

@@ -50,6 +50,12 @@ def test_each_view_once_per_v_epochs(ds: ReinforcedDataset) -> None:
         assert sorted(ds.view_index(i, e) for e in range(V, 2 * V)) == list(range(V))
     # different images use different orders (seeded per image)
     assert len({tuple(ds.view_index(i, e) for e in range(V)) for i in range(len(ds))}) > 1
+    # the per-process cache of choices (blocks of images, two epochs) is view_choice exactly
+    from dr.dataset import view_choice
+
+    for e in (0, 5, 0, 9, 2):
+        idx = np.arange(len(ds))
+        assert [ds.view_index(int(i), e) for i in idx] == view_choice(ds.seed, idx, e, V).tolist()
 
 
 def test_workers_follow_set_epoch_and_match_in_process(ds: ReinforcedDataset) -> None:
