@@ -592,7 +592,7 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
                 row += [
                     f"{a.mean():.2f}{spread} (n={len(a)})",
                     f"{np.mean([r['ece'] for r in rs]):.3f}",
-                    f"{np.mean([r['images_per_second'] for r in rs]):,.0f}",
+                    _speed(rs),
                     tta_s,
                 ]
                 summary[f"{family}/{c}@{b}"] = {
@@ -739,6 +739,12 @@ def _plot_multiscale(work: Path, proto: Protocol, runs: list[dict]) -> None:
             f"{proto.dataset} {family}: multi-scale vs fixed size ({proto.name})",
             work / f"accuracy-vs-pixels-{family}.png",
         )
+
+
+def _speed(rs: list[dict]) -> str:
+    """Mean training images/s of the runs that measured it (a run paused mid-way records none)."""
+    speeds = [r["images_per_second"] for r in rs if r.get("images_per_second") is not None]
+    return f"{np.mean(speeds):,.0f}" if speeds else "-"
 
 
 def _fmt(x: float | None) -> str:
