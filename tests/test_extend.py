@@ -67,37 +67,6 @@ def _arrays(group_url: str) -> dict[str, np.ndarray]:
     return rows
 
 
-@pytest.mark.parametrize(("first", "second", "policy"), [("a40", "b24", "cifar"), ("a48", "b16", "cifar+mix+ra/re")])
-def test_extended_store_equals_one_shot_build(
-    lists: dict[str, str], tiny_teacher: str, ray_session, tmp_path: Path, first: str, second: str, policy: str
-) -> None:
-    store, one = str(tmp_path / "grown.zarr"), str(tmp_path / "one.zarr")
-    assert reinforce(_config(lists[first], tiny_teacher, store, policy), progress=False).complete
-    result = reinforce(BuildConfig(source=lists[second], teachers=[tiny_teacher], extend=store), progress=False)
-    # the extension labelled the new images only
-    assert result.complete and result.views_computed == (64 - int(first[1:])) * 4 and result.out == store
-    assert reinforce(_config(lists["all"], tiny_teacher, one, policy), progress=False).complete
-    grown, whole = _arrays(store), _arrays(one)
-    assert set(grown) == set(whole) and len(grown["source/labels"]) == 64
-    for path in whole:  # the same values, byte for byte, including mixing partners and targets
-        np.testing.assert_array_equal(grown[path], whole[path], err_msg=path)
-    # existing chunks were not rewritten: segment 0 is the store as first built, readable alone
-    attrs = zarr.open_group(store, mode="r").attrs.asdict()
-    assert attrs["dataset"]["count"] == int(first[1:]) and "offset" not in attrs["dataset"]
-    table = zarr.open_group(f"{store}/segments", mode="r").attrs.asdict()["segments"]
-    assert [(r["index"], r["offset"], r["count"], r["status"]) for r in table] == [(1, int(first[1:]), 64 - int(first[1:]), "complete")]
-
-    from dr import ReinforcedDataset
-
-    grown_ds, whole_ds = ReinforcedDataset(store), ReinforcedDataset(one)
-    assert len(grown_ds) == len(whole_ds) == 64
-    for epoch in (0, 3):
-        grown_ds.set_epoch(epoch), whole_ds.set_epoch(epoch)
-        for item in (0, 39, 40, 63):
-            (x1, (i1, p1)), (x2, (i2, p2)) = grown_ds[item], whole_ds[item]
-            assert torch.equal(x1, x2) and torch.equal(i1, i2) and torch.equal(p1, p2)
-
-
 @pytest.fixture(scope="module")
 def grown(lists: dict[str, str], tiny_teacher: str, ray_session, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A store of ``a40`` extended by ``b24`` (policy cifar)."""
@@ -105,6 +74,52 @@ def grown(lists: dict[str, str], tiny_teacher: str, ray_session, tmp_path_factor
     assert reinforce(_config(lists["a40"], tiny_teacher, store), progress=False).complete
     assert reinforce(BuildConfig(source=lists["b24"], teachers=[tiny_teacher], extend=store), progress=False).complete
     return store
+
+
+def _root_files(store: str) -> dict[str, bytes]:
+    """Every file of segment 0 (the root store), by path."""
+    root = Path(store)
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and "segments" not in p.parts}
+
+
+def _same_as_one_shot(store: str, one: str, first: int) -> None:
+    grown, whole = _arrays(store), _arrays(one)
+    assert set(grown) == set(whole) and len(grown["source/labels"]) == 64
+    for path in whole:  # the same values, byte for byte, including mixing partners and targets
+        np.testing.assert_array_equal(grown[path], whole[path], err_msg=path)
+    table = zarr.open_group(f"{store}/segments", mode="r").attrs.asdict()["segments"]
+    assert [(r["index"], r["offset"], r["count"], r["status"]) for r in table] == [(1, first, 64 - first, "complete")]
+
+    from dr import ReinforcedDataset
+
+    grown_ds, whole_ds = ReinforcedDataset(store), ReinforcedDataset(one)
+    assert len(grown_ds) == len(whole_ds) == 64
+    for epoch in (0, 3):
+        grown_ds.set_epoch(epoch), whole_ds.set_epoch(epoch)
+        for item in (0, first - 1, first, 63):
+            (x1, (i1, p1)), (x2, (i2, p2)) = grown_ds[item], whole_ds[item]
+            assert torch.equal(x1, x2) and torch.equal(i1, i2) and torch.equal(p1, p2)
+
+
+def test_extension_of_a_mixing_policy_equals_one_shot_build(lists: dict[str, str], tiny_teacher: str, ray_session, tmp_path: Path) -> None:
+    """48 + 16 images (the first segment ends on a chunk boundary), policy cifar+mix+ra/re."""
+    store, one = str(tmp_path / "grown.zarr"), str(tmp_path / "one.zarr")
+    policy = "cifar+mix+ra/re"
+    assert reinforce(_config(lists["a48"], tiny_teacher, store, policy), progress=False).complete
+    before = _root_files(store)
+    result = reinforce(BuildConfig(source=lists["b16"], teachers=[tiny_teacher], extend=store), progress=False)
+    # the extension labelled the new images only, and never rewrote a file of the store it extends
+    assert result.complete and result.views_computed == 16 * 4 and result.out == store
+    assert _root_files(store) == before and "offset" not in zarr.open_group(store, mode="r").attrs["dataset"]
+    assert reinforce(_config(lists["all"], tiny_teacher, one, policy), progress=False).complete
+    _same_as_one_shot(store, one, 48)
+
+
+def test_extension_mid_chunk_equals_one_shot_build(grown: str, lists: dict[str, str], tiny_teacher: str, tmp_path: Path) -> None:
+    """40 + 24 images (the first segment ends mid-chunk), policy cifar (no mixing)."""
+    one = str(tmp_path / "one.zarr")
+    assert reinforce(_config(lists["all"], tiny_teacher, one), progress=False).complete
+    _same_as_one_shot(grown, one, 40)
 
 
 def test_refusals_name_the_difference(grown: str, lists: dict[str, str], tiny_teacher: str, tmp_path: Path) -> None:

@@ -192,6 +192,7 @@ on_bad_image: fail                    # fail | skip
 max_retries: 3                        # per unit, after a worker dies
 start_timeout: 600                    # seconds to wait for a worker while none runs; then fail
 # max_chunks: 10                      # stop after this many chunks (exit code 3; finish with --resume)
+# extend: /shared/stores/imagenet+.zarr  # add SOURCE to this complete store as a new segment (no out:; its settings)
 resume: false
 # repair: false                       # with resume: recompute chunks that fail their digests (see dr-build verify)
 overwrite: false
