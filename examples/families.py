@@ -692,7 +692,8 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
         (REPO / "bench" / "results").mkdir(exist_ok=True)
         shutil.copy(work / "results.json", REPO / "bench" / "results" / f"{proto.name}.json")
         if multiscale:
-            shutil.copy(work / "multiscale.json", REPO / "bench" / "results" / f"multiscale-{proto.name.rsplit('-', 1)[-1]}.json")
+            name = "multiscale-cpu.json" if proto.dataset == "tin100" else f"multiscale-{proto.dataset}-cpu.json"
+            shutil.copy(work / "multiscale.json", REPO / "bench" / "results" / name)
     print(text)
     return text
 
