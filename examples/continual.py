@@ -93,6 +93,11 @@ def _data(work: Path) -> tuple[dict[str, str], Path]:
     return out, test
 
 
+def _new_store(source: str, specs: list[str], out: str, **kw: Any) -> BuildConfig:
+    """The protocol's build of ``source`` into a new store (policy cifar, V, k, chunking)."""
+    return BuildConfig(source=source, teachers=specs, policy="cifar", views=VIEWS, topk=TOPK, chunk_size=CHUNK, out=out, **kw)
+
+
 def stage_reinforce(work: Path, quiet: bool) -> dict[str, Any]:
     """The store of the first half, then its extension by the second; each build's speed."""
     lists, _ = _data(work)
@@ -101,30 +106,10 @@ def stage_reinforce(work: Path, quiet: bool) -> dict[str, Any]:
     records = json.loads(record_path.read_text()) if record_path.exists() else {}
     specs = [c["teacher_spec"] for c in shipped_cards(REPO / "examples/assets/teachers", 3, "examples/train_teachers.sh")]
     steps = {
-        "first": BuildConfig(
-            source=lists["first"],
-            teachers=specs,
-            policy="cifar",
-            views=VIEWS,
-            topk=TOPK,
-            chunk_size=CHUNK,
-            out=store,
-            resume=True,
-            force=True,
-        ),
+        "first": _new_store(lists["first"], specs, store, resume=True, force=True),
         "extend": BuildConfig(source=lists["second"], teachers=specs, extend=store, resume=True, force=True),
         # the reference: the same new images labelled into a store of their own
-        "alone": BuildConfig(
-            source=lists["second"],
-            teachers=specs,
-            policy="cifar",
-            views=VIEWS,
-            topk=TOPK,
-            chunk_size=CHUNK,
-            out=str(work / "second-alone.zarr"),
-            resume=True,
-            force=True,
-        ),
+        "alone": _new_store(lists["second"], specs, str(work / "second-alone.zarr"), resume=True, force=True),
     }
     for name, config in steps.items():
         if records.get(name, {}).get("done"):
@@ -164,10 +149,7 @@ def stage_cost(work: Path, quiet: bool, repeats: int = 2) -> list[dict[str, floa
             shutil.rmtree(old, ignore_errors=True)
         shutil.copytree(work / "cifar10-grown.zarr", base, ignore=shutil.ignore_patterns("segments"))
         extend = reinforce(BuildConfig(source=lists["second"], teachers=specs, extend=str(base)), progress=not quiet)
-        fresh = BuildConfig(
-            source=lists["second"], teachers=specs, policy="cifar", views=VIEWS, topk=TOPK, chunk_size=CHUNK, out=str(alone)
-        )
-        own = reinforce(fresh, progress=not quiet)
+        own = reinforce(_new_store(lists["second"], specs, str(alone)), progress=not quiet)
         pair = {
             "extend_seconds": round(extend.seconds, 1),
             "alone_seconds": round(own.seconds, 1),
