@@ -24,6 +24,13 @@ __all__ = ["Extension", "extension_settings", "finish_extension", "plan_extensio
 _FROM_HEADER = ("policy", "views", "topk", "seed", "chunk_size", "forward_group", "output_size", "temperature", "compile")
 
 
+def _extended(config: BuildConfig) -> str:
+    """The store ``config`` extends."""
+    if config.extend is None:
+        raise ConfigError("this build extends no store: pass --extend STORE (extend= in the config)")
+    return config.extend
+
+
 def _header_settings(header: StoreHeader) -> dict[str, Any]:
     return {
         "policy": header.policy.get("name"),
@@ -49,8 +56,8 @@ def extension_settings(config: BuildConfig) -> BuildConfig:
             ``--out`` names another store.
         StoreError: the store is missing, not a dr store, or not complete.
     """
-    assert config.extend is not None
-    header = StoreReader(config.extend, storage_options=config.storage_options).header
+    store = _extended(config)
+    header = StoreReader(store, storage_options=config.storage_options).header
     stored = _header_settings(header)
     given = config.model_fields_set
     differ = [
@@ -58,15 +65,15 @@ def extension_settings(config: BuildConfig) -> BuildConfig:
         for k, v in stored.items()
         if k in given and getattr(config, k) != v
     ]
-    if "out" in given and config.out != config.extend:
-        differ.append(f"--out {config.out!r} (an extension is written into the store it extends, {config.extend!r})")
+    if "out" in given and config.out != store:
+        differ.append(f"--out {config.out!r} (an extension is written into the store it extends, {store!r})")
     if differ:
         raise ConfigError(
-            f"--extend {config.extend!r}: an extension is built with the store's own settings, but "
+            f"--extend {store!r}: an extension is built with the store's own settings, but "
             + "; ".join(differ)
             + ". Leave these flags out (they come from the store's header) or build a new store"
         )
-    return config.model_copy(update={**stored, "out": config.extend})
+    return config.model_copy(update={**stored, "out": store})
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,7 @@ def plan_extension(config: BuildConfig, header: StoreHeader) -> Extension:
             classes do not extend the store's, the same source was already added, or another
             extension is still building.
     """
-    assert config.extend is not None
-    store, opts = config.extend, config.storage_options
+    store, opts = _extended(config), config.storage_options
     base = StoreReader(store, storage_options=opts).header
     table = read_segment_table(store, opts)
     offset = base.dataset.count + sum(r.count for r in table)
@@ -159,6 +165,6 @@ def _check(store: str, base: StoreHeader, new: StoreHeader, offset: int) -> None
 
 def finish_extension(config: BuildConfig, ext: Extension) -> None:
     """Mark the extension's segment complete in the table (after its store was finalised)."""
-    assert config.extend is not None
+    store = _extended(config)
     rows = [r.model_copy(update={"status": "complete", "completed_at": now_iso()}) if r.index == ext.index else r for r in ext.table]
-    write_segment_table(config.extend, rows, config.storage_options)
+    write_segment_table(store, rows, config.storage_options)
