@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,20 +74,18 @@ class ChunkGuard:
         store: the store's URL (for messages).
         chunk_size: images per store chunk.
         problems: what :meth:`storage.StoreReader.load_checked` found.
-        chunk_of: the chunk number of each image index (default ``index // chunk_size``; a
-            segmented store's :meth:`~dr.storage.segments.SegmentedStore.chunk_of`).
+        segments: for a store with segments, each segment's first image index and first global
+            chunk number (default: one segment, chunk = ``index // chunk_size``). Plain arrays,
+            so the guard pickles with the Dataset to spawned DataLoader workers.
     """
 
     def __init__(
-        self,
-        store: str,
-        chunk_size: int,
-        problems: Sequence[ChunkProblem] = (),
-        chunk_of: Callable[[np.ndarray], np.ndarray] | None = None,
+        self, store: str, chunk_size: int, problems: Sequence[ChunkProblem] = (), segments: Sequence[tuple[int, int]] = ((0, 0),)
     ) -> None:
         self.store = store
         self.chunk_size = int(chunk_size)
-        self.chunk_of = chunk_of or (lambda index: np.asarray(index, dtype=np.int64) // self.chunk_size)
+        self.offsets = np.asarray([o for o, _ in segments], dtype=np.int64)
+        self.chunk_bases = np.asarray([c for _, c in segments], dtype=np.int64)
         self.bad: dict[int, list[ChunkProblem]] = {}
         self.add(problems)
 
@@ -97,6 +95,12 @@ class ChunkGuard:
             self.bad.setdefault(p.chunk, []).append(p)
         if new:
             log.warning("%s", damage_message(self.store, new))
+
+    def chunk_of(self, index: np.ndarray) -> np.ndarray:
+        """The global chunk number of each image index."""
+        index = np.asarray(index, dtype=np.int64)
+        seg = np.searchsorted(self.offsets, index, side="right") - 1
+        return self.chunk_bases[seg] + (index - self.offsets[seg]) // self.chunk_size
 
     def refuse_damaged(self, indices: int | Iterable[int]) -> None:
         """Raise :class:`StoreDamagedError` if any source index lies in a damaged chunk."""
@@ -138,8 +142,8 @@ class OpenedStore:
 
     def guard(self, store: str, more: Sequence[ChunkProblem] = ()) -> ChunkGuard:
         """A :class:`ChunkGuard` over the damaged chunks found (and ``more``)."""
-        chunk_of = self.reader.chunk_of if isinstance(self.reader, SegmentedStore) else None
-        return ChunkGuard(store, self.header.chunk_size, [*self.damaged, *more], chunk_of)
+        parts = [(s.offset, s.chunk_base) for s in self.reader.segments] if isinstance(self.reader, SegmentedStore) else [(0, 0)]
+        return ChunkGuard(store, self.header.chunk_size, [*self.damaged, *more], parts)
 
 
 def open_checked(

@@ -4,6 +4,7 @@ be, resumes, verifies and repairs per segment; readers serve its segments as one
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import signal
 import subprocess
@@ -214,6 +215,10 @@ def test_verify_and_repair_per_segment(grown: str, lists: dict[str, str], tiny_t
     assert ds[39] is not None and ds[56] is not None  # sound chunks are served
     with pytest.raises(StoreDamagedError, match="segments/1/targets/probs chunk 3"):
         ds[45]
+    spawned = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker gets
+    assert spawned[56] is not None
+    with pytest.raises(StoreDamagedError, match="segments/1/targets/probs chunk 3"):
+        spawned[45]
     fixed = reinforce(BuildConfig(source=lists["b24"], teachers=[tiny_teacher], extend=store, resume=True, repair=True), progress=False)
     assert fixed.complete and fixed.chunks_computed == 1
     assert all(c.ok for c in verify_store(store))
