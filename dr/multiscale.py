@@ -12,6 +12,11 @@ variable-batch sampling", arXiv 2309.04502). It drives both training paths:
 * ``DeviceReplay``: ``for size, items in sampler.batches(epoch): replay.batch(items, epoch,
   output_size=size)``.
 
+Batch rule ``batch="pixels"`` (the default) is that paper's variable batch. ``batch="fixed"``
+keeps ``base_batch`` at every size, so a small size is a cheaper step rather than a bigger
+batch (progressive resizing): the epoch keeps its number of optimizer steps, which matters in
+short trainings.
+
 Learning rate: a step's gradient averages over its batch, so a smaller batch is a noisier
 step. The sampler's :meth:`~MultiScaleBatchSampler.lr_scale` is the linear scaling rule
 (``batch / base_batch``); multiply the scheduled learning rate by it per step (the examples do)
@@ -70,6 +75,9 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
     every rank gets whole batches of the same size at the same step, as DDP needs. A function
     of ``(seed, epoch)`` only: the same batches on every machine, whatever the worker count.
 
+    With ``batch="fixed"`` every step takes ``base_batch`` items whatever its size: pixels per
+    step follow the size, and the number of steps per epoch stays that of fixed-size training.
+
     Curriculum ``"linear"``: at epoch ``e`` of ``epochs`` only sizes up to
     ``min + (max - min) * e / (epochs - 1)`` are drawn (the smallest always), so training
     starts small (cheap) and ends using every size.
@@ -81,6 +89,8 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
         sizes: the resolutions to draw from (default :func:`scale_sizes` of ``base_size``).
         curriculum: ``None`` (every size every epoch) or ``"linear"``.
         epochs: the training length (required by a curriculum).
+        batch: ``"pixels"`` (scale the batch to keep pixels per step) or ``"fixed"`` (keep
+            ``base_batch`` at every size).
         shuffle: permute the items every epoch (else in order).
         seed: the seed of the permutation and the size draws.
         drop_last: drop a last step smaller than its batch size.
@@ -101,6 +111,7 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
         *,
         curriculum: Literal["linear"] | None = None,
         epochs: int | None = None,
+        batch: Literal["pixels", "fixed"] = "pixels",
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
@@ -115,11 +126,13 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
             raise ConfigError(f"sizes {sizes!r} and base_batch {base_batch}: give positive sizes and a batch of at least 1")
         if curriculum not in (None, "linear"):
             raise ConfigError(f"curriculum {curriculum!r}: use None or 'linear'")
+        if batch not in ("pixels", "fixed"):
+            raise ConfigError(f"batch {batch!r}: use 'pixels' (constant pixels per step) or 'fixed' (constant batch size)")
         if curriculum and (epochs is None or epochs < 1):
             raise ConfigError("a curriculum needs the training length: pass epochs=N")
         if not 0 <= rank < num_replicas:
             raise ConfigError(f"rank {rank} must be in [0, {num_replicas}): pass rank < num_replicas")
-        self.curriculum, self.epochs = curriculum, epochs
+        self.curriculum, self.epochs, self.batch = curriculum, epochs, batch
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.max_batch = int(max_batch or 4 * self.base_batch)
@@ -132,11 +145,14 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def batch_size(self, size: int) -> int:
         """The per-rank batch at ``size``: ``base_batch * (base_size / size)**2``, rounded, in
-        ``[1, max_batch]``."""
+        ``[1, max_batch]`` (``base_batch`` with ``batch="fixed"``)."""
+        if self.batch == "fixed":
+            return self.base_batch
         return int(min(self.max_batch, max(1, round(self.base_batch * (self.base_size / size) ** 2))))
 
     def lr_scale(self, size: int) -> float:
-        """The linear scaling rule's learning-rate factor for a batch at ``size``."""
+        """The linear scaling rule's learning-rate factor for a batch at ``size`` (1 with
+        ``batch="fixed"``)."""
         return self.batch_size(size) / self.base_batch
 
     def epoch_sizes(self, epoch: int | None = None) -> tuple[int, ...]:

@@ -67,6 +67,21 @@ def test_the_linear_curriculum_starts_small_and_ends_with_every_size() -> None:
         MultiScaleBatchSampler(10, 32, 4, curriculum="linear")
 
 
+def test_the_fixed_batch_rule_keeps_the_steps_and_lets_pixels_follow_the_size() -> None:
+    kw = dict(base_size=64, base_batch=32, curriculum="linear", epochs=4, seed=2)
+    fixed, pixels = MultiScaleBatchSampler(1000, batch="fixed", **kw), MultiScaleBatchSampler(1000, **kw)
+    for e in range(4):
+        steps = list(fixed.batches(e))
+        assert len(steps) == 32  # ceil(1000 / 32) whatever the sizes: the steps of fixed-size training
+        assert all(len(b) == 32 for _, b in steps[:-1]) and len(steps[-1][1]) == 1000 - 31 * 32
+        assert sorted(np.concatenate([b for _, b in steps]).tolist()) == list(range(1000))  # each item once
+    assert {fixed.lr_scale(s) for s in scale_sizes(64)} == {1.0}
+    assert len(list(pixels.batches(0))) < len(list(fixed.batches(0)))  # small sizes: bigger batches, fewer steps
+    assert fixed.pixels(0) == 1000 * 48 * 48 and fixed.pixels(0) < fixed.pixels(3)
+    with pytest.raises(ConfigError, match="'fixed'"):
+        MultiScaleBatchSampler(10, 32, 4, batch="images")  # type: ignore[arg-type]
+
+
 def test_the_same_view_and_target_at_every_size(cifar64_store: str, cifar64: Path) -> None:
     ds = ReinforcedDataset(cifar64_store, str(cifar64), transform=lambda v: v)
     ds.set_epoch(2)
