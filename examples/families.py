@@ -155,7 +155,8 @@ TIN_CPU = Protocol(
     kstudy_epochs=4,
     kstudy_views=4,
 )
-C10_CPU = Protocol("cifar10plus-families-cpu", "cifar10", None, None, 10, 10, ("cifar", "cifar+ra/re"), (5,), FAMILIES)
+# CIFAR-10+ runs are cheap enough for seeds {0, 1} in every family
+C10_CPU = Protocol("cifar10plus-families-cpu", "cifar10", None, None, 10, 10, ("cifar", "cifar+ra/re"), (5,), {f: (0, 1) for f in FAMILIES})
 QUICK = Protocol(
     "quick",
     "tin100",
@@ -319,11 +320,12 @@ class Run:
     seed: int
     k: int | None = None  # the k study's k' (None: the store's k)
     multiscale: bool = False  # MultiScaleBatchSampler (0.75-1.25x, linear curriculum) instead of fixed-size batches
+    ms_batch: str = "pixels"  # the sampler's batch rule: "pixels" (variable batch) or "fixed" (progressive resizing)
 
     @property
     def name(self) -> str:
         k = f"-k{self.k}" if self.k is not None else ""
-        ms = "-ms" if self.multiscale else ""
+        ms = ("-ms" if self.ms_batch == "pixels" else "-msb") if self.multiscale else ""
         return f"{self.family}-{self.condition.replace(':', '-').replace('/', '-')}{k}{ms}-e{self.epochs}-s{self.seed}"
 
 
@@ -354,7 +356,15 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         teachers = Ensemble.from_specs(specs).to(device)
         teachers.optimize(channels_last=True, compile=proto.compile_teachers)
     opt = sgd_nesterov(model, proto.lr, proto.wd)
-    sampler = MultiScaleBatchSampler(len(rep), ds.size, proto.batch, curriculum="linear", epochs=run.epochs, seed=run.seed)
+    sampler = MultiScaleBatchSampler(
+        len(rep),
+        ds.size,
+        proto.batch,
+        curriculum="linear",
+        epochs=run.epochs,
+        seed=run.seed,
+        batch=run.ms_batch,  # type: ignore[arg-type]
+    )
     batches = (lambda e: list(sampler.batches(e))) if run.multiscale else (lambda e: _fixed_batches(len(rep), proto.batch, gen, ds.size))
     gen = torch.Generator().manual_seed(run.seed)  # the same data order in every condition
     steps = (
@@ -415,6 +425,7 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         "epoch_seconds": [round(t, 2) for t in epoch_s],
         "pixels_per_epoch": pixels,  # sum of size**2 over the epoch's training views: conv FLOPs scale with it
         "multiscale": run.multiscale,
+        "ms_batch": run.ms_batch if run.multiscale else None,
         "train_images": len(rep),
         "sampler_seconds": round(sampler_s, 3),
         "kstudy": run.k is not None,
@@ -480,7 +491,7 @@ def plan(proto: Protocol, args: argparse.Namespace, kstudy: bool = False) -> lis
     if args.seed:
         runs = [r for r in runs if r.seed in args.seed]
     if getattr(args, "multiscale", False):
-        runs = [Run(r.family, r.condition, r.epochs, r.seed, r.k, multiscale=True) for r in runs]
+        runs = [Run(r.family, r.condition, r.epochs, r.seed, r.k, multiscale=True, ms_batch=args.ms_batch) for r in runs]
     return runs
 
 
@@ -543,6 +554,24 @@ def _stored_bytes_per_view(store: str, k: int) -> float:
     return total / (a.shape[0] * a.shape[1])
 
 
+def _ensemble_top1(work: Path, specs: list[str]) -> float | None:
+    """The teacher ensemble's top-1 on the workdir's test images (None: not extracted), cached
+    in ``ensemble-top1.json`` for these teachers."""
+    test, cache = work / "data" / "test", work / "ensemble-top1.json"
+    if not test.exists():
+        return None
+    if cache.exists() and (c := json.loads(cache.read_text())).get("teachers") == specs:
+        return float(c["top1"])
+    src = ImageFolderSource(test)
+    x = torch.stack([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))])
+    y = torch.from_numpy(src.labels())
+    ens = Ensemble.from_specs(specs)
+    with torch.inference_mode():
+        acc = float(torch.cat([ens(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]).eq(y).float().mean())
+    cache.write_text(json.dumps({"teachers": specs, "top1": acc}, indent=2) + "\n")
+    return acc
+
+
 def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     work = Path(args.workdir)
     ds = DATASETS[proto.dataset]
@@ -556,14 +585,8 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
         f"Teachers (top-1 on the {ds.test_split} images): "
         + ", ".join(f"{Path(c['teacher_spec'].split('@')[1].split('?')[0]).stem} {100 * c['test_top1']:.2f}%" for c in cards)
     ]
-    ens_acc = None
-    if (work / "data" / "test").exists():
-        src = ImageFolderSource(work / "data" / "test")
-        x = torch.stack([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))])
-        y = torch.from_numpy(src.labels())
-        ens = Ensemble.from_specs([c["teacher_spec"] for c in cards])
-        with torch.inference_mode():
-            ens_acc = float(torch.cat([ens(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]).eq(y).float().mean())
+    ens_acc = _ensemble_top1(work, [c["teacher_spec"] for c in cards])
+    if ens_acc is not None:
         lines[0] += f"; ensemble {100 * ens_acc:.2f}%"
     main = [r for r in runs if not r.get("kstudy") and not r.get("multiscale")]
     summary: dict[str, Any] = {}
@@ -624,14 +647,17 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     if multiscale:
         lines += [
             "",
-            "### multi-scale, variable-batch (0.75-1.25x, linear curriculum) vs fixed size",
+            "### multi-scale (0.75-1.25x, linear curriculum) vs fixed size",
             "",
-            "| family | condition | E | top-1 % fixed -> multi-scale | ECE fixed -> ms | training pixels ms/fixed | wall ms/fixed |"
+            "Batch rule `pixels`: the batch scales so every step holds the same pixels (variable batch, linear lr rule); "
+            "`fixed`: the batch stays, a small size is a cheaper step (progressive resizing).",
+            "",
+            "| family | condition | batch rule | E | top-1 % fixed -> multi-scale | ECE fixed -> ms | training pixels ms/fixed | wall ms/fixed |"
             " to fixed reinforced's top-1: pixels, wall (ms/fixed) | sampler share of training |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {m['family']} | {m['condition']} | {m['epochs']} | {100 * m['fixed_top1']:.2f} -> {100 * m['ms_top1']:.2f} | "
+            f"| {m['family']} | {m['condition']} | {m['batch_rule']} | {m['epochs']} | {100 * m['fixed_top1']:.2f} -> {100 * m['ms_top1']:.2f} | "
             f"{m['fixed_ece']:.3f} -> {m['ms_ece']:.3f} | {m['pixels_ratio']:.2f} | {m['wall_ratio']:.2f} | "
             f"{_fmt(m['tta_pixels_ratio'])}, {_fmt(m['tta_wall_ratio'])} | {100 * m['sampler_share']:.2f}% |"
             for m in multiscale
@@ -707,8 +733,9 @@ def _in_multiscale(run: dict, rows: list[dict]) -> bool:
 
 
 def _plot_multiscale(work: Path, proto: Protocol, runs: list[dict]) -> None:
-    """Test top-1 against cumulative training pixels (conv FLOPs scale with them): each
-    multi-scale run and its fixed-size twin."""
+    """Test top-1 against cumulative training pixels (conv FLOPs scale with them): the first
+    seed's multi-scale runs and their fixed-size twins, a colour per condition, a line style
+    per way of training."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -716,30 +743,31 @@ def _plot_multiscale(work: Path, proto: Protocol, runs: list[dict]) -> None:
 
     size = DATASETS[proto.dataset].size
     for family in sorted({r["family"] for r in runs if r.get("multiscale")}):
-        fig, ax = plt.subplots(figsize=(6.0, 4.0))
         ms = [r for r in runs if r.get("multiscale") and r["family"] == family]
-        for k, m in enumerate(ms):
-            twin = [
-                r
-                for r in runs
-                if not r.get("multiscale")
-                and not r.get("kstudy")
-                and (r["family"], r["condition"], r["epochs"], r["seed"]) == (family, m["condition"], m["epochs"], m["seed"])
-            ]
-            for r, style in ((m, "-"), *((t, "--") for t in twin)):
-                pixels = r.get("pixels_per_epoch") or [m["train_images"] * size * size] * r["epochs"]
-                x = np.cumsum(pixels) / 1e9
-                label = (
-                    f"{r['condition']} {'multi-scale' if r.get('multiscale') else f'fixed {size} px'} (E={r['epochs']}, seed {r['seed']})"
-                )
-                ax.plot(x, 100 * np.asarray(r["curve"]), style, marker="o", ms=3, color=f"C{k}", label=label)
+        seed = min(r["seed"] for r in ms)
+        keys = {(m["condition"], m["epochs"]) for m in ms if m["seed"] == seed}
+        shown = [
+            r for r in runs if r["family"] == family and r["seed"] == seed and not r.get("kstudy") and (r["condition"], r["epochs"]) in keys
+        ]
+        conditions = sorted({c for c, _ in keys})
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        for r in sorted(shown, key=lambda r: (r["condition"], bool(r.get("multiscale")), r.get("ms_batch") or "")):
+            style = (":" if r.get("ms_batch") == "fixed" else "-") if r.get("multiscale") else "--"
+            pixels = r.get("pixels_per_epoch") or [ms[0]["train_images"] * size * size] * r["epochs"]
+            label = f"{r['condition']} {_ms_label(r) if r.get('multiscale') else f'fixed {size} px'} (E={r['epochs']})"
+            color = f"C{conditions.index(r['condition'])}"
+            ax.plot(np.cumsum(pixels) / 1e9, 100 * np.asarray(r["curve"]), style, marker="o", ms=3, color=color, label=label)
         _save(
             fig,
             ax,
             "training pixels (billions; conv FLOPs scale with them)",
-            f"{proto.dataset} {family}: multi-scale vs fixed size ({proto.name})",
+            f"{proto.dataset} {family}, seed {seed}: multi-scale vs fixed size",
             work / f"accuracy-vs-pixels-{family}.png",
         )
+
+
+def _ms_label(run: dict) -> str:
+    return "multi-scale, fixed batch" if run.get("ms_batch") == "fixed" else "multi-scale"
 
 
 def _speed(rs: list[dict]) -> str:
@@ -804,6 +832,7 @@ def _multiscale_rows(runs: list[dict]) -> list[dict]:
             {
                 "family": ms["family"],
                 "condition": ms["condition"],
+                "batch_rule": ms.get("ms_batch") or "pixels",
                 "epochs": ms["epochs"],
                 "seed": ms["seed"],
                 "fixed_top1": fixed["test_top1"],
@@ -870,6 +899,12 @@ def main(argv: list[str] | None = None) -> None:
         "--multiscale",
         action="store_true",
         help="students: multi-scale variable-batch training (0.75-1.25x the base size, linear curriculum; dr.multiscale)",
+    )
+    p.add_argument(
+        "--ms-batch",
+        choices=("pixels", "fixed"),
+        default="pixels",
+        help="students --multiscale: scale the batch to keep pixels per step (pixels) or keep the batch size (fixed)",
     )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

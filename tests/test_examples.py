@@ -127,9 +127,14 @@ def test_families_quick_pipeline_and_cache(ray_session, tmp_path: Path) -> None:
             "plain,reinforced:rrc",
         ]
     )
+    fixed = ["students", "--workdir", str(work), "--quick", "--quiet", "--multiscale", "--ms-batch", "fixed", "--family", "resnet"]
+    mod.main([*fixed, "--condition", "reinforced:rrc"])  # progressive resizing: the batch kept at every size
     mod.main(["report", "--workdir", str(work), "--quick", "--quiet"])
+    msb = json.loads((work / "students" / "resnet-reinforced-rrc-msb-e1-s0.json").read_text())
+    assert msb["ms_batch"] == "fixed" and msb["train_images"] == 400
     ms = json.loads((work / "students" / "resnet-reinforced-rrc-ms-e1-s0.json").read_text())
     assert ms["multiscale"] and len(ms["pixels_per_epoch"]) == 1 and ms["pixels_per_epoch"][0] != ms["train_images"] * 64 * 64
     rows = json.loads((work / "results.json").read_text())["multiscale"]
     assert {r["condition"] for r in rows} == {"plain", "reinforced:rrc"} and all(0.3 < r["pixels_ratio"] < 1.3 for r in rows)
+    assert sorted(r["batch_rule"] for r in rows) == ["fixed", "pixels", "pixels"]
     assert "### multi-scale" in (work / "results.md").read_text()
