@@ -652,12 +652,12 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
             "Batch rule `pixels`: the batch scales so every step holds the same pixels (variable batch, linear lr rule); "
             "`fixed`: the batch stays, a small size is a cheaper step (progressive resizing).",
             "",
-            "| family | condition | batch rule | E | top-1 % fixed -> multi-scale | ECE fixed -> ms | training pixels ms/fixed | wall ms/fixed |"
+            "| family | condition | batch rule | E | seed | top-1 % fixed -> multi-scale | ECE fixed -> ms | training pixels ms/fixed | wall ms/fixed |"
             " to fixed reinforced's top-1: pixels, wall (ms/fixed) | sampler share of training |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {m['family']} | {m['condition']} | {m['batch_rule']} | {m['epochs']} | {100 * m['fixed_top1']:.2f} -> {100 * m['ms_top1']:.2f} | "
+            f"| {m['family']} | {m['condition']} | {m['batch_rule']} | {m['epochs']} | {m['seed']} | {100 * m['fixed_top1']:.2f} -> {100 * m['ms_top1']:.2f} | "
             f"{m['fixed_ece']:.3f} -> {m['ms_ece']:.3f} | {m['pixels_ratio']:.2f} | {m['wall_ratio']:.2f} | "
             f"{_fmt(m['tta_pixels_ratio'])}, {_fmt(m['tta_wall_ratio'])} | {100 * m['sampler_share']:.2f}% |"
             for m in multiscale
@@ -846,6 +846,7 @@ def _multiscale_rows(runs: list[dict]) -> list[dict]:
                 "sampler_share": ms.get("sampler_seconds", 0.0) / ms["train_seconds"],
             }
         )
+    rows.sort(key=lambda m: (m["family"], m["condition"], m["batch_rule"], m["epochs"], m["seed"]))
     return rows
 
 
