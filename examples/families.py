@@ -653,13 +653,13 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
             "`fixed`: the batch stays, a small size is a cheaper step (progressive resizing).",
             "",
             "| family | condition | batch rule | E | seed | top-1 % fixed -> multi-scale | ECE fixed -> ms | training pixels ms/fixed | wall ms/fixed |"
-            " to fixed reinforced's top-1: pixels, wall (ms/fixed) | sampler share of training |",
+            " to the fixed run's top-1: pixels, wall (ms/fixed) | sampler share of training |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {m['family']} | {m['condition']} | {m['batch_rule']} | {m['epochs']} | {m['seed']} | {100 * m['fixed_top1']:.2f} -> {100 * m['ms_top1']:.2f} | "
-            f"{m['fixed_ece']:.3f} -> {m['ms_ece']:.3f} | {m['pixels_ratio']:.2f} | {m['wall_ratio']:.2f} | "
-            f"{_fmt(m['tta_pixels_ratio'])}, {_fmt(m['tta_wall_ratio'])} | {100 * m['sampler_share']:.2f}% |"
+            f"{m['fixed_ece']:.3f} -> {m['ms_ece']:.3f} | {m['pixels_ratio']:.2f} | {_ratio(m['wall_ratio'])} | "
+            f"{_fmt(m['tta_pixels_ratio'])}, {_ratio(m['tta_wall_ratio']) if m['tta_pixels_ratio'] is not None else 'never'} | {100 * m['sampler_share']:.2f}% |"
             for m in multiscale
         ]
     builds = [json.loads(p.read_text()) for p in sorted(work.glob("*.zarr.build.json"))]
@@ -776,6 +776,11 @@ def _speed(rs: list[dict]) -> str:
     return f"{np.mean(speeds):,.0f}" if speeds else "-"
 
 
+def _ratio(x: float | None) -> str:
+    """A wall-clock ratio, or "-" where a run's speed was not measured on a quiet CPU."""
+    return "-" if x is None else f"{x:.2f}"
+
+
 def _fmt(x: float | None) -> str:
     return "never" if x is None else f"{x:.2f}"
 
@@ -792,7 +797,8 @@ def _cumulative_to(curve: list[float], costs: list[float], goal: float) -> float
 
 def _multiscale_rows(runs: list[dict]) -> list[dict]:
     """Each multi-scale run against its fixed-size twin (same family, condition, budget, seed),
-    with time to the fixed *reinforced* run's final top-1 in training pixels and wall-clock."""
+    with the training pixels and wall-clock it takes to reach the twin's final top-1 (wall-clock
+    only where both runs measured their speed on a quiet CPU)."""
     rows = []
     for ms in (r for r in runs if r.get("multiscale")):
         key = (ms["family"], ms["condition"], ms["epochs"], ms["seed"])
@@ -804,18 +810,7 @@ def _multiscale_rows(runs: list[dict]) -> list[dict]:
             ),
             None,
         )
-        goal_run = next(
-            (
-                r
-                for r in runs
-                if not r.get("multiscale")
-                and not r.get("kstudy")
-                and r["condition"].startswith("reinforced:")
-                and (r["family"], r["epochs"], r["seed"]) == (ms["family"], ms["epochs"], ms["seed"])
-            ),
-            None,
-        )
-        if fixed is None or goal_run is None:
+        if fixed is None:
             continue
         per_epoch = ms["train_images"] * DATASETS[ms["dataset"]].size ** 2  # a fixed-size epoch's pixels
 
@@ -825,9 +820,10 @@ def _multiscale_rows(runs: list[dict]) -> list[dict]:
         def wall(r: dict) -> list[float]:
             return r.get("epoch_seconds") or [r["train_seconds"] / r["epochs"]] * r["epochs"]
 
-        goal = goal_run["test_top1"]
+        goal = fixed["test_top1"]
+        timed = ms.get("images_per_second") is not None and fixed.get("images_per_second") is not None  # both ran on a quiet CPU
         tta_p, tta_w = _cumulative_to(ms["curve"], n_pixels(ms), goal), _cumulative_to(ms["curve"], wall(ms), goal)
-        ref_p, ref_w = _cumulative_to(goal_run["curve"], n_pixels(goal_run), goal), _cumulative_to(goal_run["curve"], wall(goal_run), goal)
+        ref_p, ref_w = _cumulative_to(fixed["curve"], n_pixels(fixed), goal), _cumulative_to(fixed["curve"], wall(fixed), goal)
         rows.append(
             {
                 "family": ms["family"],
@@ -840,9 +836,9 @@ def _multiscale_rows(runs: list[dict]) -> list[dict]:
                 "fixed_ece": fixed["ece"],
                 "ms_ece": ms["ece"],
                 "pixels_ratio": sum(n_pixels(ms)) / sum(n_pixels(fixed)),
-                "wall_ratio": ms["train_seconds"] / fixed["train_seconds"],
+                "wall_ratio": ms["train_seconds"] / fixed["train_seconds"] if timed else None,
                 "tta_pixels_ratio": None if tta_p is None or not ref_p else tta_p / ref_p,
-                "tta_wall_ratio": None if tta_w is None or not ref_w else tta_w / ref_w,
+                "tta_wall_ratio": None if tta_w is None or not ref_w or not timed else tta_w / ref_w,
                 "sampler_share": ms.get("sampler_seconds", 0.0) / ms["train_seconds"],
             }
         )
