@@ -179,6 +179,12 @@ def cli(verbose: int) -> None:
 @click.option("--out", "-o", help="Output store (.zarr path or fsspec URL such as s3://bucket/x.zarr).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of all augmentation sampling.")
 @click.option("--output-size", type=click.IntRange(1, 8192), help="View size in pixels (default: the preset's, 224 rrc / 32 cifar).")
+@click.option(
+    "--crop-scale",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="rrc presets: the smallest crop area as a share of the image (default: the preset's 0.08). Small images "
+    "lose their label in small crops: 0.35 for 64-px images (docs/how-to/choosing.md).",
+)
 @click.option("--temperature", default=1.0, show_default=True, type=float, help="Softmax temperature for every teacher.")
 @click.option("--chunk-size", default=256, show_default=True, type=click.IntRange(1), help="Images per store chunk and per work unit.")
 @click.option("--forward-group", type=click.IntRange(1), help="Images per teacher batch (default: auto, ~512 views, divides --chunk-size).")
@@ -562,6 +568,12 @@ def teachers() -> None:
     help="View size: shorter side resized, centre crop (default: the first teacher's input size, else 224).",
 )
 @click.option("--images", default=1000, show_default=True, type=click.IntRange(1), help="At most this many images (seeded sample).")
+@click.option(
+    "--crop-scale",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="rrc presets: the smallest crop area as a share of the image (default: the preset's 0.08). Small images "
+    "lose their label in small crops: 0.35 for 64-px images (docs/how-to/choosing.md).",
+)
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--allow-random-teachers", is_flag=True, help="Accept specs without weights (seeded random init).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -110,6 +110,9 @@ class ReinforcedDataset(Dataset):
             store's k; default all). The mass left out is the loss's ``rest`` (spread over the
             other classes by :func:`dr.loss.soft_cross_entropy`'s default, or renormalised
             with ``rest="renormalize"``): a store built with a large k serves any smaller one.
+        return_labels: items are ``(view, target, label)``: the image's dataset label (an
+            ``int64`` scalar tensor) joins the soft target, for the loss's hard-label term
+            (``soft_cross_entropy(logits, target, labels=label, hard_weight=w)``).
         segments: for a store extended with ``dr-build reinforce --extend``, the segments whose
             images this Dataset serves (default: every complete segment; ``source`` is then one
             entry per segment). Items keep the store's order; :attr:`segment_ids` gives each
@@ -140,6 +143,7 @@ class ReinforcedDataset(Dataset):
         cache_chunks: int = 8,
         topk: int | None = None,
         segments: Sequence[int] | None = None,
+        return_labels: bool = False,
     ) -> None:
         if not 0.0 <= p_original <= 1.0:
             raise ConfigError(f"p_original must be in [0, 1], got {p_original}")
@@ -156,6 +160,7 @@ class ReinforcedDataset(Dataset):
         self.original_transform = original_transform
         self.dense: Literal["smooth", "zeros"] | None = ("smooth" if dense is True else dense) or None
         self.seed = int(seed)
+        self.return_labels = bool(return_labels)
         self.views = self.header.views
         self.num_classes = self.header.num_classes
         self.topk = served_topk(topk, self.header.topk, self.store)
@@ -250,14 +255,21 @@ class ReinforcedDataset(Dataset):
         """The decoded source image ``index`` (a *source* index), uint8 ``[3,H,W]``."""
         return torch.from_numpy(self.source.read(index)[0]).permute(2, 0, 1)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, ...]:
         """The view of ``item`` at this epoch, replayed at ``output_size`` -- or, for an
         ``(item, size)`` pair (what :class:`dr.multiscale.MultiScaleBatchSampler` yields), at
-        ``size``: the same stored view and target at any size."""
+        ``size``: the same stored view and target at any size. ``(view, target)``, or
+        ``(view, target, label)`` with ``return_labels``."""
         item, size = item if isinstance(item, tuple) else (item, self.output_size)
         if not 0 <= item < len(self):
             raise IndexError(f"index {item} out of range for {len(self)} images")
         index = int(self.indices[item])
+        out = self._item(index, size)
+        if self.return_labels:
+            return (*out, torch.tensor(int(self.labels[index]), dtype=torch.int64))
+        return out
+
+    def _item(self, index: int, size: int) -> tuple[Any, Any]:
         self.guard.refuse_damaged(index)  # never serve rows of a damaged chunk (StoreDamagedError)
         epoch = self.epoch
         img = self.image(index)

@@ -101,6 +101,7 @@ class DeviceReplay:
         self.ids = meta["targets/ids"][..., :k].astype(np.int64)
         self.probs = meta["targets/probs"][..., :k].astype(np.float32)
         self.num_classes = header.num_classes
+        self.epoch = 0
 
     @classmethod
     def fresh_only(
@@ -132,22 +133,37 @@ class DeviceReplay:
         self.sizes = self.images.sizes
         self.params, self.ids, self.probs = {}, np.zeros((0, 0, 0), np.int64), np.zeros((0, 0, 0), np.float32)
         self.num_classes = len(src.classes)
+        self.epoch = 0
         return self
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the views of ``epoch`` for :meth:`batch` and :meth:`fresh` calls that do not
+        name one (the same call as ``ReinforcedDataset.set_epoch``)."""
+        self.epoch = int(epoch)
+
+    def labels_of(self, items: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The dataset labels ``[B]`` (int64, on ``device``) of dataset items ``items`` -- the
+        positions :meth:`batch` takes, not source indices."""
+        index = self.indices[np.asarray(items, dtype=np.int64)]
+        return self.labels[torch.from_numpy(index)].to(self.device)
 
     def view_ids(self, index: np.ndarray, epoch: int) -> np.ndarray:
         """The stored view of each source image in ``index`` at ``epoch``."""
         return view_choice(self.seed, np.asarray(index, dtype=np.int64), int(epoch), self.views)
 
     def batch(
-        self, items: np.ndarray | torch.Tensor, epoch: int, *, output_size: int | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        self, items: np.ndarray | torch.Tensor, epoch: int | None = None, *, output_size: int | None = None, return_labels: bool = False
+    ) -> tuple[Any, ...]:
         """Replayed uint8 views ``[B,3,S,S]`` and sparse targets ``(ids, probs)`` ``[B,k]`` for
-        dataset items ``items`` (positions among the non-skipped images) at ``epoch``;
-        ``output_size`` replays this batch at another size (multi-scale training: the same
-        views and targets at any size)."""
+        dataset items ``items`` (positions among the non-skipped images) at ``epoch`` (default:
+        the one :meth:`set_epoch` chose); ``output_size`` replays this batch at another size
+        (multi-scale training: the same views and targets at any size). With
+        ``return_labels``: ``(views, target, labels)``, the labels as :meth:`labels_of` gives
+        them (for the loss's hard-label term)."""
+        epoch = self.epoch if epoch is None else int(epoch)
         if self.header is None:
             raise StoreError("this DeviceReplay has no store (DeviceReplay.fresh_only): use fresh(), or open one on a store")
         index = self.indices[np.asarray(items, dtype=np.int64)]
@@ -158,12 +174,14 @@ class DeviceReplay:
         views = self.policy.replay(self.images, params, index, partner_index=partner, output_size=output_size or self.output_size)
         ids = torch.from_numpy(self.ids[index, view]).to(self.device)
         probs = torch.from_numpy(self.probs[index, view]).to(self.device)
+        if return_labels:
+            return views, (ids, probs), self.labels[torch.from_numpy(index)].to(self.device)
         return views, (ids, probs)
 
     def fresh(
         self,
         items: np.ndarray | torch.Tensor,
-        epoch: int,
+        epoch: int | None = None,
         *,
         policy: Policy | None = None,
         seed: int = 1,
@@ -171,7 +189,8 @@ class DeviceReplay:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Freshly sampled views (``policy``, default the store's) of ``items`` with their
         dense hard targets ``[B,C]`` -- mixed by the view's lambda when the policy mixes;
-        ``output_size`` as in :meth:`batch`."""
+        ``output_size`` and ``epoch`` as in :meth:`batch`."""
+        epoch = self.epoch if epoch is None else int(epoch)
         policy = policy or self.policy
         index = self.indices[np.asarray(items, dtype=np.int64)]
         self.guard.refuse_damaged(index)

@@ -40,6 +40,7 @@ The protocol is fixed up front and the same for every condition:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -63,7 +64,7 @@ from proof_common import machine as _machine
 
 import dr
 from dr.builder import BuildConfig, reinforce
-from dr.loss import soft_cross_entropy
+from dr.loss import HardLabelSchedule, soft_cross_entropy
 from dr.multiscale import MultiScaleBatchSampler
 from dr.policy import get_policy
 from dr.replay import DeviceReplay
@@ -130,17 +131,58 @@ class Protocol:
     train_teachers: tuple[tuple[str, tuple[str, ...], int], ...] = ()
     teacher_epochs: int = 0
     min_agreement: float | None = None  # the build's agreement guard (None: twice chance)
+    teachers_dir: str | None = None  # the shipped teachers (a folder under examples/assets; None: the dataset's)
+    teachers_min: int = 2  # the shipped folder must hold at least this many cards
+    # per kind of condition ("plain", "plain-strong", "reinforced", "kd"): its recipe -- crop_scale (the rrc
+    # presets' smallest crop area; None: 0.08), hard (the hard-label schedule, see parse_hard), target_t
+    recipe: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the selection split: hold out this many train images per class as the test set and train on the rest
+    # (0: train on all of train, test on the dataset's test split)
+    holdout_per_class: int = 0
+    select_crops: tuple[float | None, ...] = ()  # selection: the crop ranges every condition is tried with
+    select_hard: tuple[str, ...] = ()  # selection: the hard-label schedules the reinforced runs are tried with
 
     @property
     def families(self) -> tuple[str, ...]:
         return tuple(self.seeds)
 
+    @property
+    def split(self) -> str:
+        """``select`` (train on train minus the held-out images, test on those) or ``test`` (the
+        dataset's test split)."""
+        return "select" if self.holdout_per_class else "test"
+
     def conditions(self, family: str) -> tuple[str, ...]:
         kd = ("kd",) if family in self.kd_families else ()
         return ("plain", "plain-strong", *(f"reinforced:{p}" for p in self.stores), *kd)
 
+    def recipe_of(self, condition: str) -> dict[str, Any]:
+        """The protocol's recipe for ``condition`` (crop_scale, hard, target_t)."""
+        return {"crop_scale": None, "hard": "0", "target_t": 1.0, **self.recipe.get(kind_of(condition), {})}
+
+
+def kind_of(condition: str) -> str:
+    """``reinforced`` for every store's condition, else the condition itself."""
+    return "reinforced" if condition.startswith("reinforced:") else condition
+
+
+def parse_hard(spec: str) -> HardLabelSchedule:
+    """A hard-label schedule from its short form: ``"0"`` (soft targets only), ``"0.3"`` (a
+    constant weight), ``"0.5-0"`` (linear from 0.5 to 0), ``"0.5-0cos"`` (half cosine)."""
+    spec = str(spec)
+    try:
+        if "-" not in spec:
+            return HardLabelSchedule(float(spec), float(spec), "constant")
+        start, end = spec.split("-", 1)
+        shape = "cosine" if end.endswith("cos") else "linear"
+        return HardLabelSchedule(float(start), float(end.removesuffix("cos")), shape)
+    except ValueError as e:
+        raise SystemExit(f"hard-label schedule {spec!r}: use W, W-E or W-Ecos with weights in [0, 1] ({e})") from None
+
 
 FAMILIES = {"resnet": (0, 1), "mobile": (0,), "vit": (0,)}
+# the recipe chosen on the selection split (TIN_SELECT; docs/how-to/choosing.md): filled in from its report
+RECIPE_TIN: dict[str, dict[str, Any]] = {}
 TIN_CPU = Protocol(
     "tin100-cpu",
     "tin100",
@@ -154,6 +196,40 @@ TIN_CPU = Protocol(
     kstudy=(1, 3, 10, 100),
     kstudy_epochs=4,
     kstudy_views=4,
+)
+# the protocol of the stronger teachers (examples/assets/teachers-tin100-v2): the recipe chosen on the
+# selection split below; the runs of the pair of teachers before them keep their own records
+TIN_V2 = Protocol(
+    "tin100-cpu",
+    "tin100",
+    None,
+    None,
+    10,
+    10,
+    ("rrc",),
+    (4, 12),
+    {f: (0, 1) for f in FAMILIES},
+    teachers_dir="examples/assets/teachers-tin100-v2",
+    teachers_min=3,
+    recipe=RECIPE_TIN,
+)
+# the selection split: 50 train images per class held out (5,000), the students train on the other 450
+TIN_SELECT = Protocol(
+    "tin100-select-cpu",
+    "tin100",
+    None,
+    None,
+    10,
+    10,
+    ("rrc",),
+    (4, 12),
+    {"resnet": (0,)},
+    kd_families=(),
+    teachers_dir="examples/assets/teachers-tin100-v2",
+    teachers_min=3,
+    holdout_per_class=50,
+    select_crops=(None, 0.25, 0.5),
+    select_hard=("0", "0.5-0", "1-0", "0.3"),
 )
 # CIFAR-10+ runs are cheap enough for seeds {0, 1} in every family
 C10_CPU = Protocol("cifar10plus-families-cpu", "cifar10", None, None, 10, 10, ("cifar", "cifar+ra/re"), (5,), {f: (0, 1) for f in FAMILIES})
@@ -174,6 +250,18 @@ QUICK = Protocol(
     train_teachers=(("resnet64", ("--depth", "8", "--width", "4"), 0), ("resnet9", ("--width", "4"), 1)),
     teacher_epochs=1,
     min_agreement=0,  # one-epoch teachers on 400 images are near chance by design
+)
+# the selection protocol in miniature: one of the 4 images per class held out
+QUICK_SELECT = dataclasses.replace(
+    QUICK,
+    name="quick-select",
+    stores=("rrc",),
+    seeds={"resnet": (0,)},
+    kd_families=(),
+    kstudy=(),
+    holdout_per_class=1,
+    select_crops=(None, 0.5),
+    select_hard=("0", "0.5-0"),
 )
 
 
@@ -217,7 +305,9 @@ def stage_teachers(args: argparse.Namespace, proto: Protocol) -> list[dict]:
     """The teachers' cards (specs made absolute); the quick protocol trains tiny ones."""
     ds = DATASETS[proto.dataset]
     if not proto.train_teachers:
-        return shipped_cards(ds.shipped, 2, "examples/train_tin100_teachers.sh (resumable; about 40 min each on a 2-core CPU)")
+        folder = REPO / proto.teachers_dir if proto.teachers_dir else ds.shipped
+        how = "examples/train_tin100_teachers_v2.sh" if proto.teachers_dir else "examples/train_tin100_teachers.sh"
+        return shipped_cards(folder, proto.teachers_min, f"{how} (resumable, per epoch)")
     data(args, proto)
     return [
         teacher_card(
@@ -229,24 +319,43 @@ def stage_teachers(args: argparse.Namespace, proto: Protocol) -> list[dict]:
     ]
 
 
-def store_path(args: argparse.Namespace, proto: Protocol, policy: str, topk: int, views: int | None = None) -> str:
+def teacher_set(proto: Protocol) -> str:
+    """The name of the protocol's teacher ensemble (its folder), recorded with every run that uses it."""
+    if proto.train_teachers:
+        return "trained-in-workdir"
+    return Path(proto.teachers_dir).name if proto.teachers_dir else DATASETS[proto.dataset].shipped.name
+
+
+def store_key(policy: str, crop_scale: float | None = None) -> str:
+    """How the protocol names a store: its policy, and its crop range when not the preset's."""
+    return policy if crop_scale is None else f"{policy}@cs{crop_scale:g}"
+
+
+def store_path(
+    args: argparse.Namespace, proto: Protocol, policy: str, topk: int, views: int | None = None, crop_scale: float | None = None
+) -> str:
     v = f"-v{views}" if views not in (None, proto.views) else ""
-    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}-k{topk}{v}.zarr")
+    cs = f"-cs{crop_scale:g}" if crop_scale is not None else ""
+    t = f"-{teacher_set(proto)}" if proto.teachers_dir else ""
+    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}{cs}-k{topk}{v}{t}.zarr")
 
 
 def _kstudy_store(args: argparse.Namespace, proto: Protocol) -> str:
     return store_path(args, proto, proto.stores[0], DATASETS[proto.dataset].num_classes, proto.kstudy_views)
 
 
-def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int, views: int | None = None) -> str:
+def _build(
+    args: argparse.Namespace, proto: Protocol, policy: str, topk: int, views: int | None = None, crop_scale: float | None = None
+) -> str:
     train, _ = data(args, proto)
     specs = [c["teacher_spec"] for c in stage_teachers(args, proto)]
-    store = store_path(args, proto, policy, topk, views)
+    store = store_path(args, proto, policy, topk, views, crop_scale)
     views = views or proto.views
     cfg = BuildConfig(
         source=str(train),
         teachers=specs,
         policy=policy,
+        crop_scale=crop_scale,
         views=views,
         topk=topk,
         output_size=DATASETS[proto.dataset].size,
@@ -268,6 +377,8 @@ def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int, vi
             json.dumps(
                 {
                     "policy": policy,
+                    "crop_scale": crop_scale,
+                    "teacher_set": teacher_set(proto),
                     "topk": topk,
                     "views": views,
                     "chunks_computed": result.chunks_computed,
@@ -289,10 +400,21 @@ def _build(args: argparse.Namespace, proto: Protocol, policy: str, topk: int, vi
     return store
 
 
+def protocol_stores(proto: Protocol) -> list[str]:
+    """The store keys (:func:`store_key`) the protocol's reinforced runs read: each policy at the
+    reinforced recipe's crop range, or at every selection crop range."""
+    crops = proto.select_crops or (proto.recipe_of("reinforced:")["crop_scale"],)
+    return [store_key(p, c) for p in proto.stores for c in crops]
+
+
 def stage_reinforce(args: argparse.Namespace, proto: Protocol, only: set[str] | None = None) -> dict[str, str]:
-    """Build (or resume) the stores; ``only``: just these (policies, ``"kstudy"``)."""
-    wanted = [p for p in (*proto.stores, *(("kstudy",) if proto.kstudy else ())) if only is None or p in only]
-    stores = {p: _build(args, proto, p, proto.topk) for p in wanted if p != "kstudy"}
+    """Build (or resume) the stores; ``only``: just these (store keys, ``"kstudy"``)."""
+    wanted = [p for p in (*protocol_stores(proto), *(("kstudy",) if proto.kstudy else ())) if only is None or p in only]
+    stores = {}
+    for key in wanted:
+        if key != "kstudy":
+            policy, _, cs = key.partition("@cs")
+            stores[key] = _build(args, proto, policy, proto.topk, crop_scale=float(cs) if cs else None)
     if "kstudy" in wanted:
         ds = DATASETS[proto.dataset]
         stores["kstudy"] = _build(args, proto, proto.stores[0], ds.num_classes, proto.kstudy_views)
@@ -321,29 +443,76 @@ class Run:
     k: int | None = None  # the k study's k' (None: the store's k)
     multiscale: bool = False  # MultiScaleBatchSampler (0.75-1.25x, linear curriculum) instead of fixed-size batches
     ms_batch: str = "pixels"  # the sampler's batch rule: "pixels" (variable batch) or "fixed" (progressive resizing)
+    crop_scale: float | None = None  # the rrc presets' smallest crop area: the store's and the fresh views' (None: 0.08)
+    hard: str = "0"  # the hard-label schedule (parse_hard): "0" soft targets only
+    target_t: float = 1.0  # the target temperature (< 1 sharpens the stored probabilities)
 
     @property
     def name(self) -> str:
         k = f"-k{self.k}" if self.k is not None else ""
         ms = ("-ms" if self.ms_batch == "pixels" else "-msb") if self.multiscale else ""
-        return f"{self.family}-{self.condition.replace(':', '-').replace('/', '-')}{k}{ms}-e{self.epochs}-s{self.seed}"
+        cs = f"-cs{self.crop_scale:g}" if self.crop_scale is not None else ""
+        hard = f"-h{self.hard}" if self.hard != "0" else ""
+        tt = f"-tt{self.target_t:g}" if self.target_t != 1.0 else ""
+        return f"{self.family}-{self.condition.replace(':', '-').replace('/', '-')}{k}{cs}{hard}{tt}{ms}-e{self.epochs}-s{self.seed}"
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """What the run's record says of its recipe."""
+        return {"crop_scale": self.crop_scale, "hard_label": parse_hard(self.hard).describe(), "target_temperature": self.target_t}
+
+
+def split_items(train: Path, holdout_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The selection split of an ImageFolder: per class, ``holdout_per_class`` images drawn by
+    a seeded permutation (seed 0, the class's images in source order) are held out. Returns the
+    source indices kept for training and the held-out ones, each sorted."""
+    labels = ImageFolderSource(train).labels()
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        held.append(members[np.random.default_rng([0, int(c)]).permutation(len(members))[:holdout_per_class]])
+    out = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), out), out
+
+
+def _test_set(args: argparse.Namespace, proto: Protocol, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """The test images and labels on ``device``, and the training items (``None``: all of train).
+    The selection split tests on held-out train images, never on the test split."""
+    train, test = data(args, proto)
+    if proto.holdout_per_class:
+        items, held = split_items(train, proto.holdout_per_class)
+        src = ImageFolderSource(train)
+        idx = held
+    else:
+        items, src = None, ImageFolderSource(test)
+        idx = np.arange(len(src))
+    x = torch.stack([torch.from_numpy(src.read(int(i))[0]).permute(2, 0, 1) for i in idx]).to(device)
+    y = torch.from_numpy(src.labels()[idx]).to(device)
+    return x, y, items
+
+
+def _fresh_policy(proto: Protocol, run: Run) -> Any:
+    ds = DATASETS[proto.dataset]
+    name = proto.stores[-1] if run.condition == "plain-strong" else ds.base_policy
+    return get_policy(name, ds.size, crop_scale=run.crop_scale if name.startswith("rrc") else None)
 
 
 def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: dict[str, str], specs: list[str]) -> dict:
     ds = DATASETS[proto.dataset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train, test = data(args, proto)
+    train, _ = data(args, proto)
     torch.manual_seed(run.seed)
     store_policy = run.condition.split(":", 1)[1] if run.condition.startswith("reinforced:") else None
-    fresh_policy = get_policy(proto.stores[-1] if run.condition == "plain-strong" else ds.base_policy, ds.size)
+    fresh_policy = _fresh_policy(proto, run)
+    store = None
     if store_policy is not None:
-        store = stores["kstudy"] if run.k is not None else stores[store_policy]
+        store = stores["kstudy"] if run.k is not None else stores[store_key(store_policy, run.crop_scale)]
         rep = DeviceReplay(store, train, device=device, seed=run.seed, topk=run.k)
     else:  # fresh views of the source: the same images and streams, no store needed
         rep = DeviceReplay.fresh_only(train, fresh_policy, device=device)
-    src = ImageFolderSource(test)
-    x_test = torch.stack([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))]).to(device)
-    y_test = torch.from_numpy(src.labels()).to(device)
+    x_test, y_test, train_items = _test_set(args, proto, device)
+    n_train = len(rep) if train_items is None else len(train_items)
+    hard = parse_hard(run.hard)
     mean = torch.tensor(ds.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(ds.std, device=device).view(1, 3, 1, 1) * 255
 
@@ -357,7 +526,7 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         teachers.optimize(channels_last=True, compile=proto.compile_teachers)
     opt = sgd_nesterov(model, proto.lr, proto.wd)
     sampler = MultiScaleBatchSampler(
-        len(rep),
+        n_train,
         ds.size,
         proto.batch,
         curriculum="linear",
@@ -365,30 +534,38 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         seed=run.seed,
         batch=run.ms_batch,  # type: ignore[arg-type]
     )
-    batches = (lambda e: list(sampler.batches(e))) if run.multiscale else (lambda e: _fixed_batches(len(rep), proto.batch, gen, ds.size))
     gen = torch.Generator().manual_seed(run.seed)  # the same data order in every condition
+    positions = np.arange(n_train) if train_items is None else train_items
+
+    def batches(e: int) -> list[tuple[int, np.ndarray]]:
+        plan = list(sampler.batches(e)) if run.multiscale else _fixed_batches(n_train, proto.batch, gen, ds.size)
+        return [(size, positions[items]) for size, items in plan]
+
     steps = (
-        sum(len(list(sampler.batches(e))) for e in range(run.epochs)) if run.multiscale else run.epochs * math.ceil(len(rep) / proto.batch)
+        sum(len(list(sampler.batches(e))) for e in range(run.epochs)) if run.multiscale else run.epochs * math.ceil(n_train / proto.batch)
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=proto.lr, total_steps=steps, pct_start=0.15)
-    seen, train_s, curve, epoch_s, pixels, sampler_s = 0, 0.0, [], [], [], 0.0
+    seen, step, train_s, curve, epoch_s, pixels, sampler_s = 0, 0, 0.0, [], [], [], 0.0
     for epoch in range(run.epochs):
         te = time.perf_counter()
         model.train()
+        rep.set_epoch(epoch)
         plan = batches(epoch)
         sampler_s += time.perf_counter() - te
         pixels.append(int(sum(len(items) * size * size for size, items in plan)))
         total = torch.zeros((), device=device)
         for size, items in plan:
+            weight = hard.at(step, steps)
+            labels = rep.labels_of(items) if weight else None
             if store_policy is not None:
-                views, target = rep.batch(items, epoch, output_size=size)
+                views, target = rep.batch(items, output_size=size)
             else:
-                views, target = rep.fresh(items, epoch, policy=fresh_policy, seed=run.seed + 1, output_size=size)
+                views, target = rep.fresh(items, policy=fresh_policy, seed=run.seed + 1, output_size=size)
                 if teachers is not None:
                     target = teachers(views).clone()  # a normal tensor (the forward runs in inference mode)
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 logits = model(norm(views))
-            loss = soft_cross_entropy(logits.float(), target)
+            loss = soft_cross_entropy(logits.float(), target, labels=labels, hard_weight=weight, target_temperature=run.target_t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if run.multiscale:  # the linear scaling rule: the step's lr follows its batch size
@@ -396,6 +573,7 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
                     g["lr"] = sched.get_last_lr()[0] * sampler.lr_scale(size)
             opt.step()
             sched.step()
+            step += 1
             seen += len(items)
             total += loss.detach() * len(items)
         epoch_s.append(time.perf_counter() - te)
@@ -405,20 +583,26 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         if not args.quiet:
             eta = np.mean(epoch_s) * (run.epochs - epoch - 1)
             print(
-                f"  [{run.name}] epoch {epoch + 1}/{run.epochs} loss {float(total) / len(rep):.4f} top-1 {acc:.4f} "
-                f"{len(rep) / epoch_s[-1]:,.0f} img/s, ETA {eta:.0f}s",
+                f"  [{run.name}] epoch {epoch + 1}/{run.epochs} loss {float(total) / n_train:.4f} top-1 {acc:.4f} "
+                f"{n_train / epoch_s[-1]:,.0f} img/s, ETA {eta:.0f}s",
                 flush=True,
             )
+    uses_teachers = store_policy is not None or run.condition == "kd"
     return {
         "dataset": proto.dataset,
         "family": run.family,
         "condition": run.condition,
         "store_policy": store_policy,
+        "store": Path(store).name if store else None,
+        "teacher_set": teacher_set(proto) if uses_teachers else None,
+        "recipe": run.recipe,
+        "split": proto.split,
         "k": run.k if run.k is not None else (proto.topk if store_policy else None),
         "epochs": run.epochs,
         "seed": run.seed,
         "test_top1": curve[-1],
         "ece": ece,
+        "test_images": len(y_test),
         "train_seconds": round(train_s, 1),
         "images_per_second": round(seen / train_s, 1),
         "curve": curve,
@@ -426,7 +610,7 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         "pixels_per_epoch": pixels,  # sum of size**2 over the epoch's training views: conv FLOPs scale with it
         "multiscale": run.multiscale,
         "ms_batch": run.ms_batch if run.multiscale else None,
-        "train_images": len(rep),
+        "train_images": n_train,
         "sampler_seconds": round(sampler_s, 3),
         "kstudy": run.k is not None,
         "device": str(device),
@@ -470,17 +654,38 @@ def _record(args: argparse.Namespace, proto: Protocol, run: Run, stores: dict[st
     return r
 
 
+def _recipe_run(proto: Protocol, family: str, condition: str, epochs: int, seed: int) -> Run:
+    """A run of ``condition`` with the protocol's recipe for it (crop ranges only where the
+    condition's policy is an rrc preset)."""
+    r = proto.recipe_of(condition)
+    rrc = DATASETS[proto.dataset].base_policy.startswith("rrc")
+    return Run(family, condition, epochs, seed, crop_scale=r["crop_scale"] if rrc else None, hard=r["hard"], target_t=r["target_t"])
+
+
+def _selection_runs(proto: Protocol, family: str, epochs: int, seed: int) -> list[Run]:
+    """The selection grid: every crop range for plain, plain-strong and the reinforced runs,
+    every hard-label schedule for the reinforced runs."""
+    out = [Run(family, c, epochs, seed, crop_scale=cs) for c in ("plain", "plain-strong") for cs in proto.select_crops]
+    out += [
+        Run(family, f"reinforced:{p}", epochs, seed, crop_scale=cs, hard=h)
+        for p in proto.stores
+        for cs in proto.select_crops
+        for h in proto.select_hard
+    ]
+    return out
+
+
 def plan(proto: Protocol, args: argparse.Namespace, kstudy: bool = False) -> list[Run]:
     """Every run of the stage, cheapest complete comparison first (the short budget, seed 0)."""
     if kstudy:
         return [Run("resnet", f"reinforced:{proto.stores[0]}", proto.kstudy_epochs or proto.budgets[-1], 0, k) for k in proto.kstudy]
     runs = [
-        Run(f, c, e, s)
+        r
         for e in proto.budgets
         for s in sorted({s for seeds in proto.seeds.values() for s in seeds})
         for f in proto.families
         if s in proto.seeds[f]
-        for c in proto.conditions(f)
+        for r in (_selection_runs(proto, f, e, s) if proto.select_crops else [_recipe_run(proto, f, c, e, s) for c in proto.conditions(f)])
     ]
     if args.family:
         runs = [r for r in runs if r.family in args.family]
@@ -490,8 +695,14 @@ def plan(proto: Protocol, args: argparse.Namespace, kstudy: bool = False) -> lis
         runs = [r for r in runs if r.condition in args.condition]
     if args.seed:
         runs = [r for r in runs if r.seed in args.seed]
+    if getattr(args, "hard", None):
+        runs = [r for r in runs if r.hard in args.hard]
+    if getattr(args, "crop_scale", None):
+        runs = [r for r in runs if (r.crop_scale or 0.08) in args.crop_scale]
+    if getattr(args, "target_t", None):
+        runs = [dataclasses.replace(r, target_t=args.target_t) for r in runs if r.condition.startswith("reinforced:")]
     if getattr(args, "multiscale", False):
-        runs = [Run(r.family, r.condition, r.epochs, r.seed, r.k, multiscale=True, ms_batch=args.ms_batch) for r in runs]
+        runs = [dataclasses.replace(r, multiscale=True, ms_batch=args.ms_batch) for r in runs]
     return runs
 
 
@@ -516,7 +727,11 @@ def stage_students(args: argparse.Namespace, proto: Protocol, kstudy: bool = Fal
     n_train = sum(1 for _ in train.glob("*/*"))
     _log(args, f"{what}: {len(runs)} runs, {len(todo)} to do, projected {_projected(todo, n_train) / 3600:.1f} h on a 2-core CPU")
     needs_teachers = any(r.condition == "kd" or r.condition.startswith("reinforced:") for r in todo)
-    needed = {"kstudy" if r.k is not None else r.condition.split(":", 1)[1] for r in todo if r.condition.startswith("reinforced:")}
+    needed = {
+        "kstudy" if r.k is not None else store_key(r.condition.split(":", 1)[1], r.crop_scale)
+        for r in todo
+        if r.condition.startswith("reinforced:")
+    }
     stores = stage_reinforce(args, proto, only=needed) if needed else {}
     specs = [c["teacher_spec"] for c in stage_teachers(args, proto)] if needs_teachers else []
     for i, run in enumerate(todo):
@@ -577,9 +792,14 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     ds = DATASETS[proto.dataset]
     found = {p.name: p for p in sorted(published_runs(proto).glob("*.json"))}
     found.update({p.name: p for p in sorted((work / "students").glob("*.json"))})
-    runs = [json.loads(p.read_text()) for _, p in sorted(found.items())]
+    every = [json.loads(p.read_text()) for _, p in sorted(found.items())]
+    # this protocol's runs: its split, and its teachers (runs without teachers count for every teacher set)
+    runs = [r for r in every if r.get("split", "test") == proto.split and r.get("teacher_set") in (None, teacher_set(proto))]
+    earlier = [r for r in every if r.get("teacher_set") not in (None, teacher_set(proto))]
     if not runs:
         raise SystemExit(f"no student results under {work / 'students'}: run the students stage first")
+    if proto.select_crops:
+        return _selection_report(args, proto, runs)
     cards = stage_teachers(args, proto)
     lines = [
         f"Teachers (top-1 on the {ds.test_split} images): "
@@ -603,8 +823,12 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
         for c in proto.conditions(family):
             row = [c]
             for b in proto.budgets:
-                rs = [r for r in main if r["family"] == family and r["condition"] == c and r["epochs"] == b]
-                plains = {r["seed"]: r for r in main if r["family"] == family and r["condition"] == "plain" and r["epochs"] == b}
+                rs = [r for r in main if r["family"] == family and r["condition"] == c and r["epochs"] == b and _follows(r, proto)]
+                plains = {
+                    r["seed"]: r
+                    for r in main
+                    if r["family"] == family and r["condition"] == "plain" and r["epochs"] == b and _follows(r, proto)
+                }
                 if not rs:
                     row += ["-"] * 4
                     continue
@@ -619,6 +843,12 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
                     tta_s,
                 ]
                 summary[f"{family}/{c}@{b}"] = {
+                    "family": family,
+                    "condition": c,
+                    "epochs": b,
+                    "recipe": rs[0].get("recipe"),
+                    "teacher_set": rs[0].get("teacher_set"),
+                    "seeds": sorted(r["seed"] for r in rs),
                     "top1_mean": float(a.mean()),
                     "n": len(a),
                     "ece_mean": float(np.mean([r["ece"] for r in rs])),
@@ -675,20 +905,7 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
     ]
     text = "\n".join(lines)
     (work / "results.md").write_text(text + "\n")
-    keys = (
-        "dataset",
-        "family",
-        "condition",
-        "store_policy",
-        "k",
-        "epochs",
-        "seed",
-        "test_top1",
-        "ece",
-        "train_seconds",
-        "images_per_second",
-        "curve",
-    )
+    keys = RECORD_KEYS
     record = {
         "protocol": asdict(proto),
         "machine": machine,
@@ -698,6 +915,7 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
         "stores": builds,
         "runs": [{k: r.get(k) for k in keys} for r in runs],
         "summary": summary,
+        "earlier_teachers": _earlier_summary(earlier),
         "kstudy": kstudy,
         "multiscale": multiscale,
     }
@@ -720,6 +938,103 @@ def stage_report(args: argparse.Namespace, proto: Protocol) -> str:
         if multiscale:
             name = "multiscale-cpu.json" if proto.dataset == "tin100" else f"multiscale-{proto.dataset}-cpu.json"
             shutil.copy(work / "multiscale.json", REPO / "bench" / "results" / name)
+    print(text)
+    return text
+
+
+#: what every run of a results JSON carries: enough to tell any two runs apart from their fields
+RECORD_KEYS = (
+    "dataset",
+    "family",
+    "condition",
+    "store_policy",
+    "store",
+    "teacher_set",
+    "recipe",
+    "split",
+    "k",
+    "kstudy",
+    "multiscale",
+    "ms_batch",
+    "epochs",
+    "seed",
+    "test_top1",
+    "ece",
+    "train_seconds",
+    "images_per_second",
+    "curve",
+)
+
+
+def _follows(record: dict, proto: Protocol) -> bool:
+    """Whether a run record used the protocol's recipe for its condition."""
+    want = proto.recipe_of(record["condition"])
+    rec = record.get("recipe") or {}
+    rrc = DATASETS[proto.dataset].base_policy.startswith("rrc")
+    return (
+        rec.get("crop_scale") == (want["crop_scale"] if rrc else None)
+        and rec.get("hard_label", "0") == parse_hard(want["hard"]).describe()
+        and float(rec.get("target_temperature", 1.0)) == float(want["target_t"])
+    )
+
+
+def _earlier_summary(runs: list[dict]) -> list[dict]:
+    """Mean top-1 per (teacher set, family, condition, budget) of the runs with other teachers."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r.get("kstudy") or r.get("multiscale"):
+            continue
+        groups.setdefault((r.get("teacher_set"), r["family"], r["condition"], r["epochs"]), []).append(r)
+    return [
+        {
+            "teacher_set": t,
+            "family": f,
+            "condition": c,
+            "epochs": e,
+            "n": len(rs),
+            "top1_mean": float(np.mean([r["test_top1"] for r in rs])),
+        }
+        for (t, f, c, e), rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+    ]
+
+
+def _selection_report(args: argparse.Namespace, proto: Protocol, runs: list[dict]) -> str:
+    """The selection split's table: every condition at every crop range and hard-label schedule,
+    per budget (held-out train images; the test split is never read), and the best of each
+    kind of condition."""
+    work = Path(args.workdir)
+    runs = [r for r in runs if not r.get("kstudy") and not r.get("multiscale")]
+    lines = [
+        f"Selection split: {proto.holdout_per_class} train images per class held out as the test set; students train on the rest.",
+        "",
+        "| family | E | seed | condition | crop scale | hard label | target T | top-1 % | ECE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = sorted(runs, key=lambda r: (r["family"], r["epochs"], r["seed"], r["condition"], str(r["recipe"])))
+    for r in order:
+        rec = r["recipe"]
+        lines.append(
+            f"| {r['family']} | {r['epochs']} | {r['seed']} | {r['condition']} | {rec['crop_scale'] or 0.08:g} | {rec['hard_label']} | "
+            f"{rec['target_temperature']:g} | {100 * r['test_top1']:.2f} | {r['ece']:.3f} |"
+        )
+    best: dict[str, dict] = {}
+    for r in runs:
+        key = f"{r['family']}/{kind_of(r['condition'])}@{r['epochs']}"
+        if key not in best or r["test_top1"] > best[key]["test_top1"]:
+            best[key] = {k: r.get(k) for k in ("family", "condition", "epochs", "seed", "recipe", "test_top1", "ece")}
+    lines += ["", "Best per kind of condition:", ""]
+    lines += [f"- {k}: {100 * b['test_top1']:.2f} % with {b['recipe']}" for k, b in sorted(best.items())]
+    text = "\n".join(lines)
+    (work / "results.md").write_text(text + "\n")
+    machine = runs[0].get("machine") or _machine(runs[0]["device"])
+    record = {"protocol": asdict(proto), "machine": machine, "runs": [{k: r.get(k) for k in RECORD_KEYS} for r in runs], "best": best}
+    (work / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if args.publish:
+        dest = REPO / "examples" / "results" / f"families-{proto.name}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "results.json"):
+            shutil.copy(work / name, dest / name)
+        shutil.copy(work / "results.json", REPO / "bench" / "results" / f"{proto.name}.json")
     print(text)
     return text
 
@@ -806,7 +1121,11 @@ def _multiscale_rows(runs: list[dict]) -> list[dict]:
             (
                 r
                 for r in runs
-                if not r.get("multiscale") and not r.get("kstudy") and (r["family"], r["condition"], r["epochs"], r["seed"]) == key
+                if not r.get("multiscale")
+                and not r.get("kstudy")
+                and (r["family"], r["condition"], r["epochs"], r["seed"]) == key
+                and r.get("recipe") == ms.get("recipe")
+                and r.get("teacher_set") == ms.get("teacher_set")
             ),
             None,
         )
@@ -892,6 +1211,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=csv(int), default=None, help="students: only these budgets")
     p.add_argument("--condition", type=csv(str), default=None, help="students: only these conditions (plain,kd,reinforced:rrc,...)")
     p.add_argument("--seed", type=csv(int), default=None, help="students: only these seeds")
+    p.add_argument("--hard", type=csv(str), default=None, help="students: only the runs with these hard-label schedules (0, 0.5-0, ...)")
+    p.add_argument(
+        "--crop-scale", type=csv(float), default=None, help="students: only the runs with these crop ranges (0.08 = the preset's)"
+    )
+    p.add_argument("--target-t", type=float, default=None, help="students: the reinforced runs again with this target temperature")
+    p.add_argument(
+        "--select",
+        action="store_true",
+        help="the selection protocol (tin100): 50 train images per class held out as the test set, the crop ranges and "
+        "hard-label schedules tried on them",
+    )
+    p.add_argument("--v1", action="store_true", help="tin100: the earlier protocol (the two teachers of examples/assets/teachers-tin100)")
     p.add_argument(
         "--multiscale",
         action="store_true",
@@ -905,9 +1236,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    proto = QUICK if args.quick else C10_CPU if args.dataset == "cifar10" else TIN_CPU
+    proto = QUICK if args.quick else C10_CPU if args.dataset == "cifar10" else TIN_SELECT if args.select else TIN_CPU if args.v1 else TIN_V2
     if args.quick and args.dataset != "tin100":
         raise SystemExit("--quick runs on tin100")
+    if args.quick and args.select:
+        proto = QUICK_SELECT
     args.proto = proto
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.stage in ("teachers", "all"):

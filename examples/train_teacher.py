@@ -82,6 +82,15 @@ def evaluate(
     return correct / len(images)
 
 
+def _card_epochs(weights: str) -> int | None:
+    """The epochs the weights were trained for, from their card (``.json`` beside them), if any."""
+    card = Path(weights).with_suffix(".json")
+    if not card.exists():
+        return None
+    data = json.loads(card.read_text())
+    return int(data.get("total_epochs") or data["epochs"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder with train.tar.gz and test.tar.gz (or val.tar.gz), or train/ and test/ (val/)")
@@ -102,6 +111,14 @@ def main(argv: list[str] | None = None) -> dict:
         "AVX-512 BF16 (measured 395 -> 773 img/s for ResNet-20 on a 2-core EPYC) and on CUDA",
     )
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (smoke tests)")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (a .safetensors of the same architecture, e.g. a shipped teacher) instead of a "
+        "random initialisation: a second one-cycle schedule over --epochs more epochs (a warm restart); the card records "
+        "the file and its SHA-256",
+    )
+    p.add_argument("--pct-start", type=float, default=0.25, help="share of the one-cycle schedule spent warming up")
     p.add_argument("--out", required=True, help="output path without suffix")
     p.add_argument("--no-resume", action="store_true", help="ignore OUT.ckpt (a per-epoch checkpoint) and start over")
     args = p.parse_args(argv)
@@ -124,7 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     kwargs: dict[str, int] = {"num_classes": len(classes)}
     kwargs.update({k: getattr(args, k) for k in ARCHS[args.arch]})
-    model = getattr(zoo, args.arch)(**kwargs).to(device).to(memory_format=torch.channels_last)
+    model = getattr(zoo, args.arch)(**kwargs)
+    init_sha = None
+    if args.init:
+        from safetensors.torch import load_file
+
+        init_sha = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
+        model.load_state_dict(load_file(args.init))
+    model = model.to(device).to(memory_format=torch.channels_last)
     cfg = model.pretrained_cfg
     if tuple(cfg["input_size"][1:]) != tuple(xtr_t.shape[2:]):
         raise SystemExit(f"--arch {args.arch} expects {cfg['input_size'][1]}-px images, the data has {xtr_t.shape[2]} px")
@@ -133,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     pad = xtr_t.shape[-1] // 8  # 4 px at 32, 8 px at 64
     opt = sgd_nesterov(model, args.lr, args.wd)
     steps_per_epoch = math.ceil(len(xtr_t) / args.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=args.pct_start)
     gen = torch.Generator().manual_seed(args.seed)
     out = Path(args.out)
     ckpt = out.with_suffix(".ckpt")
@@ -207,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
         "test_top1": round(acc, 4),
         "test_curve": curve,
         "epochs": args.epochs,
+        "init": {"weights": args.init, "sha256": init_sha, "epochs": _card_epochs(args.init)} if args.init else None,
+        "total_epochs": args.epochs + (_card_epochs(args.init) or 0 if args.init else 0),
         "label_smoothing": args.label_smoothing,
         "bf16_autocast": args.bf16,
         "train_seconds": round(train_s, 1),

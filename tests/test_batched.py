@@ -5,34 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import build_in_process as _build_in_process
 
 from dr import ReinforcedDataset
-from dr.builder import UnitWorker
-from dr.builder.config import BuildConfig
-from dr.builder.job import make_header
 from dr.errors import StoreError
 from dr.policy import list_policies
 from dr.replay import DeviceReplay
-from dr.sources import ImageFolderSource
-from dr.storage import StoreWriter
-
-
-def _build_in_process(src: Path, teacher: str, policy: str, out: Path) -> str:
-    """A real store written without Ray (the worker class in-process), for fast tests."""
-    from dr.teachers import Ensemble
-
-    cfg = BuildConfig(source=str(src), teachers=[teacher], policy=policy, output_size=32, views=3, topk=3, chunk_size=32, out=str(out))
-    source = ImageFolderSource(src)
-    ens = Ensemble.from_specs([teacher])
-    header = make_header(cfg, source, ens.describe(), 10)
-    writer = StoreWriter.create(str(out), header, source.labels())
-    worker = UnitWorker(source, header.policy, [teacher], temperature=1.0, views=3, topk=3, seed=0, forward_group=header.forward_group)
-    for c in range(writer.n_chunks):
-        a, b = writer.chunk_rows(c)
-        r = worker.compute(a, b)
-        writer.write_chunk(c, r.arrays, r.skipped)
-    writer.finalize()
-    return str(out)
 
 
 @pytest.mark.parametrize("policy", list(list_policies()))

@@ -36,6 +36,12 @@ class BuildConfig(BaseModel):
     topk: int = Field(5, ge=1, le=1000, description="soft-label entries kept per view (k)")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of all augmentation sampling")
     output_size: int | None = Field(None, ge=1, le=8192, description="view size in pixels (default: the preset's)")
+    crop_scale: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="rrc presets: the smallest crop area as a share of the image (default: the preset's 0.08; 0.35 for 64-px images)",
+    )
     temperature: float = Field(1.0, gt=0, description="softmax temperature applied to every teacher")
     chunk_size: int = Field(256, ge=1, le=1 << 20, description="images per store chunk = per work unit")
     forward_group: int | None = Field(None, ge=1, description="images per teacher forward batch (default: auto, divides chunk_size)")

@@ -21,7 +21,7 @@ from dr.storage.segments import SegmentRecord, extension_problems, read_segment_
 __all__ = ["Extension", "extension_settings", "finish_extension", "plan_extension"]
 
 #: build settings an extension takes from the store's header (config field -> header value)
-_FROM_HEADER = ("policy", "views", "topk", "seed", "chunk_size", "forward_group", "output_size", "temperature", "compile")
+_FROM_HEADER = ("policy", "crop_scale", "views", "topk", "seed", "chunk_size", "forward_group", "output_size", "temperature", "compile")
 
 
 def _extended(config: BuildConfig) -> str:
@@ -34,6 +34,7 @@ def _extended(config: BuildConfig) -> str:
 def _header_settings(header: StoreHeader) -> dict[str, Any]:
     return {
         "policy": header.policy.get("name"),
+        "crop_scale": _crop_scale(header.policy),
         "views": header.views,
         "topk": header.topk,
         "seed": header.seed,
@@ -43,6 +44,12 @@ def _header_settings(header: StoreHeader) -> dict[str, Any]:
         "temperature": header.ensemble.get("temperature", 1.0),
         "compile": bool(header.ensemble.get("compile", False)),
     }
+
+
+def _crop_scale(policy: dict[str, Any]) -> float | None:
+    """The lower bound of the policy's random-resized-crop area (``None``: its crop has no scale)."""
+    scale = (policy.get("crop") or {}).get("scale")
+    return float(scale[0]) if scale else None
 
 
 def extension_settings(config: BuildConfig) -> BuildConfig:

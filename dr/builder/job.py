@@ -84,7 +84,7 @@ class BuildResult:
 
 def make_header(config: BuildConfig, source: Source, ensemble_desc: dict[str, Any], num_classes: int) -> StoreHeader:
     """The store header a build with ``config`` on ``source`` writes (status ``building``)."""
-    policy = get_policy(config.policy, config.output_size)
+    policy = get_policy(config.policy, config.output_size, config.crop_scale)
     group = config.resolved_forward_group()
     if config.chunk_size % group:
         raise ConfigError(
@@ -191,7 +191,7 @@ def reinforce(
     src = open_source(source if source is not None else config.source, config.storage_options)
     ensemble, ensemble_desc, num_classes = probe_ensemble(config, src.classes)  # teachers vs dataset classes
     if config.check_on:  # pre-flight: measure the teachers on labelled data before building
-        report = run_check_on(config, ensemble, src.classes, get_policy(config.policy, config.output_size).output_size)
+        report = run_check_on(config, ensemble, src.classes, get_policy(config.policy, config.output_size, config.crop_scale).output_size)
         if echo is not None:
             echo(format_evaluation(report))
     del ensemble

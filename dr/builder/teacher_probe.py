@@ -110,7 +110,7 @@ def probe_ensemble(config: Any, dataset_classes: Sequence[str]) -> tuple[Any, di
     from dr.policy import get_policy
     from dr.teachers import Ensemble
 
-    size = get_policy(config.policy, config.output_size).output_size  # a bad policy fails before teachers load
+    size = get_policy(config.policy, config.output_size, config.crop_scale).output_size  # a bad policy fails before teachers load
     seeds = [int(config.seed) + i for i in range(len(config.teachers))]
     ensemble = Ensemble.from_specs(
         list(config.teachers), config.temperature, config.precision, allow_random=config.allow_random_teachers, init_seeds=seeds

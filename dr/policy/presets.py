@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from dr.errors import PolicyError
@@ -41,8 +42,32 @@ def list_policies() -> dict[str, str]:
     return {k: v[1] for k, v in PRESETS.items()}
 
 
-def get_policy(name: str, output_size: int | None = None) -> Policy:
-    """Build a preset policy by name, optionally at another output size."""
+def get_policy(name: str, output_size: int | None = None, crop_scale: float | tuple[float, float] | None = None) -> Policy:
+    """Build a preset policy by name, optionally at another output size.
+
+    Args:
+        name: the preset (see :func:`list_policies`).
+        output_size: the view size (default: the preset's).
+        crop_scale: for the ``rrc`` presets, the range of the crop's area as a share of the
+            image: a lower bound (``0.35`` means 0.35-1) or a ``(low, high)`` pair; default the
+            preset's 0.08-1. Low-resolution images (64 px) keep more of their label with a
+            larger lower bound (docs/how-to/choosing.md has the measurement).
+
+    Raises:
+        PolicyError: an unknown preset; ``crop_scale`` outside ``(0, 1]`` or given to a preset
+            whose crop has no scale (``cifar``'s pad-and-crop).
+    """
     if name not in PRESETS:
         raise PolicyError(f"unknown policy {name!r}; choose one of: {', '.join(PRESETS)} (see `dr-build policies`)")
-    return PRESETS[name][0](output_size)
+    policy = PRESETS[name][0](output_size)
+    if crop_scale is None:
+        return policy
+    if not isinstance(policy.crop, RandomResizedCrop):
+        raise PolicyError(
+            f"crop_scale={crop_scale!r}: policy {name!r} crops with {policy.crop.kind}, which has no scale; "
+            "crop_scale applies to the rrc presets (random resized crops)"
+        )
+    low, high = (float(crop_scale), 1.0) if isinstance(crop_scale, (int, float)) else (float(crop_scale[0]), float(crop_scale[1]))
+    if not 0 < low <= high <= 1:
+        raise PolicyError(f"crop_scale={crop_scale!r}: the crop's area share must satisfy 0 < low <= high <= 1 (e.g. 0.35 for 0.35-1)")
+    return dataclasses.replace(policy, crop=dataclasses.replace(policy.crop, scale=(low, high)))
