@@ -9,6 +9,10 @@
 #   docker build --secret id=pip.conf,src=build-pip.conf --secret id=ca.crt,src=ca.pem -t dr:0.2.0 .
 # (build-pip.conf: `[global]`, `index-url = ...`, `cert = /etc/pip-build-ca.crt`; docs/docker.md.
 # docker/build-image.sh does this with buildah, from this machine's own pip configuration.)
+# OCI labels: the version and the commit come as build args (docker/build-image.sh passes both):
+#   docker build --build-arg VERSION=0.2.0 --build-arg REVISION=$(git rev-parse HEAD) -t dr:0.2.0 .
+# The base is pinned by tag; pin it by digest too with --build-arg BASE_IMAGE=pytorch/pytorch:TAG@sha256:...
+# (docs/docker.md). Its CUDA 13 torch runs on GPUs of compute capability 7.5 (Turing) or newer.
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 
 FROM ${BASE_IMAGE} AS build
@@ -39,3 +43,14 @@ USER 1000:1000
 WORKDIR /home/dr
 ENTRYPOINT ["dr-build"]
 CMD ["--help"]
+# Last, so that a new version or commit leaves the cached steps above valid. SOURCE is a
+# placeholder: setup.cfg names no repository URL.
+ARG SOURCE=https://github.com/dr-reinforce/dr
+ARG VERSION=unknown
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="dr" \
+      org.opencontainers.image.description="dr GPU worker image: PyTorch, Ray and dr-build" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
