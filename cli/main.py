@@ -19,18 +19,22 @@ from pydantic import ValidationError
 
 from dr import __version__
 from dr.errors import ConfigError, DRError, WorkerStartError
-from dr.sources import DEFAULT_MAX_IMAGE_PIXELS
 
-__all__ = ["cli", "main", "EXIT_RESUMABLE", "FIELD_FLAGS"]
+__all__ = ["cli", "main", "EXIT_RESUMABLE", "CLI_ONLY_FLAGS"]
 
 #: Exit status of a build that stopped with chunks left to do (``--max-chunks``, or a stop before
 #: the end): the store is sound but ``building``; the same command with ``--resume`` finishes it.
 #: 1 is an error (the message says what and how to fix it), 2 a usage error.
 EXIT_RESUMABLE = 3
 
-#: BuildConfig field -> its command-line form where that is not ``--field-name`` (tests check
-#: that every field has one; none is config-file only).
-FIELD_FLAGS = {"source": "SOURCE", "teachers": "--teacher", "storage_options": "--storage-option"}
+#: the flags of ``dr-build reinforce`` that are not build settings (every other flag is generated
+#: from a :class:`~dr.builder.config.BuildConfig` field, with its help, bounds and default)
+CLI_ONLY_FLAGS = {
+    "--config": "YAML build config; flags given on the command line override it",
+    "--json": "print the summary (or the error) as JSON on stdout",
+    "--quiet": "no progress bar",
+    "--dry-run": "plan only: images, chunks, views, projected size, wall-clock and GPU-hours from a timed first unit; writes nothing",
+}
 
 EPILOG_REINFORCE = """\b
 Examples:
@@ -129,7 +133,8 @@ class _PolicyOption(click.Option):
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         from dr.policy import list_policies
 
-        self.help = f"Augmentation preset: {', '.join(list_policies())} (see `dr-build policies`)."
+        base = (self.help or "").split(" Presets:")[0]
+        self.help = f"{base} Presets: {', '.join(list_policies())}."
         return super().get_help_record(ctx)
 
 
@@ -157,132 +162,63 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
 
 
+def _click_type(name: str, f: Any) -> Any:
+    """The click type of a BuildConfig field: its choices, or its numeric bounds."""
+    import typing
+
+    from dr.builder.config import field_bounds
+
+    kind = f.annotation
+    if typing.get_origin(kind) is not typing.Literal:  # X | None -> X
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    if typing.get_origin(kind) is typing.Literal:
+        return click.Choice(list(typing.get_args(kind)))
+    b = field_bounds(f)
+    lo, hi = b.get(">=", b.get(">")), b.get("<=")
+    if kind is int:
+        return click.IntRange(lo, hi)
+    if kind is float:
+        return click.FloatRange(lo, hi, min_open=">" in b)
+    return None
+
+
+def _build_options(command: Any) -> Any:
+    """Apply one click option per :class:`~dr.builder.config.BuildConfig` field (and the SOURCE
+    argument), generated from the field: its flag, type, bounds, default and help."""
+    from dr.builder.config import BuildConfig
+
+    for name, f in reversed(list(BuildConfig.model_fields.items())):
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        flags = str(extra.get("flag") or "--" + name.replace("_", "-")).split("/")
+        if flags == ["SOURCE"]:
+            command = click.argument(name, required=False)(command)
+            continue
+        default = None if f.is_required() or f.default_factory is not None else f.default
+        kw: dict[str, Any] = {"help": f"{f.description}."}
+        if name == "teachers":
+            kw.update(multiple=True, callback=_check_teacher)
+        elif name == "storage_options":
+            kw.update(multiple=True)
+        elif f.annotation is bool:
+            kw.update(is_flag=True)
+        else:
+            kw.update(type=_click_type(name, f), default=default, show_default=default is not None)
+        if name == "policy":
+            kw["cls"] = _PolicyOption
+        if extra.get("metavar"):
+            kw["metavar"] = extra["metavar"]
+        command = click.option(*flags, name, **kw)(command)
+    return command
+
+
 @cli.command(epilog=EPILOG_REINFORCE)
-@click.argument("source", required=False)
+@_build_options
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
-    help="YAML build config (see `dr-build config --example`); flags override it.",
+    help="YAML build config (see `dr-build config`); flags given on the command line override it.",
 )
-@click.option("--teacher", "teachers", multiple=True, callback=_check_teacher, metavar="SPEC", help="Teacher spec; repeat for an ensemble.")
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="fsspec option for a remote --out (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.",
-)
-@click.option("--policy", cls=_PolicyOption, default="rrc", show_default=True, help="Augmentation preset (see `dr-build policies`).")
-@click.option("--views", "-V", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Augmented views per image.")
-@click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(1, 1000), help="Soft-label entries kept per view.")
-@click.option("--out", "-o", help="Output store (.zarr path or fsspec URL such as s3://bucket/x.zarr).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of all augmentation sampling.")
-@click.option("--output-size", type=click.IntRange(1, 8192), help="View size in pixels (default: the preset's, 224 rrc / 32 cifar).")
-@click.option(
-    "--crop-scale",
-    type=click.FloatRange(0, 1, min_open=True),
-    help="rrc presets: the smallest crop area as a share of the image (default: the preset's 0.08). Small images "
-    "lose their label in small crops: 0.35 for 64-px images (docs/how-to/choosing.md).",
-)
-@click.option("--temperature", default=1.0, show_default=True, type=float, help="Softmax temperature for every teacher.")
-@click.option("--chunk-size", default=256, show_default=True, type=click.IntRange(1), help="Images per store chunk and per work unit.")
-@click.option("--forward-group", type=click.IntRange(1), help="Images per teacher batch (default: auto, ~512 views, divides --chunk-size).")
-@click.option(
-    "--address",
-    help="Ray cluster to join: auto (this host's, on purpose), ray://head:10001, host:port; default: a private local Ray "
-    "that ignores RAY_ADDRESS and other programs' Ray.",
-)
-@click.option("--workers", type=click.IntRange(1), help="Teacher actors (default: one per GPU, else 1).")
-@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), help="CPUs reserved per actor (default: share the cluster's).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Teacher device.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="Teacher math: auto = bf16 autocast on CUDA, fp32 on CPU.",
-)
-@click.option("--compile", is_flag=True, help="torch.compile the teachers (15-40 s once per worker; pays off on big builds).")
-@click.option("--decode-threads", default=4, show_default=True, type=click.IntRange(1, 256), help="Image-decoding threads per actor.")
-@click.option(
-    "--extend",
-    metavar="STORE",
-    help="Add SOURCE's images to the complete STORE as a new segment (no --out): the store's policy, V, k, seed and "
-    "chunking are used (flags that repeat them must agree) and --teacher must name the store's teachers (same "
-    "weights). Only the new images are labelled; existing chunks are never rewritten. With --resume: finish an "
-    "interrupted extension; with --overwrite: replace one that is still building.",
-)
-@click.option("--resume", is_flag=True, help="Continue an interrupted build of OUT (same settings): done chunks are skipped.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option(
-    "--repair",
-    is_flag=True,
-    help="With --resume: check every done chunk against the digests recorded when it was written and recompute the "
-    "damaged ones (what `dr-build verify` reports as FAIL chunk).",
-)
-@click.option(
-    "--max-chunks",
-    type=click.IntRange(1),
-    help=f"Stop after writing this many chunks (exit code {EXIT_RESUMABLE}; finish later with --resume).",
-)
-@click.option(
-    "--max-retries", default=3, show_default=True, type=click.IntRange(0, 100), help="Times a chunk is retried after its worker died."
-)
-@click.option(
-    "--start-timeout",
-    default=600.0,
-    show_default=True,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds to wait for a teacher worker to start while none runs; then the build fails, naming why.",
-)
-@click.option(
-    "--on-bad-image",
-    type=click.Choice(["fail", "skip"]),
-    default="fail",
-    show_default=True,
-    help="fail: stop naming the file (finished chunks are kept); skip: record it as skipped in the store.",
-)
-@click.option(
-    "--max-image-pixels",
-    default=DEFAULT_MAX_IMAGE_PIXELS,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Decode limit: an image whose header declares more pixels is a bad image, never decoded (a decompression "
-    "bomb); --on-bad-image says what happens to it.",
-)
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Take over the store's writer lock left by a build that died on another host (a lock whose holder is alive "
-    "on this host is never taken over).",
-)
-@click.option(
-    "--class-map",
-    metavar="identity|names|FILE",
-    help="Map teacher classes to the dataset's: identity (same order), names (same names), or a JSON/YAML file "
-    "{dataset_class: teacher class or [classes]}. Needed when the classes differ.",
-)
-@click.option(
-    "--check-on",
-    metavar="VAL_DIR",
-    help="Pre-flight: measure each teacher's and the ensemble's top-1 on this labelled folder first; stop if below --min-agreement.",
-)
-@click.option("--check-images", default=1000, show_default=True, type=click.IntRange(1), help="At most this many --check-on images.")
-@click.option(
-    "--min-agreement",
-    type=click.FloatRange(0, 1),
-    help="Stop when teacher top-1 agreement with the labels is below this (default: twice chance; 0: off).",
-)
-@click.option(
-    "--agreement-check-images",
-    default=512,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Images after which the agreement guard also judges the plain agreement share (a collapse the sample "
-    "already proves stops the build at once).",
-)
-@click.option("--allow-random-teachers", is_flag=True, help="Accept teacher specs without weights (seeded random init; tests, benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary (or the error) as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
@@ -427,7 +363,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.option("--allow-incomplete", is_flag=True, help="Also describe a store whose build has not finished.")
 def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
     """Describe STORE: header, counts, sizes, bytes/view, teacher agreement with labels."""
-    from dr.builder.summary import format_summary, store_summary
+    from dr.audit.summary import format_summary, store_summary
     from dr.errors import StoreIncompleteError
 
     try:
@@ -460,7 +396,7 @@ def show(store: str, source: str | None, index: int, out: str, max_views: int) -
 
     Check this picture before spending GPU hours: the views are exactly what the teachers saw.
     """
-    from dr.show import draw_views
+    from dr.audit.show import draw_views
 
     try:
         path = draw_views(store, source, index, out, max_views=max_views)
@@ -531,7 +467,7 @@ def verify(
     \b
     dr-build verify runs/demo.zarr --teacher 'python:dr.teachers.zoo:cifar_resnet@w.safetensors?depth=20'
     """
-    from dr.builder.verify import format_report, verify_store
+    from dr.audit.verify import format_report, verify_store
 
     try:
         checks = verify_store(
@@ -568,12 +504,6 @@ def teachers() -> None:
     help="View size: shorter side resized, centre crop (default: the first teacher's input size, else 224).",
 )
 @click.option("--images", default=1000, show_default=True, type=click.IntRange(1), help="At most this many images (seeded sample).")
-@click.option(
-    "--crop-scale",
-    type=click.FloatRange(0, 1, min_open=True),
-    help="rrc presets: the smallest crop area as a share of the image (default: the preset's 0.08). Small images "
-    "lose their label in small crops: 0.35 for 64-px images (docs/how-to/choosing.md).",
-)
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--allow-random-teachers", is_flag=True, help="Accept specs without weights (seeded random init).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -590,7 +520,7 @@ def teachers_eval(
     """Top-1 of each teacher SPEC and of their ensemble on a labelled folder VAL_DIR: a minute
     here saves a wasted build (wrong class order, preprocessing or weights all show up).
     The teachers' classes must be the folder's, or be mapped with --class-map."""
-    from dr.builder.agreement import agreement_threshold
+    from dr.agreement import agreement_threshold
     from dr.builder.teacher_probe import evaluate_teachers, format_evaluation, probe_classes
     from dr.sources import open_source
     from dr.teachers import Ensemble

@@ -6,17 +6,26 @@ Importing ``dr`` is light: it imports neither Ray, nor torch, nor the build mach
 
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 """The release of dr; stores record it as ``tool_version``."""
 
-__all__ = ["__version__", "ReinforcedDataset", "ChunkAwareSampler", "DeviceReplay", "MultiScaleBatchSampler", "ReplayMixSampler"]
+__all__ = [
+    "__version__",
+    "ReinforcedDataset",
+    "ChunkAwareSampler",
+    "DeviceReplay",
+    "MultiScaleBatchSampler",
+    "RehearsalSampler",
+    "ReplayMixSampler",
+]
 
 _LAZY = {
     "ReinforcedDataset": "dr.dataset",
-    "ChunkAwareSampler": "dr.dataset",
+    "ChunkAwareSampler": "dr.samplers",
     "DeviceReplay": "dr.replay",
     "MultiScaleBatchSampler": "dr.multiscale",
-    "ReplayMixSampler": "dr.continual",
+    "RehearsalSampler": "dr.samplers",
+    "ReplayMixSampler": "dr.continual",  # deprecated: RehearsalSampler
 }
 
 

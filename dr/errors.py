@@ -7,6 +7,7 @@ Every error says what was wrong (the bad value) and how to fix it. Validation ne
 from __future__ import annotations
 
 __all__ = [
+    "bounded_int",
     "DRError",
     "ConfigError",
     "SourceError",
@@ -19,6 +20,7 @@ __all__ = [
     "StoreMismatchError",
     "StoreDamagedError",
     "HeaderSealError",
+    "SamplerVersionError",
 ]
 
 
@@ -80,6 +82,11 @@ class HeaderSealError(StoreError):
     after the build: the stored views and targets no longer belong to the header."""
 
 
+class SamplerVersionError(StoreError):
+    """A store keeps derived parameters (their digests only) from another version of the keyed
+    sampler: this dr would re-derive other views than the teachers labelled."""
+
+
 class WorkerStartError(DRError):
     """No teacher worker could start (Ray's error, the resources asked for and available).
 
@@ -90,3 +97,29 @@ class WorkerStartError(DRError):
 
     chunks_written: int = 0
     workers_started: int = 0
+
+
+def bounded_int(name: str, value: object, low: int, high: int | None = None, *, bound: str | None = None) -> int:
+    """``value`` as an int within ``[low, high]``, or a :class:`ConfigError` naming the argument,
+    its value and the bound (``bound`` words it; default ``in [low, high]`` or ``>= low``). Bools
+    are refused (``True`` is not a count); numpy integers are accepted.
+
+    Args:
+        name: the argument's name, as the caller wrote it.
+        value: the value given.
+        low: the smallest allowed value.
+        high: the largest allowed value (``None``: no upper bound).
+        bound: how the message words the bound.
+
+    Returns:
+        The value as a Python int.
+
+    Raises:
+        ConfigError: not an int, or outside the bound.
+    """
+    import numbers
+
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= int(value) and (high is None or int(value) <= high):
+        return int(value)
+    bound = bound or (f"in [{low}, {high}]" if high is not None else f">= {low}")
+    raise ConfigError(f"{name}={value!r}: must be an int {bound}")

@@ -28,15 +28,20 @@ need nothing; a ViT needs position embeddings that interpolate to the grid of ea
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence, Sized
 from typing import Literal
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from dr.errors import ConfigError
+from dr.errors import ConfigError, bounded_int
+from dr.limits import MAX_OUTPUT_SIZE, MAX_SEED
 
-__all__ = ["MultiScaleBatchSampler", "scale_sizes"]
+__all__ = ["MAX_SIZE", "MultiScaleBatchSampler", "scale_sizes"]
+
+MAX_SIZE = MAX_OUTPUT_SIZE
+"""The largest resolution a view replays at: the store's output-size limit (:data:`dr.limits.MAX_OUTPUT_SIZE`)."""
 
 
 def scale_sizes(base: int, low: float = 0.75, high: float = 1.25, multiple_of: int = 8) -> tuple[int, ...]:
@@ -50,15 +55,25 @@ def scale_sizes(base: int, low: float = 0.75, high: float = 1.25, multiple_of: i
         multiple_of: every size is a multiple of this.
 
     Returns:
-        The sizes, ascending; ``base`` itself when it is a multiple of ``multiple_of``.
+        The sizes, ascending; ``base`` itself when it is a multiple of ``multiple_of``. At most
+        ``8192 // multiple_of`` of them: none is above 8192.
 
     Raises:
-        ConfigError: an empty range.
+        ConfigError: ``base`` not an int in ``[1, 8192]`` (:data:`MAX_SIZE`, the store's
+            output-size limit); ``low``, ``high`` not with ``0 < low <= high``; ``high * base``
+            above 8192; ``multiple_of`` not an int ``>= 1``; an empty range.
     """
-    if not 0 < low <= high or multiple_of < 1:
-        raise ConfigError(f"scale range {low}..{high} (multiple of {multiple_of}) is empty: use 0 < low <= high, multiple_of >= 1")
+    base = bounded_int("base", base, 1, MAX_SIZE, bound=f"in [1, {MAX_SIZE}] px (the store's output-size limit)")
+    multiple_of = bounded_int("multiple_of", multiple_of, 1)
+    real = isinstance(low, numbers.Real) and isinstance(high, numbers.Real) and not isinstance(low, bool) and not isinstance(high, bool)
+    if not real or not 0 < low <= high:
+        raise ConfigError(f"scale range low={low!r}..high={high!r} is empty: use 0 < low <= high")
+    if high * base > MAX_SIZE * (1 + 1e-12):  # (the tolerance: high=MAX_SIZE / base, rounded)
+        raise ConfigError(
+            f"high={high!r}: sizes up to {high * base:g} px exceed the {MAX_SIZE} px limit of a view: use high <= {MAX_SIZE / base:g} for base={base}"
+        )
     first = max(multiple_of, math.ceil(low * base / multiple_of) * multiple_of)
-    last = math.floor(high * base / multiple_of) * multiple_of
+    last = min(math.floor(high * base / multiple_of) * multiple_of, MAX_SIZE)
     sizes = tuple(range(first, last + 1, multiple_of))
     if not sizes:
         raise ConfigError(f"no multiple of {multiple_of} lies in {low * base:g}..{high * base:g} px: widen the range or lower multiple_of")
@@ -86,7 +101,8 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
         data: the dataset (or its length).
         base_size: the resolution whose batch is ``base_batch``.
         base_batch: the batch size at ``base_size``.
-        sizes: the resolutions to draw from (default :func:`scale_sizes` of ``base_size``).
+        sizes: the resolutions to draw from (default :func:`scale_sizes` of ``base_size``, up
+            to 8192).
         curriculum: ``None`` (every size every epoch) or ``"linear"``.
         epochs: the training length (required by a curriculum).
         batch: ``"pixels"`` (scale the batch to keep pixels per step) or ``"fixed"`` (keep
@@ -99,7 +115,13 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
         max_batch: the largest batch any size may get (default ``4 * base_batch``).
 
     Raises:
-        ConfigError: a bad size list, rank or curriculum.
+        ConfigError: an argument outside its bound, named with its value and the bound. Ints
+            are ints (not bools, not floats). The bounds: ``data`` has at least 1 item;
+            ``base_size`` and every one of ``sizes`` in ``[1, 8192]`` px (:data:`MAX_SIZE`, the
+            store's output-size limit), ``sizes`` not empty; ``base_batch >= 1``; ``max_batch
+            >= base_batch``; ``epochs >= 1`` (required by a curriculum); ``seed`` in ``[0,
+            2**63 - 1]``; ``num_replicas >= 1``; ``rank`` in ``[0, num_replicas)``;
+            ``curriculum`` None or ``"linear"``; ``batch`` ``"pixels"`` or ``"fixed"``.
     """
 
     def __init__(
@@ -119,36 +141,56 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
         rank: int = 0,
         max_batch: int | None = None,
     ) -> None:
-        self.n = data if isinstance(data, int) else len(data)
-        self.base_size, self.base_batch = int(base_size), int(base_batch)
-        self.sizes = tuple(sorted({int(s) for s in (sizes or scale_sizes(base_size))}))
-        if not self.sizes or self.sizes[0] < 1 or self.base_batch < 1:
-            raise ConfigError(f"sizes {sizes!r} and base_batch {base_batch}: give positive sizes and a batch of at least 1")
+        if isinstance(data, Sized):
+            self.n = len(data)
+            if self.n < 1:
+                raise ConfigError(f"data has {self.n} items: a sampler needs at least 1 item")
+        else:
+            self.n = bounded_int("data", data, 1, bound=">= 1 (the number of items), or a dataset of at least 1 item")
+        px = f"in [1, {MAX_SIZE}] px (the store's output-size limit)"
+        self.base_size = bounded_int("base_size", base_size, 1, MAX_SIZE, bound=px)
+        self.base_batch = bounded_int("base_batch", base_batch, 1)
+        if sizes is None:  # scale_sizes' default range, capped at MAX_SIZE
+            given = list(scale_sizes(self.base_size, high=min(1.25, MAX_SIZE / self.base_size)))
+        else:
+            given = [] if isinstance(sizes, str | bytes | numbers.Number) else list(sizes)
+        if not given:
+            raise ConfigError(f"sizes={sizes!r}: give a list of at least one size {px} (or None for scale_sizes(base_size))")
+        self.sizes = tuple(sorted({bounded_int(f"sizes[{i}]", s, 1, MAX_SIZE, bound=px) for i, s in enumerate(given)}))
         if curriculum not in (None, "linear"):
             raise ConfigError(f"curriculum {curriculum!r}: use None or 'linear'")
         if batch not in ("pixels", "fixed"):
             raise ConfigError(f"batch {batch!r}: use 'pixels' (constant pixels per step) or 'fixed' (constant batch size)")
-        if curriculum and (epochs is None or epochs < 1):
+        if curriculum and epochs is None:
             raise ConfigError("a curriculum needs the training length: pass epochs=N")
-        if not 0 <= rank < num_replicas:
-            raise ConfigError(f"rank {rank} must be in [0, {num_replicas}): pass rank < num_replicas")
-        self.curriculum, self.epochs, self.batch = curriculum, epochs, batch
-        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
-        self.max_batch = int(max_batch or 4 * self.base_batch)
+        self.epochs = None if epochs is None else bounded_int("epochs", epochs, 1)
+        self.seed = bounded_int("seed", seed, 0, MAX_SEED, bound="in [0, 2**63 - 1]")
+        self.num_replicas = bounded_int("num_replicas", num_replicas, 1)
+        self.rank = bounded_int(
+            "rank", rank, 0, self.num_replicas - 1, bound=f"in [0, {self.num_replicas}) (num_replicas={self.num_replicas})"
+        )
+        max_batch = 4 * self.base_batch if max_batch is None else max_batch
+        self.max_batch = bounded_int("max_batch", max_batch, self.base_batch, bound=f">= base_batch ({self.base_batch})")
+        self.curriculum, self.batch = curriculum, batch
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch``'s permutation and sizes (call it before each epoch, as with
-        ``DistributedSampler``; ``ReinforcedDataset.set_epoch`` too)."""
-        self.epoch = int(epoch)
+        ``DistributedSampler``; ``ReinforcedDataset.set_epoch`` too).
+
+        Raises:
+            ConfigError: ``epoch`` not an int ``>= 0``.
+        """
+        self.epoch = bounded_int("epoch", epoch, 0)
 
     def batch_size(self, size: int) -> int:
         """The per-rank batch at ``size``: ``base_batch * (base_size / size)**2``, rounded, in
         ``[1, max_batch]`` (``base_batch`` with ``batch="fixed"``)."""
         if self.batch == "fixed":
-            return self.base_batch
-        return int(min(self.max_batch, max(1, round(self.base_batch * (self.base_size / size) ** 2))))
+            return max(1, self.base_batch)
+        # at least 1 whatever the attributes were set to: batches() always moves on
+        return max(1, int(min(self.max_batch, round(self.base_batch * (self.base_size / size) ** 2))))
 
     def lr_scale(self, size: int) -> float:
         """The linear scaling rule's learning-rate factor for a batch at ``size`` (1 with
@@ -165,7 +207,7 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def batches(self, epoch: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """This rank's batches of ``epoch``: ``(size, items)`` with items an int64 array."""
-        e = self.epoch if epoch is None else int(epoch)
+        e = self.epoch if epoch is None else bounded_int("epoch", epoch, 0)
         rng = np.random.default_rng([self.seed, e, 0x5CA1E])
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         allowed = self.epoch_sizes(e)

@@ -1,32 +1,30 @@
 """Batched replay on the training device, for datasets whose images fit there.
 
-``DeviceReplay`` decodes the source once into uint8 tensors on the device, keeps the store's
-parameters and sparse targets in memory, and produces a whole training batch per call with the
-shared replay kernels -- the same views and targets as :class:`dr.ReinforcedDataset` for the
-same (epoch, index) (tested), at the cost of a plain augmented batch. ``fresh`` samples new
-parameters from the store's policy instead (for plain baselines and online distillation), so
-that every condition uses the same loader.
+``DeviceReplay`` decodes the source once into uint8 tensors on the device and produces a whole
+training batch per call with the shared replay kernels -- the same views and targets as
+:class:`dr.ReinforcedDataset` for the same (epoch, index) (tested), at the cost of a plain
+augmented batch. The store, its checks and the metadata are :class:`dr.views.StoredViews`'s
+(the core both readers share). ``fresh`` samples new parameters from the store's policy instead
+(for plain baselines and online distillation), so that every condition uses the same loader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from dr.dataset import served_topk, view_choice
 from dr.errors import StoreError
 from dr.policy import ImageBank, Policy, fresh_rng
 from dr.sources import open_source
-from dr.storage.schema import StoreHeader
-from dr.trusted import ChunkGuard, open_checked
+from dr.views import ChunkGuard, StoredViews
 
 __all__ = ["DeviceReplay"]
 
 
-class DeviceReplay:
+class DeviceReplay(StoredViews):
     """Whole-batch replay of a store (or fresh views of its policy) on ``device``.
 
     Args:
@@ -37,12 +35,14 @@ class DeviceReplay:
         output_size: replay size (default: the build's).
         storage_options: fsspec options for a remote store or source.
         verify_source: ``"sample"`` (re-hash 32 seeded images), ``"all"`` or ``"none"``: the
-            same source check as ``ReinforcedDataset`` (:func:`dr.trusted.check_source`).
+            same source check as ``ReinforcedDataset`` (:func:`dr.views.check_source`).
         topk: serve the ``topk`` largest stored probabilities per view (k' <= k; the same rule
             as ``ReinforcedDataset(topk=)``).
         segments: for an extended store, the segments whose images are served (default: every
             complete segment; the same rule as ``ReinforcedDataset(segments=)``); only their
             images are decoded.
+        memory_budget: bytes of metadata to hold in memory; above it, read by chunk (the same
+            rule as ``ReinforcedDataset(memory_budget=)``: draw batches with :meth:`sampler`).
 
     Raises:
         ConfigError: ``topk`` outside ``[1, k]``.
@@ -58,50 +58,36 @@ class DeviceReplay:
         device: str | torch.device = "cpu",
         seed: int = 0,
         output_size: int | None = None,
-        storage_options: dict[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
         verify_source: Literal["sample", "all", "none"] = "sample",
         topk: int | None = None,
         segments: Sequence[int] | None = None,
+        memory_budget: int = 4 << 30,
     ) -> None:
-        opened = open_checked(
+        super().__init__(
             store,
             source,
-            paths=["targets/ids", "targets/probs"],
-            storage_options=storage_options,
-            verify_source=verify_source,
+            seed=seed,
+            topk=topk,
             segments=segments,
+            verify_source=verify_source,
+            storage_options=storage_options,
+            memory_budget=memory_budget,
+            output_size=output_size,
         )
-        header, src = opened.header, opened.source
-        k = served_topk(topk, header.topk, store)
-        fields = [f"params/{f.name}" for f in header.param_fields]
-        params, damaged = opened.reader.load_checked(fields)
-        meta = {**opened.rows, **params}
-        #: the store's header (``None`` for :meth:`fresh_only`)
-        self.header: StoreHeader | None = header
-        self.policy = Policy.from_dict(header.policy)
         self.device = torch.device(device)
-        self.seed = int(seed)
-        self.views = header.views
-        self.output_size = output_size or header.output_size
-        self.guard = opened.guard(store, damaged)  # rows of damaged chunks are refused
-        self.labels = torch.from_numpy(meta["source/labels"].astype(np.int64))
-        self.skipped = opened.skipped
-        self.indices = np.flatnonzero(~self.skipped & opened.served)
-        #: the segment of each item (0 for a store that was never extended)
-        self.segment_ids = opened.segment[self.indices]
+        #: the dataset label of each source image, int64 (index it with :meth:`labels_of`'s items)
+        self.labels = torch.from_numpy(self.label_of)
+        served = np.zeros(len(self.label_of), dtype=bool)
+        served[self.indices] = True
         #: every served source image, decoded once, in the replay engine's layout on ``device``
         #: (the images of segments not served are 1-pixel placeholders, never replayed)
         blank = torch.zeros(3, 1, 1, dtype=torch.uint8)
         self.images = ImageBank(
-            [torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) if opened.served[i] else blank for i in range(len(src))],
+            [torch.from_numpy(self.source.read(i)[0]).permute(2, 0, 1) if served[i] else blank for i in range(len(self.source))],
             device=self.device,
         )
         self.sizes = self.images.sizes
-        self.params = {p.split("/", 1)[1]: meta[p] for p in fields}
-        self.ids = meta["targets/ids"][..., :k].astype(np.int64)
-        self.probs = meta["targets/probs"][..., :k].astype(np.float32)
-        self.num_classes = header.num_classes
-        self.epoch = 0
 
     @classmethod
     def fresh_only(
@@ -119,40 +105,33 @@ class DeviceReplay:
         the same index space when that store skipped no image (every image is an item here)."""
         src = open_source(source, storage_options)
         self = cls.__new__(cls)
-        self.header = None
+        self.header = None  # type: ignore[assignment]  # no store: batch() refuses, fresh() needs none
         self.policy = policy
         self.device = torch.device(device)
-        self.seed, self.views = 0, 0
+        self.seed, self.views, self.topk = 0, 0, 0
         self.output_size = output_size or policy.output_size
         self.guard = ChunkGuard("(no store)", 1 << 62, [])
-        self.labels = torch.from_numpy(np.asarray(src.labels(), dtype=np.int64))
+        self.label_of = np.asarray(src.labels(), dtype=np.int64)
+        self.labels = torch.from_numpy(self.label_of)
+        self.chunk_of = np.zeros(len(src), dtype=np.int64)
+        self.in_memory = True
+        self._epoch = torch.zeros(1, dtype=torch.int64)
         self.skipped = np.zeros(len(src), dtype=bool)
         self.indices = np.arange(len(src))
         self.segment_ids = np.zeros(len(src), dtype=np.int64)
         self.images = ImageBank([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))], device=self.device)
         self.sizes = self.images.sizes
-        self.params, self.ids, self.probs = {}, np.zeros((0, 0, 0), np.int64), np.zeros((0, 0, 0), np.float32)
         self.num_classes = len(src.classes)
-        self.epoch = 0
         return self
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the views of ``epoch`` for :meth:`batch` and :meth:`fresh` calls that do not
-        name one (the same call as ``ReinforcedDataset.set_epoch``)."""
-        self.epoch = int(epoch)
 
     def labels_of(self, items: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The dataset labels ``[B]`` (int64, on ``device``) of dataset items ``items`` -- the
         positions :meth:`batch` takes, not source indices."""
         index = self.indices[np.asarray(items, dtype=np.int64)]
         return self.labels[torch.from_numpy(index)].to(self.device)
-
-    def view_ids(self, index: np.ndarray, epoch: int) -> np.ndarray:
-        """The stored view of each source image in ``index`` at ``epoch``."""
-        return view_choice(self.seed, np.asarray(index, dtype=np.int64), int(epoch), self.views)
 
     def batch(
         self, items: np.ndarray | torch.Tensor, epoch: int | None = None, *, output_size: int | None = None, return_labels: bool = False
@@ -167,13 +146,11 @@ class DeviceReplay:
         if self.header is None:
             raise StoreError("this DeviceReplay has no store (DeviceReplay.fresh_only): use fresh(), or open one on a store")
         index = self.indices[np.asarray(items, dtype=np.int64)]
-        self.guard.refuse_damaged(index)
-        view = self.view_ids(index, epoch)
-        params = {k: a[index, view] for k, a in self.params.items()}
-        partner = params["mix_partner"].astype(np.int64) - self.header.dataset.offset if "mix_partner" in params else None
+        params, ids_np, probs_np = self.records(index, self.view_ids(index, epoch))
+        partner = self.partner_index(params)
         views = self.policy.replay(self.images, params, index, partner_index=partner, output_size=output_size or self.output_size)
-        ids = torch.from_numpy(self.ids[index, view]).to(self.device)
-        probs = torch.from_numpy(self.probs[index, view]).to(self.device)
+        ids = torch.from_numpy(ids_np).to(self.device)
+        probs = torch.from_numpy(probs_np).to(self.device)
         if return_labels:
             return views, (ids, probs), self.labels[torch.from_numpy(index)].to(self.device)
         return views, (ids, probs)

@@ -18,7 +18,7 @@ the same 10 classes). The protocol, fixed up front:
 
   - ``base``: 10 epochs on the first segment only (what exists before the data grows);
   - ``continual``: from ``base``'s weights, 5 epochs over the grown store with
-    :class:`dr.ReplayMixSampler` (half of each epoch new images, half replayed old ones; each
+    :class:`dr.RehearsalSampler` (half of each epoch new images, half rehearsed old ones; each
     epoch 50,000 items, so every new image once per epoch);
   - ``continual-6``: the same for 6 epochs (300,000 images: 0.6x ``scratch``, the goal's budget);
   - ``new-only``: 5 epochs from ``base`` without replay (the new images only, 25,000 per epoch);
@@ -53,9 +53,9 @@ from cifar_data import extract_split, sgd_nesterov
 from proof_common import ece, log, machine, shipped_cards
 
 from dr.builder import BuildConfig, reinforce
-from dr.continual import ReplayMixSampler
 from dr.loss import soft_cross_entropy
 from dr.replay import DeviceReplay
+from dr.samplers import RehearsalSampler
 from dr.sources import ImageFolderSource
 from dr.teachers import zoo
 
@@ -191,7 +191,7 @@ def train(work: Path, name: str, seed: int, quiet: bool) -> dict[str, Any]:
     model = zoo.cifar_resnet(depth=8, width=16, num_classes=10).to(memory_format=torch.channels_last)
     if start is not None:
         model.load_state_dict(load_file(str(work / f"{start}-s{seed}.safetensors")))
-    sampler = ReplayMixSampler(rep, new_fraction=new_fraction, seed=seed) if new_fraction is not None else None
+    sampler = RehearsalSampler(rep, new_fraction=new_fraction, seed=seed) if new_fraction is not None else None
     per_epoch = len(sampler) if sampler is not None else len(rep)
     opt = sgd_nesterov(model, LR, WD)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=epochs * math.ceil(per_epoch / BATCH), pct_start=0.15)

@@ -754,15 +754,21 @@ def _stored_bytes_per_view(store: str, k: int) -> float:
     """Bytes per view of the target arrays cut to k', compressed with the store's own codecs."""
     import zarr
 
-    from dr.storage.writer import _compressors
+    from dr.storage import StoreReader
+    from dr.storage.layout import TARGET_ARRAYS, compressors, spec_of
 
     g = zarr.open_group(store, mode="r")
+    header = StoreReader(store).header
     total = 0
-    for path in ("targets/ids", "targets/probs"):
+    for path in TARGET_ARRAYS:
         src = g[path]
         a = np.asarray(src[:, :, :k])
         mem = zarr.create_array(
-            zarr.storage.MemoryStore(), shape=a.shape, chunks=(src.chunks[0], *a.shape[1:]), dtype=a.dtype, compressors=_compressors(path)
+            zarr.storage.MemoryStore(),
+            shape=a.shape,
+            chunks=(src.chunks[0], *a.shape[1:]),
+            dtype=a.dtype,
+            compressors=compressors(spec_of(header, path)),
         )
         mem[:] = a
         total += mem.nbytes_stored()

@@ -17,25 +17,20 @@ import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dr.storage.schema import DIGEST_BYTES, SOURCE_ARRAYS, TARGET_ARRAYS, StoreHeader
+from dr.errors import DRError, StoreError
+from dr.storage.layout import CHUNK_DIGESTS, DIGEST_BYTES, SIZES, SKIPPED, Deriver, array_specs, digest_paths
+from dr.storage.schema import StoreHeader
 
 if TYPE_CHECKING:
     import zarr
 
-__all__ = ["ChunkProblem", "digest_paths", "rows_digest", "load_checked", "read_done", "damage_message", "DIGESTS_PATH"]
-
-DIGESTS_PATH = "build/digests"
+__all__ = ["ChunkProblem", "digest_paths", "rows_digest", "load_checked", "read_done", "damage_message"]
 
 log = logging.getLogger(__name__)
-
-
-def digest_paths(header: StoreHeader) -> tuple[str, ...]:
-    """The arrays covered by ``build/digests``, in the order of its second axis (sorted)."""
-    return tuple(sorted([f"params/{f.name}" for f in header.param_fields] + [*TARGET_ARRAYS, *SOURCE_ARRAYS]))
 
 
 def rows_digest(rows: np.ndarray, key: bytes = b"") -> bytes:
@@ -76,7 +71,7 @@ def read_done(arr: zarr.Array, url: str = "<store>") -> np.ndarray:
         return out
 
 
-def _fill_rows(arr: zarr.Array, n: int) -> np.ndarray:
+def _fill_rows(arr: Any, n: int) -> np.ndarray:
     return np.full((n, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)
 
 
@@ -95,8 +90,23 @@ def _describe_mismatch(arr: zarr.Array, rows: np.ndarray) -> str:
     return "content differs from the digest recorded when it was written"
 
 
+@dataclass(frozen=True)
+class _Virtual:
+    """A derived parameter array: the shape, dtype and fill of the array it stands for."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+
+
 def load_checked(
-    group: zarr.Group, header: StoreHeader, paths: Sequence[str], done: np.ndarray, *, chunks: Iterable[int] | None = None
+    group: zarr.Group,
+    header: StoreHeader,
+    paths: Sequence[str],
+    done: np.ndarray,
+    *,
+    chunks: Iterable[int] | None = None,
+    derive: Deriver | None = None,
 ) -> tuple[dict[str, np.ndarray], list[ChunkProblem]]:
     """Read ``paths`` and check each done chunk's rows against ``build/digests``.
 
@@ -107,52 +117,98 @@ def load_checked(
         done: the done map; chunks not done are read but not checked.
         chunks: only these chunks (default: all); the returned arrays then hold only their rows,
             concatenated in the given order.
+        derive: re-derives a chunk's parameter rows (a store with derived parameters); its rows
+            are checked against the digests like stored ones.
 
     Returns:
         The arrays (rows of unreadable chunks hold the fill value) and every problem found:
-        unreadable or altered rows, missing digests. Never raises on damaged data.
+        unreadable or altered rows, missing digests, re-derived parameters that differ from
+        the build's. Never raises on damaged data.
+
+    Raises:
+        StoreError: derived parameters asked for without ``derive``.
     """
-    order = digest_paths(header)
-    key = header.digest_key()
-    cs, n = header.chunk_size, header.dataset.count
-    n_chunks = -(-n // cs)
-    wanted = list(range(n_chunks)) if chunks is None else [int(c) for c in chunks]
-    problems: list[ChunkProblem] = []
+    specs = {s.path: s for s in array_specs(header, include_derived=True)}
+    if any(not specs[p].stored for p in paths) and derive is None:
+        raise StoreError("this store's parameters are derived, not stored: read it through dr (ReinforcedDataset, DeviceReplay, verify)")
+    check = _Check(group, header, done, chunks, derive)
+    out = {path: check.read(path, specs[path]) for path in paths}
+    return out, check.problems
 
-    def rows_of(c: int) -> tuple[int, int]:
-        return c * cs, min((c + 1) * cs, n)
 
-    # the recorded digests, chunk by chunk when the whole read fails
-    dig_arr = group.get(DIGESTS_PATH)
-    recorded: dict[int, np.ndarray | None] = dict.fromkeys(wanted)
-    if dig_arr is not None:
-        whole = _read_rows(dig_arr, 0, n_chunks) if chunks is None else None  # type: ignore[arg-type]
-        for c in wanted:
-            got = whole[c : c + 1] if isinstance(whole, np.ndarray) else _read_rows(dig_arr, c, c + 1)  # type: ignore[arg-type]
-            recorded[c] = got[0] if isinstance(got, np.ndarray) else None
-    out: dict[str, np.ndarray] = {}
-    for path in paths:
-        arr = group[path]
-        j = order.index(path)
-        full = _read_rows(arr, 0, n) if chunks is None else None  # type: ignore[arg-type]
+class _Check:
+    """One :func:`load_checked` call: the chunks wanted, their recorded digests, the problems."""
+
+    def __init__(self, group: Any, header: StoreHeader, done: np.ndarray, chunks: Iterable[int] | None, derive: Deriver | None) -> None:
+        self.group, self.header, self.done, self.derive = group, header, done, derive
+        self.order, self.key = digest_paths(header), header.digest_key()
+        self.cs, self.n = header.chunk_size, header.dataset.count
+        n_chunks = -(-self.n // self.cs)
+        self.whole = chunks is None
+        self.wanted = list(range(n_chunks)) if chunks is None else [int(c) for c in chunks]
+        self.problems: list[ChunkProblem] = []
+        self.derived: dict[int, dict[str, np.ndarray] | str] = {}
+        # the recorded digests, chunk by chunk when the whole read fails
+        dig_arr = group.get(CHUNK_DIGESTS)
+        self.recorded: dict[int, np.ndarray | None] = dict.fromkeys(self.wanted)
+        if dig_arr is not None:
+            whole = _read_rows(dig_arr, 0, n_chunks) if self.whole else None
+            for c in self.wanted:
+                got = whole[c : c + 1] if isinstance(whole, np.ndarray) else _read_rows(dig_arr, c, c + 1)
+                self.recorded[c] = got[0] if isinstance(got, np.ndarray) else None
+
+    def rows_of(self, c: int) -> tuple[int, int]:
+        return c * self.cs, min((c + 1) * self.cs, self.n)
+
+    def derived_rows(self, c: int, path: str) -> np.ndarray | str:
+        if c not in self.derived:
+            start, stop = self.rows_of(c)
+            sizes, skipped = _read_rows(self.group[SIZES], start, stop), _read_rows(self.group[SKIPPED], start, stop)
+            if isinstance(sizes, str) or isinstance(skipped, str):
+                self.derived[c] = (
+                    f"cannot re-derive: the chunk's source/sizes or source/skipped rows are {sizes if isinstance(sizes, str) else skipped}"
+                )
+            else:
+                try:
+                    self.derived[c] = self.derive(c, sizes, skipped)  # type: ignore[misc]
+                except DRError as e:
+                    self.derived[c] = f"cannot re-derive ({e})"
+        got = self.derived[c]
+        return got if isinstance(got, str) else got[path]
+
+    def read(self, path: str, spec: Any) -> np.ndarray:
+        """Every wanted chunk's rows of ``path``, each done chunk checked against its digest."""
+        arr: Any = self.group[path] if spec.stored else _Virtual(spec.shape, np.dtype(spec.dtype), spec.fill)
+        j = self.order.index(path)
+        full = _read_rows(arr, 0, self.n) if self.whole and spec.stored else None
         parts = []
-        for c in wanted:
-            start, stop = rows_of(c)
-            rows = full[start:stop] if isinstance(full, np.ndarray) else _read_rows(arr, start, stop)  # type: ignore[arg-type]
+        for c in self.wanted:
+            start, stop = self.rows_of(c)
+            if isinstance(full, np.ndarray):
+                rows: np.ndarray | str = full[start:stop]
+            else:
+                rows = _read_rows(arr, start, stop) if spec.stored else self.derived_rows(c, path)
             if isinstance(rows, str):
-                problems.append(ChunkProblem(path, c, start, stop, rows))
-                rows = _fill_rows(arr, stop - start)  # type: ignore[arg-type]
-            elif done[c]:
-                rec = recorded[c]
+                self.problems.append(ChunkProblem(path, c, start, stop, rows))
+                rows = _fill_rows(arr, stop - start)
+            elif self.done[c]:
+                rec = self.recorded[c]
                 if rec is None or not rec.any():
-                    problems.append(
-                        ChunkProblem(path, c, start, stop, f"no digest recorded ({DIGESTS_PATH} chunk {c} is missing or unreadable)")
+                    self.problems.append(
+                        ChunkProblem(path, c, start, stop, f"no digest recorded ({CHUNK_DIGESTS} chunk {c} is missing or unreadable)")
                     )
-                elif rows_digest(rows, key) != rec[j].tobytes():
-                    problems.append(ChunkProblem(path, c, start, stop, _describe_mismatch(arr, rows)))  # type: ignore[arg-type]
+                elif rows_digest(rows, self.key) != rec[j].tobytes():
+                    what = _describe_mismatch(arr, rows) if spec.stored else _DRIFT
+                    self.problems.append(ChunkProblem(path, c, start, stop, what))
             parts.append(rows)
-        out[path] = full if isinstance(full, np.ndarray) else np.concatenate(parts) if parts else _fill_rows(arr, 0)  # type: ignore[arg-type]
-    return out, problems
+        return full if isinstance(full, np.ndarray) else np.concatenate(parts) if parts else _fill_rows(arr, 0)
+
+
+#: a derived parameter chunk whose re-derivation differs from the build's digests
+_DRIFT = (
+    "re-derived parameters differ from the digests the build recorded: this dr's keyed sampler or policy code differs "
+    "from the build's (or the chunk's source/sizes changed); read the store with the dr release that built it"
+)
 
 
 def damage_message(url: str, problems: Sequence[ChunkProblem], *, limit: int = 5) -> str:

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from dr.errors import HeaderSealError, SchemaVersionError, StoreError, StoreIncompleteError
 from dr.storage.integrity import ChunkProblem, load_checked, read_done
-from dr.storage.schema import FORMAT, SCHEMA_VERSION, StoreHeader
+from dr.storage.layout import DONE, Deriver, array_specs, param_path, spec_of
+from dr.storage.schema import FORMAT, READABLE_VERSIONS, StoreHeader
 from dr.urls import is_url
 
 __all__ = ["StoreReader", "open_group", "store_exists", "read_header"]
@@ -78,15 +79,21 @@ def read_header(attrs: Mapping[str, Any], url: str = "<store>") -> StoreHeader:
         got = attrs.get("format") if isinstance(attrs, Mapping) else type(attrs).__name__
         raise StoreError(f"{url!r} is not a dr store (format attribute is {got!r}, expected {FORMAT!r})")
     version = attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         why: str = {
             1: " (version 2 changed how view parameters are sampled and replayed: a version-1 store's views"
             " would not be the views its teachers labelled)",
             2: " (version 3 seals the header: a version-2 store's views and targets cannot be checked against its header)",
         }.get(version if isinstance(version, int) else -1, "")
+        newer = isinstance(version, int) and version > max(READABLE_VERSIONS)
         raise SchemaVersionError(
-            f"store {url!r} has schema version {version!r}; this dr reads version {SCHEMA_VERSION}{why}. "
-            "Rebuild it with the same `dr-build reinforce` command (and --overwrite), or read it with the dr release that wrote it"
+            f"store {url!r} has schema version {version!r}; this dr reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}{why}. "
+            + (
+                "A newer dr wrote it: upgrade dr (pip install -U dr-reinforce) to read it"
+                if newer
+                else "Rebuild it with the same `dr-build reinforce` command (and --overwrite), or read it with the dr release that wrote it"
+            )
         )
     try:
         header = StoreHeader.model_validate(dict(attrs))
@@ -134,6 +141,7 @@ class StoreReader:
             )
 
     def array(self, path: str) -> zarr.Array:
+        """The stored array ``path`` (a derived parameter array is not stored: see :meth:`load_checked`)."""
         try:
             node = self.group[path]
         except KeyError as e:
@@ -143,47 +151,62 @@ class StoreReader:
         return node
 
     def load(self, path: str) -> np.ndarray:
-        """Read a whole array into memory (contiguous reads are fast; see DESIGN.md)."""
+        """Read a whole stored array into memory, unchecked (contiguous reads are fast)."""
         return np.asarray(self.array(path)[:])
 
     def params(self) -> dict[str, np.ndarray]:
-        return {f.name: self.load(f"params/{f.name}") for f in self.header.param_fields}
+        """Every stored parameter array, whole and unchecked, by field name.
+
+        Raises:
+            StoreError: the store's parameters are derived, not stored (read them through dr's
+                readers, which re-derive and check them).
+        """
+        if self.header.layout is not None and self.header.layout.params == "derived":
+            raise StoreError(f"store {self.url!r} keeps no parameter arrays (its parameters are derived): read them through dr's readers")
+        return {f.name: self.load(param_path(f.name)) for f in self.header.param_fields}
 
     def arrays(self) -> dict[str, zarr.Array]:
-        """Every array in the store by path."""
+        """Every array the layout declares and the store holds, by path (a missing one is left
+        out: ``verify``'s schema check names it)."""
         out: dict[str, zarr.Array] = {}
-        for group_name in ("params", "targets", "source", "build"):
-            g = self.group[group_name]
-            for name, node in g.members():  # type: ignore[union-attr]
-                if isinstance(node, zarr.Array):
-                    out[f"{group_name}/{name}"] = node
+        for spec in array_specs(self.header):
+            node = self.group.get(spec.path)
+            if isinstance(node, zarr.Array):
+                out[spec.path] = node
         return out
 
     def nbytes(self, paths: Sequence[str]) -> int:
-        """Bytes of the arrays ``paths`` once decoded (what loading them takes in memory)."""
-        return int(sum(int(np.prod(self.array(p).shape)) * self.array(p).dtype.itemsize for p in paths))
+        """Bytes of the arrays ``paths`` once decoded (what loading them takes in memory;
+        derived parameters included)."""
+        total = 0
+        for p in paths:
+            spec = spec_of(self.header, p)
+            total += int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+        return total
 
     def nbytes_stored(self) -> int:
+        """Bytes the store's arrays take in storage (objects listed, not read)."""
         return int(sum(a.nbytes_stored() for a in self.arrays().values()))
 
     def done(self) -> np.ndarray:
         """Boolean done map (an unreadable entry counts as not done)."""
-        return read_done(self.array("build/done"), self.url)
+        return read_done(self.array(DONE), self.url)
 
     def load_checked(
-        self, paths: Sequence[str], *, chunks: Iterable[int] | None = None
+        self, paths: Sequence[str], *, chunks: Iterable[int] | None = None, derive: Deriver | None = None
     ) -> tuple[dict[str, np.ndarray], list[ChunkProblem]]:
         """Read ``paths`` (whole, or only ``chunks``) and check every done chunk's rows against
-        the digests recorded at write time; see :func:`dr.storage.integrity.load_checked`."""
+        the digests recorded at write time; see :func:`dr.storage.integrity.load_checked`
+        (``derive`` re-derives the parameters of a store that does not store them)."""
         chunks = None if chunks is None else [int(c) for c in chunks]
         if chunks is None:
             done = self.done()
-        else:  # read only the entries needed (the whole map is one object per chunk)
-            arr = self.array("build/done")
+        else:  # read only the entries needed
+            arr = self.array(DONE)
             done = np.zeros(arr.shape[0], dtype=bool)
             for c in chunks:
                 try:
                     done[c] = bool(arr[c])
                 except Exception:  # noqa: BLE001 - unreadable: not done
                     done[c] = False
-        return load_checked(self.group, self.header, paths, done, chunks=chunks)
+        return load_checked(self.group, self.header, paths, done, chunks=chunks, derive=derive)

@@ -1,27 +1,14 @@
-"""The store schema (version 3): header model, array layout, version checks.
+"""The store schema (versions 3 and 4): the header model, its seal, the version checks.
 
 A store is a Zarr v3 group. Its attributes are the header (:class:`StoreHeader`, JSON), so
-``zarr.open_group(path).attrs`` explains the store without this package. Arrays, with
-``N`` images, ``V`` views, ``k`` top-k entries::
+``zarr.open_group(path).attrs`` explains the store without this package. The arrays are
+declared in :mod:`dr.storage.layout` (paths, shapes, dtypes, chunking, codecs, fill values).
 
-    params/<field>    [N, V, *shape]  per-view augmentation parameters (see header.param_fields)
-    targets/ids       [N, V, k]       uint16 (uint32 if > 65535 classes) class ids, by prob desc
-    targets/probs     [N, V, k]       float16 ensemble probabilities, sorted descending
-    source/labels     [N]             int32 dataset label of each image
-    source/sizes      [N, 2]          uint32 decoded (height, width)
-    source/digests    [N, 16]         uint8 BLAKE2b-128 of each image's bytes (or pixels)
-    source/skipped    [N]             uint8 1 if the image could not be used (reason in header.skipped)
-    build/done        [n_chunks]      uint8 1 once the chunk's rows are written and flushed
-    build/digests     [n_chunks, A, 16] uint8 BLAKE2b-128 of each chunk's decoded rows of each
-                      of the A arrays above (params, targets, source; sorted paths, see
-                      :func:`dr.storage.integrity.digest_paths`), written just before ``done``
-
-Chunks run along N with ``chunk_size`` images; a work unit is one chunk.
-
-Fill values (what a missing chunk file reads as) can never pass for data: ``targets/probs``
-NaN, ``targets/ids`` the dtype's maximum (>= ``num_classes``), ``source/labels`` -1; a
-missing ``build/digests`` chunk reads as zeros, which no digest equals. Every reader of this
-package checks the digests of the rows it serves (:mod:`dr.storage.integrity`).
+Version 4 adds ``header.layout`` (:class:`StoreLayout`): sharding (``shard_images``), the
+probabilities' dtype (float16 or uint8) and stored or derived parameters (with the keyed
+sampler's version). A store whose layout is version 3's -- unsharded, float16, stored
+parameters -- is written as a version-3 store, byte for byte what dr 0.2 writes, so dr 0.2
+reads it; this code reads both versions.
 
 The ensemble record (``header.ensemble``, part of the resume key) holds the *resolved* teacher
 math: ``precision`` (``fp32``, or ``bf16`` = bf16 autocast body with an fp32 classifier head
@@ -29,12 +16,12 @@ and softmax), ``device`` (``cpu`` or ``cuda``) and ``compile``.
 
 Source locations (``header.dataset.location``) are absolute paths or URLs.
 
-The header is sealed (schema 3): ``header.seal`` holds a SHA-256 of each field that decides
-what a view is and what its target means (:data:`SEALED_FIELDS`: the dataset's identity,
-classes, views, k, seed, chunking, output size, the policy, the parameter layout and the
-teachers' identities and math) and a digest over those, which also keys every chunk digest in
-``build/digests``. Editing a sealed field is named by every reader; editing the field and its
-hash together leaves every chunk digest wrong. Unsealed fields (status, times, skipped
+The header is sealed: ``header.seal`` holds a SHA-256 of each field that decides what a view
+is and what its target means (:data:`SEALED_FIELDS`: the dataset's identity, classes, views,
+k, seed, chunking, output size, the policy, the parameter layout, the teachers' identities and
+math, and in version 4 the store layout) and a digest over those, which also keys every chunk
+digest in ``build/digests``. Editing a sealed field is named by every reader; editing the field
+and its hash together leaves every chunk digest wrong. Unsealed fields (status, times, skipped
 reasons, source location, build settings) can change without touching the data's meaning.
 """
 
@@ -44,31 +31,35 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from dr.errors import ConfigError
+from dr.limits import MAX_CHUNK_SIZE, MAX_IMAGES, MAX_OUTPUT_SIZE, MAX_SEED, MAX_SHARD_IMAGES, MAX_TOPK, MAX_VIEWS
 
 __all__ = [
     "FORMAT",
+    "READABLE_VERSIONS",
     "SCHEMA_VERSION",
     "SEALED_FIELDS",
     "HeaderSeal",
     "ParamFieldSpec",
     "DatasetInfo",
     "StoreHeader",
-    "ids_dtype",
-    "fill_value",
-    "TARGET_ARRAYS",
-    "SOURCE_ARRAYS",
+    "StoreLayout",
 ]
 
 FORMAT = "dr-store"
 """The header's ``format`` value: what marks a Zarr group as a dr store."""
-SCHEMA_VERSION = 3  # 2: keyed per-view sampling streams, one replay arithmetic; 3: sealed header (both first released in 0.2.0)
-"""The store schema this code writes and reads (other versions are refused)."""
+# 2: keyed per-view sampling streams, one replay arithmetic; 3: sealed header (both 0.2.0);
+# 4: the store layout -- shards, uint8 probabilities, derived parameters (0.3.0)
+SCHEMA_VERSION = 4
+"""The newest store schema this code writes (a store in version 3's layout is written as version 3)."""
+READABLE_VERSIONS = (3, 4)
+"""The store schemas this code reads (other versions are refused, naming both)."""
 #: the header fields the seal covers -- the resume key (:meth:`StoreHeader.config_key`): each one
 #: decides which view a stored row replays or what its target means (the dataset without its
-#: location, the teachers without their file locations)
-SEALED_FIELDS = (
+#: location, the teachers without their file locations); version 4 adds ``layout``
+SEALED_FIELDS_V3 = (
     "schema_version",
     "dataset",
     "num_classes",
@@ -82,7 +73,7 @@ SEALED_FIELDS = (
     "param_fields",
     "ensemble",
 )
-DIGEST_BYTES = 16
+SEALED_FIELDS = (*SEALED_FIELDS_V3, "layout")
 
 
 class _Strict(BaseModel):
@@ -105,6 +96,30 @@ class ParamFieldSpec(_Strict):
     doc: str = ""
 
 
+class StoreLayout(_Strict):
+    """How a version-4 store keeps its arrays (:mod:`dr.storage.layout`).
+
+    Attributes:
+        shard_images: images per shard object (a multiple of ``chunk_size``), or ``None``:
+            one object per chunk, as in version 3.
+        probs: ``targets/probs`` as ``float16`` or ``uint8`` (the linear code ``p = q / 255``).
+        params: ``stored`` parameter arrays, or ``derived``: only their chunk digests are
+            stored and readers re-derive them with the keyed sampler.
+        sampler_version: the keyed sampler's version (:data:`dr.policy.SAMPLER_VERSION`) the
+            build used: a reader with another sampler refuses derived parameters.
+    """
+
+    shard_images: int | None = Field(default=None, ge=1, le=MAX_SHARD_IMAGES)
+    probs: Literal["float16", "uint8"] = "float16"
+    params: Literal["stored", "derived"] = "stored"
+    sampler_version: int = Field(ge=1, le=1_000_000)
+
+    @property
+    def is_version_3(self) -> bool:
+        """Whether this is version 3's layout (unsharded, float16, stored parameters)."""
+        return self.shard_images is None and self.probs == "float16" and self.params == "stored"
+
+
 class DatasetInfo(_Strict):
     """What the store was built from.
 
@@ -122,12 +137,12 @@ class DatasetInfo(_Strict):
     """
 
     kind: str
-    count: int = Field(ge=1, le=2**40)
+    count: int = Field(ge=1, le=MAX_IMAGES)
     classes: tuple[str, ...]
     labels_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     digests_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     location: str | None = None
-    offset: int = Field(default=0, ge=0, le=2**40)
+    offset: int = Field(default=0, ge=0, le=MAX_IMAGES)
 
 
 def _canonical(value: Any) -> bytes:
@@ -172,6 +187,7 @@ class StoreHeader(_Strict):
         ensemble: the teachers, their preprocessing, classes, class map and arithmetic.
         build: the resolved build configuration and build records.
         skipped: source index to the reason the image was skipped.
+        layout: how the arrays are kept (version 4; ``None`` in version 3, whose layout is fixed).
         seal: the seal of the sealed fields (:data:`SEALED_FIELDS`).
     """
 
@@ -183,12 +199,12 @@ class StoreHeader(_Strict):
     completed_at: str | None = None
     dataset: DatasetInfo
     num_classes: int = Field(ge=1, le=2**31)
-    views: int = Field(ge=1, le=100_000)
-    topk: int = Field(ge=1, le=100_000)
-    seed: int = Field(ge=0, le=2**63 - 1)
-    chunk_size: int = Field(ge=1, le=2**24)
-    forward_group: int = Field(ge=1, le=2**24)
-    output_size: int = Field(ge=1, le=8192)
+    views: int = Field(ge=1, le=MAX_VIEWS)
+    topk: int = Field(ge=1, le=MAX_TOPK)
+    seed: int = Field(ge=0, le=MAX_SEED)
+    chunk_size: int = Field(ge=1, le=MAX_CHUNK_SIZE)
+    forward_group: int = Field(ge=1, le=MAX_CHUNK_SIZE)
+    output_size: int = Field(ge=1, le=MAX_OUTPUT_SIZE)
     policy: dict[str, Any]
     param_fields: tuple[ParamFieldSpec, ...]
     ensemble: dict[str, Any]
@@ -196,12 +212,26 @@ class StoreHeader(_Strict):
     skipped: dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}$")], Annotated[str, StringConstraints(max_length=4096)]] = Field(
         default_factory=dict
     )
+    layout: StoreLayout | None = None
     seal: HeaderSeal | None = None
+
+    @model_validator(mode="after")
+    def _layout_matches_version(self) -> StoreHeader:
+        if self.schema_version >= 4 and self.layout is None:
+            raise ConfigError(f"a version-{self.schema_version} header needs its layout")
+        if self.schema_version < 4 and self.layout is not None:
+            raise ConfigError(f"a version-{self.schema_version} header has no layout")
+        return self
+
+    @property
+    def sealed_fields(self) -> tuple[str, ...]:
+        """The sealed fields of this header's schema version."""
+        return SEALED_FIELDS_V3 if self.schema_version < 4 else SEALED_FIELDS
 
     def compute_seal(self) -> HeaderSeal:
         """The seal of this header's sealed fields, as :meth:`config_key` renders them."""
         key = self.config_key()
-        fields = {name: hashlib.sha256(_canonical(key[name])).hexdigest() for name in SEALED_FIELDS}
+        fields = {name: hashlib.sha256(_canonical(key[name])).hexdigest() for name in self.sealed_fields}
         return HeaderSeal(fields=fields, digest=hashlib.sha256(_canonical(fields)).hexdigest())
 
     def sealed(self) -> StoreHeader:
@@ -214,10 +244,10 @@ class StoreHeader(_Strict):
         if self.seal is None:
             return ["seal"]
         now = self.compute_seal()
-        edited = [name for name in SEALED_FIELDS if self.seal.fields.get(name) != now.fields[name]]
+        edited = [name for name in self.sealed_fields if self.seal.fields.get(name) != now.fields[name]]
         if edited:
             return edited
-        return [] if self.seal.digest == now.digest and set(self.seal.fields) == set(SEALED_FIELDS) else ["seal"]
+        return [] if self.seal.digest == now.digest and set(self.seal.fields) == set(self.sealed_fields) else ["seal"]
 
     def to_attrs(self) -> dict[str, Any]:
         """The header as the store's attributes (JSON). ``dataset.offset`` is written only
@@ -226,6 +256,8 @@ class StoreHeader(_Strict):
         attrs = self.model_dump(mode="json")
         if not self.dataset.offset:
             attrs["dataset"].pop("offset", None)
+        if self.layout is None:
+            attrs.pop("layout", None)
         return attrs
 
     def digest_key(self) -> bytes:
@@ -237,7 +269,7 @@ class StoreHeader(_Strict):
         file locations: teachers are keyed by their weights' digest, not where the file lies,
         like the dataset by its content, not its path -- see :func:`_location_free`)."""
         unkeyed = {"digests_sha256", "location"} | (set() if self.dataset.offset else {"offset"})
-        key = self.model_dump(include=set(SEALED_FIELDS), exclude={"dataset": unkeyed}, mode="json")
+        key = self.model_dump(include=set(self.sealed_fields), exclude={"dataset": unkeyed}, mode="json")
         key["ensemble"] = _location_free(key["ensemble"])
         return key
 
@@ -265,30 +297,3 @@ def _location_free(ensemble: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("class_map"), dict):
         out["class_map"] = {k: v for k, v in out["class_map"].items() if k != "source"}
     return out
-
-
-def ids_dtype(num_classes: int) -> str:
-    """Smallest unsigned dtype holding class ids.
-
-    Args:
-        num_classes: the number of classes.
-
-    Returns:
-        ``"uint16"``, or ``"uint32"`` above 65,535 classes.
-    """
-    return "uint16" if num_classes <= 65535 else "uint32"
-
-
-def fill_value(path: str, dtype: str) -> float | int:
-    """What a missing chunk of array ``path`` reads as: never a valid target or label."""
-    if path == "targets/probs":
-        return float("nan")
-    if path == "targets/ids":
-        return int(np.iinfo(np.dtype(dtype)).max)  # >= num_classes: ids_dtype leaves room
-    if path == "source/labels":
-        return -1
-    return 0
-
-
-TARGET_ARRAYS = ("targets/ids", "targets/probs")
-SOURCE_ARRAYS = ("source/labels", "source/sizes", "source/digests", "source/skipped")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dr.errors import StoreError
 from dr.storage.integrity import ChunkProblem
+from dr.storage.layout import Deriver
 from dr.storage.reader import StoreReader, open_group, store_exists
 from dr.storage.schema import DatasetInfo, StoreHeader
 
@@ -278,10 +279,15 @@ class SegmentedStore:
         return int(sum(s.reader.nbytes(paths) for s in self.segments))
 
     def load_checked(
-        self, paths: Sequence[str], *, chunks: Iterable[int] | None = None
+        self,
+        paths: Sequence[str],
+        *,
+        chunks: Iterable[int] | None = None,
+        derive_for: Callable[[StoreHeader], Deriver | None] | None = None,
     ) -> tuple[dict[str, np.ndarray], list[ChunkProblem]]:
         """``paths`` over all segments, each chunk checked against its digests; the problems
         carry global chunk numbers and image indices (and the segment in their path).
+        ``derive_for`` gives a segment's parameter deriver from its header (derived parameters).
 
         Raises:
             StoreError: ``chunks`` given (a segmented store is read whole).
@@ -291,7 +297,7 @@ class SegmentedStore:
         parts: dict[str, list[np.ndarray]] = {p: [] for p in paths}
         problems: list[ChunkProblem] = []
         for s in self.segments:
-            rows, found = s.reader.load_checked(paths)
+            rows, found = s.reader.load_checked(paths, derive=derive_for(s.reader.header) if derive_for is not None else None)
             for p in paths:
                 parts[p].append(rows[p])
             prefix = f"segments/{s.index}/" if s.index else ""

@@ -1,22 +1,34 @@
-"""Create, fill and finalise a store. One writer per store (the build driver)."""
+"""Create, fill and finalise a store. One writer per store (the build driver).
+
+The writer creates every array the layout declares (:mod:`dr.storage.layout`), takes each
+chunk's rows from the build, and marks a chunk done only after its rows are written, read back
+equal, and digested. In a sharded store a shard object holds many chunks and zarr rewrites the
+whole object to change one of them, so finished chunks wait in memory and are written together
+(at most every ``write_interval`` seconds, and as soon as a shard is whole): a crash loses at
+most that much work, and never a chunk marked done. Object writes are atomic (zarr's local store
+writes a temporary file and renames it; an object store's PUT is atomic), so a shard is never
+half written; a shard damaged some other way is deleted and its chunks recomputed by
+``--resume --repair``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import zarr
-import zarr.codecs
 
 from dr.errors import SchemaVersionError, StoreError, StoreMismatchError
-from dr.storage.integrity import DIGESTS_PATH, ChunkProblem, digest_paths, load_checked, read_done, rows_digest
+from dr.storage.integrity import ChunkProblem, load_checked, read_done, rows_digest
+from dr.storage.layout import CHUNK_DIGESTS, DIGESTS, DONE, LABELS, PROBS, ArraySpec, array_specs, compressors, digest_paths, encode_probs
 from dr.storage.reader import StoreReader, open_group, read_header, store_exists
-from dr.storage.schema import DIGEST_BYTES, StoreHeader, fill_value, ids_dtype
+from dr.storage.schema import StoreHeader
 
 __all__ = ["StoreWriter", "now_iso"]
 
@@ -32,40 +44,48 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _compressors(path: str) -> list[Any]:
-    """Per array, the smaller of two codecs measured on real stores (docs/design.md): Blosc-zstd
-    with byte-shuffle for the parameter fields and the float16 probabilities (5-35 % smaller
-    than zstd-19), plain zstd-19 for the class ids (shuffle cost 1000-class ids ~35 %)."""
-    if path == "targets/ids":
-        return [zarr.codecs.ZstdCodec(level=19)]
-    return [zarr.codecs.BloscCodec(cname="zstd", clevel=9, shuffle="shuffle")]
-
-
 class StoreWriter:
     """Writes one build's arrays chunk by chunk, with an explicit done map.
 
     Use :meth:`create` for a new store or :meth:`resume` to continue one whose header matches.
-    Each :meth:`write_chunk` writes the rows of one chunk in every array, reads them back to
-    verify, then marks the chunk done. :meth:`finalize` flips the status to ``complete`` only
-    when every chunk is done.
+    :meth:`write_chunk` takes one chunk's rows; :meth:`flush` writes the chunks taken so far
+    into every array, reads them back to verify, records their digests and marks them done
+    (an unsharded store flushes every chunk at once). :meth:`finalize` flips the status to
+    ``complete`` only when every chunk is done.
 
     Args:
         group: the store's open Zarr group.
         header: its (sealed) header.
         url: its location, for messages.
+        write_interval: seconds a sharded store's finished chunks may wait before they are
+            written (0: every chunk at once).
     """
 
-    def __init__(self, group: zarr.Group, header: StoreHeader, url: str) -> None:
+    def __init__(self, group: zarr.Group, header: StoreHeader, url: str, *, write_interval: float = 0.0) -> None:
         self.group = group
         self.header = header
         self.url = url
         n = header.dataset.count
         self.n_chunks = -(-n // header.chunk_size)
+        self.specs: dict[str, ArraySpec] = {s.path: s for s in array_specs(header, include_derived=True)}
+        shard = header.layout.shard_images if header.layout is not None else None
+        self.chunks_per_shard = shard // header.chunk_size if shard else 1
+        self.write_interval = float(write_interval) if shard else 0.0
+        self.pending: dict[int, dict[str, np.ndarray]] = {}  # chunk -> its rows, encoded as stored
+        self._last_write = time.monotonic()
+        self._done: np.ndarray | None = None
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, url: str, header: StoreHeader, labels: np.ndarray, *, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
+        cls,
+        url: str,
+        header: StoreHeader,
+        labels: np.ndarray,
+        *,
+        overwrite: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        write_interval: float = 0.0,
     ) -> StoreWriter:
         """Create a new store at ``url`` (a path or an fsspec URL) with empty arrays."""
         if store_exists(url, storage_options):
@@ -80,45 +100,36 @@ class StoreWriter:
         elif "://" not in url and os.path.exists(url) and (not os.path.isdir(url) or os.listdir(url)):
             raise StoreError(f"refusing to write a store at {url!r}: the path exists and is not a Zarr store; choose a new --out path")
         h = header.sealed()
-        n, v, k, cs = h.dataset.count, h.views, h.topk, h.chunk_size
+        n = h.dataset.count
         if len(labels) != n:
             raise StoreError(f"{len(labels)} labels for {n} images")
         group = open_group(url, mode="w", storage_options=storage_options)
         group.update_attributes(h.to_attrs())
-
-        def arr(path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> zarr.Array:
-            parent, name = path.rsplit("/", 1)
-            return group.require_group(parent).create_array(
+        made: dict[str, zarr.Array] = {}
+        for spec in array_specs(h):
+            parent, name = spec.path.rsplit("/", 1)
+            made[spec.path] = group.require_group(parent).create_array(
                 name,
-                shape=shape,
-                chunks=chunks,
-                dtype=dtype,
-                compressors=_compressors(path),
-                fill_value=fill_value(path, dtype),
+                shape=spec.shape,
+                chunks=spec.chunks,
+                shards=spec.shards,
+                dtype=spec.dtype,
+                compressors=compressors(spec),
+                fill_value=spec.fill,
             )
-
-        for f in h.param_fields:
-            arr(f"params/{f.name}", (n, v, *f.shape), f.dtype, (cs, v, *f.shape))
-        arr("targets/ids", (n, v, k), ids_dtype(h.num_classes), (cs, v, k))
-        arr("targets/probs", (n, v, k), "float16", (cs, v, k))
-        lab = arr("source/labels", (n,), "int32", (cs,))
-        arr("source/sizes", (n, 2), "uint32", (cs, 2))
-        arr("source/digests", (n, DIGEST_BYTES), "uint8", (cs, DIGEST_BYTES))
-        arr("source/skipped", (n,), "uint8", (cs,))
-        arr("build/done", (-(-n // cs),), "uint8", (1,))
-        paths = digest_paths(h)
-        digests = arr(DIGESTS_PATH, (-(-n // cs), len(paths), DIGEST_BYTES), "uint8", (1, len(paths), DIGEST_BYTES))
-        digests.update_attributes(
+        made[CHUNK_DIGESTS].update_attributes(
             {
-                "arrays": list(paths),
+                "arrays": list(digest_paths(h)),
                 "algorithm": "blake2b-128 keyed with header.seal.digest, of the chunk's decoded rows, C order, little-endian",
             }
         )
-        lab[:] = labels.astype(np.int32)
-        return cls(group, h, url)
+        made[LABELS][:] = labels.astype(np.int32)
+        return cls(group, h, url, write_interval=write_interval)
 
     @classmethod
-    def resume(cls, url: str, header: StoreHeader, *, storage_options: Mapping[str, Any] | None = None) -> StoreWriter:
+    def resume(
+        cls, url: str, header: StoreHeader, *, storage_options: Mapping[str, Any] | None = None, write_interval: float = 0.0
+    ) -> StoreWriter:
         """Reopen a ``building`` store whose configuration equals ``header``'s."""
         reader = StoreReader(url, allow_incomplete=True, storage_options=storage_options, writable=True)
         old = reader.header
@@ -130,7 +141,7 @@ class StoreWriter:
             )
         if old.status == "complete":
             log.info("store %s is already complete", url)
-        return cls(reader.group, old, url)
+        return cls(reader.group, old, url, write_interval=write_interval)
 
     # -- writing -------------------------------------------------------------------------
     def _array(self, path: str) -> zarr.Array:
@@ -142,48 +153,115 @@ class StoreWriter:
     def done(self) -> np.ndarray:
         """Boolean done map, one entry per chunk. An unreadable entry (a write cut short by a
         crash) counts as not done, so its chunk is recomputed."""
-        return read_done(self._array("build/done"), self.url)
+        return read_done(self._array(DONE), self.url)
 
     def chunk_rows(self, chunk: int) -> tuple[int, int]:
         cs = self.header.chunk_size
         return chunk * cs, min((chunk + 1) * cs, self.header.dataset.count)
 
-    def write_chunk(self, chunk: int, arrays: Mapping[str, np.ndarray], skipped: Mapping[int, str] | None = None) -> None:
-        """Write every array's rows of ``chunk``, verify them by reading back, mark it done.
+    def write_chunk(self, chunk: int, arrays: Mapping[str, np.ndarray], skipped: Mapping[int, str] | None = None) -> list[int]:
+        """Take every array's rows of ``chunk`` (written by the next :meth:`flush`, which runs
+        now unless the store is sharded and ``write_interval`` has not passed); returns the
+        chunks this call marked done.
 
-        ``arrays`` maps array paths (``params/<f>``, ``targets/ids``, ``targets/probs``,
-        ``source/sizes``, ``source/digests``, ``source/skipped``) to the chunk's rows;
-        ``skipped`` maps skipped image indices to reasons (recorded in the header first).
+        ``arrays`` maps every per-image array the worker computes (:data:`~dr.storage.layout.WORKER_ARRAYS`
+        and the parameter fields, stored or derived) to the chunk's rows; ``targets/probs`` as
+        probabilities (encoded here to the store's dtype); ``skipped`` maps skipped image
+        indices to reasons (recorded in the header first).
         """
         if not (0 <= chunk < self.n_chunks):
             raise StoreError(f"chunk {chunk} out of range [0, {self.n_chunks})")
         start, stop = self.chunk_rows(chunk)
-        # every array but source/labels, which is written when the store is created
-        expected = set(digest_paths(self.header)) - {"source/labels"}
+        expected = set(digest_paths(self.header)) - {LABELS}  # source/labels is written when the store is created
         if set(arrays) != expected:
             raise StoreError(f"chunk {chunk}: arrays {sorted(arrays)} do not match the schema {sorted(expected)}")
         if skipped:
             merged = {**self.header.skipped, **{str(int(i)): str(r)[:4096] for i, r in skipped.items()}}
             self.header = self.header.model_copy(update={"skipped": merged})
             self.group.update_attributes({"skipped": merged})
+        rows: dict[str, np.ndarray] = {}
         for path, data in arrays.items():
+            spec = self.specs[path]
+            if data.shape != (stop - start, *spec.shape[1:]):
+                raise StoreError(f"chunk {chunk}: {path} has shape {data.shape}, expected {(stop - start, *spec.shape[1:])}")
+            rows[path] = encode_probs(self.header, data) if path == PROBS else np.asarray(data).astype(spec.dtype, copy=False)
+        self.pending[chunk] = rows
+        if self.write_interval <= 0 or time.monotonic() - self._last_write >= self.write_interval or self._shard_whole(chunk):
+            return self.flush()
+        return []
+
+    def _shard_whole(self, chunk: int) -> bool:
+        """Whether every chunk of ``chunk``'s shard is done or waiting to be written."""
+        if self._done is None:
+            self._done = self.done()
+        first = chunk // self.chunks_per_shard * self.chunks_per_shard
+        return all(self._done[c] or c in self.pending for c in range(first, min(first + self.chunks_per_shard, self.n_chunks)))
+
+    def flush(self) -> list[int]:
+        """Write the waiting chunks (contiguous runs at once), read them back, record their
+        digests and mark them done; returns those chunks."""
+        if not self.pending:
+            return []
+        chunks = sorted(self.pending)
+        runs: list[list[int]] = []
+        for c in chunks:
+            if runs and runs[-1][-1] == c - 1:
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        stored = [p for p in self.pending[chunks[0]] if self.specs[p].stored]
+        for path in stored:
             target = self._array(path)
-            if data.shape != (stop - start, *target.shape[1:]):
-                raise StoreError(f"chunk {chunk}: {path} has shape {data.shape}, expected {(stop - start, *target.shape[1:])}")
-            target[start:stop] = data.astype(target.dtype, copy=False)
-        digests = []
-        for path in digest_paths(self.header):
-            back = np.asarray(self._array(path)[start:stop])
-            if path in arrays and not np.array_equal(back, arrays[path].astype(back.dtype, copy=False), equal_nan=back.dtype.kind == "f"):
-                raise StoreError(f"chunk {chunk}: {path} read back differently from what was written; the store's medium is faulty")
-            digests.append(np.frombuffer(rows_digest(back, self.header.digest_key()), dtype=np.uint8))
-        self._array(DIGESTS_PATH)[chunk] = np.stack(digests)  # before done: a chunk is done only with its digests
-        self._array("build/done")[chunk] = 1
+            for run in runs:
+                start, stop = self.chunk_rows(run[0])[0], self.chunk_rows(run[-1])[1]
+                target[start:stop] = np.concatenate([self.pending[c][path] for c in run])
+        key, order = self.header.digest_key(), digest_paths(self.header)
+        labels, digests = self._array(LABELS), self._array(CHUNK_DIGESTS)
+        for run in runs:
+            start, stop = self.chunk_rows(run[0])[0], self.chunk_rows(run[-1])[1]
+            back = {p: np.asarray(self._array(p)[start:stop]) for p in stored}
+            back[LABELS] = np.asarray(labels[start:stop])
+            table = []
+            for c in run:
+                a, b = self.chunk_rows(c)
+                rows = {**self.pending[c], LABELS: back[LABELS][a - start : b - start]}
+                for p in stored:
+                    got = back[p][a - start : b - start]
+                    if not np.array_equal(got, rows[p], equal_nan=got.dtype.kind == "f"):
+                        raise StoreError(f"chunk {c}: {p} read back differently from what was written; the store's medium is faulty")
+                table.append(np.stack([np.frombuffer(rows_digest(rows[p], key), dtype=np.uint8) for p in order]))
+            first, last = run[0], run[-1] + 1
+            digests[first:last] = np.stack(table)  # before done: a chunk is done only with its digests
+            self._array(DONE)[first:last] = 1
+        for c in chunks:
+            del self.pending[c]
+            if self._done is not None:
+                self._done[c] = True
+        self._last_write = time.monotonic()
+        return chunks
 
     def damaged(self) -> list[ChunkProblem]:
-        """Every done chunk whose rows are unreadable or differ from their recorded digests."""
-        _, problems = load_checked(self.group, self.header, digest_paths(self.header), self.done())
+        """Every done chunk whose stored rows are unreadable or differ from their recorded
+        digests (derived parameters are checked by ``verify``, which can derive them)."""
+        paths = [p for p in digest_paths(self.header) if self.specs[p].stored]
+        _, problems = load_checked(self.group, self.header, paths, self.done())
         return problems
+
+    def drop_unreadable_shards(self, problems: list[ChunkProblem]) -> list[int]:
+        """Delete the shard objects that cannot be read at all (zarr cannot rewrite part of a
+        shard it cannot read) and return every chunk they held, so the build recomputes them."""
+        if self.chunks_per_shard == 1:
+            return []
+        lost: set[int] = set()
+        for path, shard in sorted({(p.path, p.chunk // self.chunks_per_shard) for p in problems if p.problem.startswith("unreadable")}):
+            arr = self._array(path)
+            key = "/".join(x for x in (arr.path, arr.metadata.encode_chunk_key((shard, *([0] * (arr.ndim - 1))))) if x)
+            from zarr.core.sync import sync
+
+            sync(arr.store_path.store.delete(key))
+            log.warning("--repair: deleted the unreadable shard %d of %s in %s", shard, path, self.url)
+            lost.update(range(shard * self.chunks_per_shard, min((shard + 1) * self.chunks_per_shard, self.n_chunks)))
+        return sorted(lost)
 
     def reopen(self, chunks: list[int], labels: np.ndarray) -> None:
         """Mark ``chunks`` not done (after :meth:`damaged`) so the build recomputes them: the
@@ -193,21 +271,23 @@ class StoreWriter:
             return
         self.header = self.header.model_copy(update={"status": "building", "completed_at": None})
         self.group.update_attributes({"status": "building", "completed_at": None})
-        lab, done = self._array("source/labels"), self._array("build/done")
+        lab, done = self._array(LABELS), self._array(DONE)
         for c in sorted(set(chunks)):
             start, stop = self.chunk_rows(c)
             done[c] = 0
             lab[start:stop] = np.asarray(labels[start:stop], dtype=np.int32)
+        self._done = None
 
     def finalize(self) -> StoreHeader:
         """Mark the store complete after checking every chunk is done; returns the header."""
+        self.flush()
         done = self.done()
         if not done.all():
             missing = np.flatnonzero(~done)
             raise StoreError(
                 f"cannot finalize: {len(missing)} of {len(done)} chunks are not written (first: {missing[:5].tolist()}); run the build again with --resume"
             )
-        digests = np.asarray(self._array("source/digests")[:])
+        digests = np.asarray(self._array(DIGESTS)[:])
         ds = self.header.dataset.model_copy(update={"digests_sha256": hashlib.sha256(digests.tobytes()).hexdigest()})
         header = self.header.model_copy(update={"status": "complete", "completed_at": now_iso(), "dataset": ds})
         self.group.update_attributes(header.to_attrs())

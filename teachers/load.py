@@ -432,6 +432,19 @@ def _build_python(spec: TeacherSpec, local: str | None) -> _Built:
         ) from e
     if not isinstance(model, nn.Module):
         raise TeacherError(f"python:{spec.name} returned {type(model).__name__}, not a torch.nn.Module")
+    # lazy modules (nn.LazyLinear, ...) have no weights until a first forward pass: every later
+    # use of the model (weights, eval, hashing) would fail in torch with a long traceback
+    lazy = [
+        f"{type(m).__name__} at {name or 'the root'}"
+        for name, m in model.named_modules()
+        if any(torch.nn.parameter.is_lazy(t) for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
+    ]
+    if lazy:
+        shown = ", ".join(lazy[:3]) + (f" and {len(lazy) - 3} more" if len(lazy) > 3 else "")
+        raise TeacherError(
+            f"teacher spec python:{spec.name}: {factory_name} returns a model with uninitialized lazy modules ({shown}): "
+            "give the layers their sizes, or run one forward pass in the factory before returning the model"
+        )
     _apply_weights(model, spec, local)
     return _Built(model)
 

@@ -69,12 +69,21 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def cifar64_store(cifar64: Path, tiny_teacher: str, ray_session, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A complete store of the 64 images: policy cifar, V=4, k=3, chunk 16, one worker."""
+    """A complete store of the 64 images: policy cifar, V=4, k=3, chunks of 16 in shards of 32
+    (two objects per array), one worker."""
     from dr.builder import BuildConfig, reinforce
 
     out = tmp_path_factory.mktemp("store") / "cifar64.zarr"
     config = BuildConfig(
-        source=str(cifar64), teachers=[tiny_teacher], policy="cifar", views=4, topk=3, out=str(out), chunk_size=16, workers=1
+        source=str(cifar64),
+        teachers=[tiny_teacher],
+        policy="cifar",
+        views=4,
+        topk=3,
+        out=str(out),
+        chunk_size=16,
+        shard_images=32,
+        workers=1,
     )
     result = reinforce(config, progress=False)
     assert result.complete and result.chunks_computed == 4 and result.views_computed == 64 * 4

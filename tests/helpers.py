@@ -45,7 +45,7 @@ def build_in_process(src: Any, teacher: str, policy: str, out: Any, crop_scale: 
     k = 3, 32-px views, chunks of 32 images."""
     from dr.builder import UnitWorker
     from dr.builder.config import BuildConfig
-    from dr.builder.job import make_header
+    from dr.builder.driver import make_header
     from dr.sources import ImageFolderSource
     from dr.storage import StoreWriter
     from dr.teachers import Ensemble

@@ -13,10 +13,12 @@ from dr.replay import DeviceReplay
 
 
 def _damaged_copy(store: str, tmp_path: Path, how: str) -> Path:
-    """A copy of the 64-image store (4 chunks of 16) with chunk 1 of targets/probs damaged."""
+    """A copy of the 64-image store (4 chunks of 16, shards of 32) with the second shard of
+    targets/probs (chunks 2 and 3) damaged."""
     out = tmp_path / f"{how}.zarr"
     shutil.copytree(store, out)
     f = out / "targets" / "probs" / "c" / "1" / "0" / "0"
+    assert sorted(p.name for p in f.parent.parent.parent.iterdir()) == ["0", "1"]  # one object per shard
     if how == "deleted":
         f.unlink()
     else:
@@ -30,14 +32,14 @@ def test_dataset_refuses_rows_of_a_damaged_chunk(cifar64_store: str, cifar64: Pa
     for kw in ({}, {"dense": "smooth"}, {"memory_budget": 0}):
         ds = ReinforcedDataset(out, cifar64, verify_source="none", **kw)
         _, target = ds[3]  # chunk 0 is fine
-        with pytest.raises(StoreDamagedError, match=r"targets/probs chunk 1 \(images 16-31\).*--resume --repair") as e:
-            ds[20]
+        with pytest.raises(StoreDamagedError, match=r"targets/probs chunk 2 \(images 32-47\).*--resume --repair") as e:
+            ds[40]
         assert ("missing" if how == "deleted" else "unreadable") in str(e.value)
-        ds[40]  # chunk 2 is fine too
+        ds[20]  # chunk 1, in the first shard, is fine too
     replay = DeviceReplay(str(out), cifar64, verify_source="none")
     replay.batch(np.arange(8), 0)
-    with pytest.raises(StoreDamagedError, match="targets/probs chunk 1"):
-        replay.batch(np.arange(10, 20), 0)
+    with pytest.raises(StoreDamagedError, match="targets/probs chunk 2"):
+        replay.batch(np.arange(30, 40), 0)
 
 
 def test_device_replay_checks_its_source(cifar64_store: str, cifar64: Path, tmp_path: Path) -> None:

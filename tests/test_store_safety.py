@@ -27,8 +27,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dr import ReinforcedDataset
+from dr.audit.verify import verify_store
 from dr.builder import BuildConfig, reinforce
-from dr.builder.verify import verify_store
 from dr.cli.main import cli
 from dr.errors import BadImageError, ConfigError, HeaderSealError, SchemaVersionError, StoreDamagedError, TeacherError
 from dr.replay import DeviceReplay
@@ -238,7 +238,7 @@ def test_the_guard_stops_a_small_collapsed_build(sample300: Path, ray_session, t
 def test_the_guard_judges_once_the_sample_spans_enough_classes() -> None:
     """Sources list images class by class: a first chunk of one class says little about the
     ensemble, so the bound judges from 10 classes on (all, when the dataset has fewer)."""
-    from dr.builder.agreement import AgreementGuard
+    from dr.builder.guard import AgreementGuard
 
     labels = np.repeat(np.arange(20), 50)  # 20 classes of 50 images, in class order
     guard = AgreementGuard(labels, threshold=0.1, after_images=10**6)

@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import zarr.codecs
 
 from dr.builder.config import BuildConfig
 from dr.builder.units import plan_units
 from dr.errors import WorkerStartError
 from dr.sources import Source, open_source
-from dr.storage.schema import StoreHeader, ids_dtype
+from dr.storage.layout import PROBS, TARGET_ARRAYS, ArraySpec, array_specs, compressors, encode_probs, is_param
+from dr.storage.schema import StoreHeader
 
 __all__ = ["DryRun", "dry_run", "projected_bytes", "format_dry_run"]
 
@@ -64,38 +66,48 @@ class DryRun:
         return asdict(self)
 
 
+def _per_view_specs(header: StoreHeader) -> list[ArraySpec]:
+    """The stored per-view arrays (parameters unless derived, targets)."""
+    return [s for s in array_specs(header) if s.per == "image" and (is_param(s.path) or s.path in TARGET_ARRAYS)]
+
+
 def projected_bytes(header: StoreHeader) -> tuple[float, int]:
-    """(uncompressed bytes per view, uncompressed store bytes) from the header's field widths."""
-    per_view = sum(int(np.dtype(f.dtype).itemsize) * math.prod(f.shape) for f in header.param_fields)
-    per_view += header.topk * (np.dtype(ids_dtype(header.num_classes)).itemsize + np.dtype("float16").itemsize)
+    """(uncompressed bytes per view, uncompressed store bytes) from the layout's array widths."""
+    per_view = sum(np.dtype(s.dtype).itemsize * math.prod(s.shape[2:]) for s in _per_view_specs(header))
     n = header.dataset.count
     return float(per_view), int(per_view * n * header.views + PER_IMAGE_BYTES * n)
 
 
-def _compressed_bytes(arrays: dict[str, np.ndarray]) -> int:
-    """Bytes of a unit's arrays under the store's codecs, as the writer stores them (Blosc
-    zstd-9 + byte-shuffle; class ids plain zstd-19)."""
+def _compressed_bytes(header: StoreHeader, arrays: dict[str, np.ndarray]) -> int:
+    """Bytes of a unit's per-view arrays as the writer stores them (the layout's dtypes and codecs)."""
+    total = 0
+    for spec in _per_view_specs(header):
+        rows = encode_probs(header, arrays[spec.path]) if spec.path == PROBS else arrays[spec.path].astype(spec.dtype)
+        codec = compressors(spec)[0]
+        total += len(_numcodec(codec).encode(np.ascontiguousarray(rows)))
+    return total
+
+
+def _numcodec(codec: Any) -> Any:
+    """The numcodecs codec of a zarr v3 codec (the same compression, without a store)."""
     from numcodecs import Blosc, Zstd
 
-    shuffled, ids = Blosc(cname="zstd", clevel=9, shuffle=Blosc.SHUFFLE), Zstd(level=19)
-    total = 0
-    for name, a in arrays.items():
-        codec = ids if name == "targets/ids" else shuffled
-        total += len(codec.encode(np.ascontiguousarray(a)))
-    return total
+    if isinstance(codec, zarr.codecs.ZstdCodec):
+        return Zstd(level=codec.level)
+    return Blosc(cname="zstd", clevel=9, shuffle=Blosc.SHUFFLE)
 
 
 def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_unit: bool = True) -> DryRun:
     """Plan ``config``'s build without writing anything; with ``time_unit``, time its first
     unit on one worker of the build's cluster (cold, then again warm) and project the cost."""
-    from dr.builder import job, ray_runtime
+    from dr.builder import driver, ray_runtime
     from dr.builder.teacher_probe import probe_ensemble
 
     src = open_source(source if source is not None else config.source, config.storage_options)
     ensemble, ensemble_desc, num_classes = probe_ensemble(config, src.classes)
     del ensemble
-    ensemble_desc = {**ensemble_desc, **job.teacher_math(config)}
-    header = job.make_header(config, src, ensemble_desc, num_classes)
+    ensemble_desc = {**ensemble_desc, **driver.teacher_math(config)}
+    header = driver.make_header(config, src, ensemble_desc, num_classes)
     units = plan_units(header.dataset.count, header.chunk_size)
     per_view, raw = projected_bytes(header)
     shape = ray_runtime.worker_shape(ray_runtime.connect(config.address), config).capped(len(units))
@@ -119,7 +131,7 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
     if not time_unit:
         return plan
     unit = units[0]
-    pool = job.worker_pool(config, header, src, shape, concurrency=1)
+    pool = driver.worker_pool(config, header, src, shape, concurrency=1)
     try:
         try:
             actor, plan.worker_start_s = pool.start_one()
@@ -143,8 +155,7 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
     plan.timed = True
     plan.unit_images = unit.size
     plan.views_per_s_per_worker = unit.size * v / max(min(plan.first_unit_s, plan.warm_unit_s), 1e-9)
-    arrays = {k: a for k, a in result.arrays.items() if k.startswith(("params/", "targets/"))}
-    plan.bytes_per_view_compressed = _compressed_bytes(arrays) / (unit.size * v)
+    plan.bytes_per_view_compressed = _compressed_bytes(header, result.arrays) / (unit.size * v)
     plan.store_bytes_compressed = int(plan.bytes_per_view_compressed * n * v + PER_IMAGE_BYTES * n)
     workers = shape.workers
     plan.projected_wall_s = plan.worker_start_s + n * v / (plan.views_per_s_per_worker * workers)
@@ -158,7 +169,7 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
 
 
 def _size(b: float) -> str:
-    from dr.builder.summary import human_bytes
+    from dr.humanize import human_bytes
 
     return human_bytes(b)
 

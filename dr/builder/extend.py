@@ -20,9 +20,6 @@ from dr.storage.segments import SegmentRecord, extension_problems, read_segment_
 
 __all__ = ["Extension", "extension_settings", "finish_extension", "plan_extension"]
 
-#: build settings an extension takes from the store's header (config field -> header value)
-_FROM_HEADER = ("policy", "crop_scale", "views", "topk", "seed", "chunk_size", "forward_group", "output_size", "temperature", "compile")
-
 
 def _extended(config: BuildConfig) -> str:
     """The store ``config`` extends."""
@@ -32,6 +29,7 @@ def _extended(config: BuildConfig) -> str:
 
 
 def _header_settings(header: StoreHeader) -> dict[str, Any]:
+    """The build settings an extension takes from the store's header (config field -> value)."""
     return {
         "policy": header.policy.get("name"),
         "crop_scale": _crop_scale(header.policy),
@@ -43,6 +41,10 @@ def _header_settings(header: StoreHeader) -> dict[str, Any]:
         "output_size": header.output_size,
         "temperature": header.ensemble.get("temperature", 1.0),
         "compile": bool(header.ensemble.get("compile", False)),
+        # the store layout: a segment is kept like the store it extends
+        "shard_images": (header.layout.shard_images or 0) if header.layout is not None else 0,
+        "probs_dtype": header.layout.probs if header.layout is not None else "float16",
+        "params": header.layout.params if header.layout is not None else "stored",
     }
 
 

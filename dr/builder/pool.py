@@ -1,6 +1,6 @@
 """The teacher workers of a build: Ray actors started with back-off, replaced when they die,
 and a diagnosis (Ray's error, what each worker asks for, what the cluster has free) when none
-runs. The build (:mod:`dr.builder.job`) and ``--dry-run`` (:mod:`dr.builder.dryrun`) start
+runs. The build (:mod:`dr.builder.driver`) and ``--dry-run`` (:mod:`dr.builder.dryrun`) start
 their workers through it, so both start identical workers and explain a failure alike."""
 
 from __future__ import annotations

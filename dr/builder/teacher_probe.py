@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dr.builder.agreement import LIKELY_CAUSES, agreement_threshold
+from dr.agreement import LIKELY_CAUSES, agreement_threshold
 from dr.errors import ConfigError, TeacherError
 
 __all__ = ["evaluate_teachers", "format_evaluation", "probe_classes", "probe_ensemble", "run_check_on"]

@@ -18,6 +18,7 @@ import torch
 from dr.errors import BadImageError
 from dr.policy import ImageBank, Policy
 from dr.sources import Source
+from dr.storage.layout import DIGESTS, IDS, PROBS, SIZES, SKIPPED, param_path
 
 __all__ = ["SourceRef", "UnitResult", "UnitWorker", "resolve_device"]
 
@@ -150,8 +151,8 @@ class UnitWorker:
             return e
 
     def compute(self, start: int, stop: int) -> UnitResult:
-        """Rows ``[start, stop)``: ``params/<field>``, ``targets/ids``, ``targets/probs``,
-        ``source/sizes``, ``source/digests``, ``source/skipped`` -- ready for
+        """Rows ``[start, stop)`` of every array the worker computes (the parameter fields and
+        :data:`dr.storage.layout.WORKER_ARRAYS`, probabilities as float32) -- ready for
         :meth:`storage.StoreWriter.write_chunk` -- and the skipped images' reasons."""
         from dr.teachers import topk
 
@@ -175,15 +176,9 @@ class UnitWorker:
         # every view of the unit sampled in one vectorised call; partners come from this unit
         # (the store chunk), so no image is decoded twice
         first = self.offset + start  # the global index of the unit's first image
-        params = self.policy.sample_unit(self.seed, first, sizes, v)
         bad = np.zeros(n, dtype=bool)
         bad[[i - start for i in skipped]] = True
-        if "mix_kind" in params and bad.any():
-            # a view whose partner was skipped is not mixed
-            hit = bad[np.clip(params["mix_partner"].astype(np.int64) - first, 0, n - 1)] & (params["mix_kind"] > 0)
-            for name in params:
-                if name.startswith(("mix_", "partner_")):
-                    params[name][hit] = 1 if name == "mix_lambda" else 0
+        params = self.policy.chunk_params(self.seed, first, sizes, bad, v, zero_skipped=False)  # zeroed below, after the replay
         bank = ImageBank([torch.from_numpy(img).permute(2, 0, 1) for img, _ in decoded], device=self.device)
         top_ids_parts, top_p_parts = [], []
         with torch.inference_mode():
@@ -197,12 +192,12 @@ class UnitWorker:
                 top_ids_parts.append(top_ids)  # stay on the device: no sync until the unit ends
                 top_p_parts.append(top_p)
         ids = torch.cat(top_ids_parts).cpu().numpy().reshape(n, v, -1)
-        probs = torch.cat(top_p_parts).cpu().numpy().reshape(n, v, -1)
-        out = {f"params/{k}": a for k, a in params.items()}
-        out.update({"targets/ids": ids, "targets/probs": probs.astype(np.float16), "source/sizes": sizes, "source/digests": digests})
+        probs = torch.cat(top_p_parts).cpu().numpy().reshape(n, v, -1)  # float32: the writer encodes them as the store keeps them
+        out = {param_path(k): a for k, a in params.items()}
+        out.update({IDS: ids, PROBS: probs, SIZES: sizes, DIGESTS: digests})
         for arr in out.values():
             arr[bad] = 0
-        out["source/skipped"] = bad.astype(np.uint8)
+        out[SKIPPED] = bad.astype(np.uint8)
         return UnitResult(out, skipped)
 
     def _bad(self, skipped: dict[int, str], index: int, reason: str) -> None:

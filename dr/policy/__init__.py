@@ -15,9 +15,10 @@ from dr.policy.ops import (
 )
 from dr.policy.policy import TAG_FRESH, TAG_ORIGINAL, TAG_STORED, Policy, fresh_rng, stored_rng
 from dr.policy.presets import PRESETS, get_policy, list_policies
-from dr.policy.rng import KeyedRNG
+from dr.policy.rng import SAMPLER_VERSION, KeyedRNG
 
 __all__ = [
+    "SAMPLER_VERSION",
     "Mix",
     "RA_OPS",
     "RandAugment",

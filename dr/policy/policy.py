@@ -166,6 +166,38 @@ class Policy:
         flat = self.sample_views(rng, sizes[pos, 0], sizes[pos, 1], own=pos, pool=np.arange(start, start + n), pool_sizes=sizes)
         return {k: a.reshape(n, views, *a.shape[1:]) for k, a in flat.items()}
 
+    def chunk_params(
+        self, seed: int, first: int, sizes: np.ndarray, skipped: np.ndarray, views: int, *, zero_skipped: bool = True
+    ) -> dict[str, np.ndarray]:
+        """The parameters a build stores for a store chunk (the build's worker and the readers of a
+        store with derived parameters both call this): :meth:`sample_unit` with the chunk as the
+        mixing pool, a skipped image sampled as an ``output_size`` square, a view whose mixing
+        partner was skipped left unmixed, and the rows of skipped images zero.
+
+        Args:
+            seed: the build's seed.
+            first: the global index of the chunk's first image.
+            sizes: ``[n, 2]`` the images' (height, width) (a skipped image's are not used).
+            skipped: ``[n]`` which images the build skipped.
+            views: V.
+            zero_skipped: zero the skipped images' rows (the worker zeroes them after its replay,
+                which needs valid boxes).
+        """
+        bad = np.asarray(skipped, dtype=bool).reshape(-1)
+        sizes = np.array(sizes, dtype=np.int64).reshape(-1, 2)
+        sizes[bad] = self.output_size
+        params = self.sample_unit(seed, first, sizes, views)
+        if "mix_kind" in params and bad.any():  # a view whose partner was skipped is not mixed
+            n = len(bad)
+            hit = bad[np.clip(params["mix_partner"].astype(np.int64) - first, 0, n - 1)] & (params["mix_kind"] > 0)
+            for name in params:
+                if name.startswith(("mix_", PARTNER)):
+                    params[name][hit] = 1 if name == "mix_lambda" else 0
+        if zero_skipped:
+            for arr in params.values():
+                arr[bad] = 0
+        return params
+
     def _chain(self, bank: kernels.ImageBank, params: Mapping[str, np.ndarray], idx: np.ndarray, size: int) -> torch.Tensor:
         views = self.crop.apply(bank, params, idx, size)
         for op in self.ops:

@@ -17,7 +17,12 @@ import numpy as np
 
 from dr.errors import PolicyError
 
-__all__ = ["splitmix64", "splitmix64_int", "view_keys", "KeyedRNG"]
+__all__ = ["SAMPLER_VERSION", "splitmix64", "splitmix64_int", "view_keys", "KeyedRNG"]
+
+SAMPLER_VERSION = 1
+"""The keyed sampler's version: bump it with any change to the streams, their draws or an op's
+sampling, so that a store with derived parameters (which keeps only their digests) is refused by
+a reader whose sampler would derive other parameters. Version 1: the streams of schema 2-4."""
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 

@@ -12,7 +12,7 @@ import yaml
 import zarr
 from click.testing import CliRunner
 
-from dr.cli.main import EXIT_RESUMABLE, FIELD_FLAGS, cli
+from dr.cli.main import CLI_ONLY_FLAGS, EXIT_RESUMABLE, cli
 
 REPO = Path(__file__).resolve().parents[2]
 README = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))])  # what users read
@@ -68,20 +68,31 @@ def test_the_readme_options_table_is_reinforces_help() -> None:
     assert documented == _help_flags("reinforce") - {"--help"}
 
 
-def test_every_config_field_is_a_flag_and_in_the_example() -> None:
-    from dr.builder.config import EXAMPLE_CONFIG, BuildConfig
+def test_every_config_field_is_a_flag_an_example_line_and_a_docs_row() -> None:
+    """Settings are declared once (BuildConfig's fields): the flags, the example and the
+    reference page are generated from them, and the page in docs/ is the generated one."""
+    from dr.builder.config import EXAMPLE_CONFIG, BuildConfig, config_reference, flag_of
 
     flags = _help_flags("reinforce")
-    for name in BuildConfig.model_fields:
-        flag = FIELD_FLAGS.get(name, "--" + name.replace("_", "-"))
+    helptext = " ".join(CliRunner().invoke(cli, ["reinforce", "--help"]).output.split())
+    page = (REPO / "docs" / "reference" / "config.md").read_text()
+    assert config_reference() in page, "docs/reference/config.md is stale: run `python -m dr.builder.config docs/reference/config.md`"
+    for name, field in BuildConfig.model_fields.items():
+        flag = flag_of(name)
         assert flag == "SOURCE" or flag in flags, f"BuildConfig.{name} has no flag {flag}"
         assert re.search(rf"^#? ?{name}:", EXAMPLE_CONFIG, flags=re.M), f"`dr-build config` omits {name}"
+        assert f"| `{name}` |" in page, f"docs/reference/config.md has no row for {name}"
+        assert field.description and (flag == "SOURCE" or " ".join(field.description.split()) in helptext), f"--help lacks {name}'s help"
+    assert flags - {"--help"} == {flag_of(n) for n in BuildConfig.model_fields if flag_of(n) != "SOURCE"} | set(CLI_ONLY_FLAGS)
+    # one bound per setting: the flag refuses what the config refuses, with the same numbers
+    r = CliRunner().invoke(cli, ["reinforce", "src", "--teacher", "timm:x@w.safetensors", "--out", "o", "--topk", "1001"])
+    assert r.exit_code == 2 and "1<=x<=1000" in r.output
 
 
 def _fake_build(monkeypatch: pytest.MonkeyPatch, status: str = "complete", error: Exception | None = None) -> list:
     """Replace the build with a recorder (flag parsing and printing are what is tested)."""
     import dr.builder
-    from dr.builder.job import BuildResult
+    from dr.builder.driver import BuildResult
 
     seen: list = []
 
@@ -177,7 +188,7 @@ def test_verify_never_prints_a_negative_kl(cifar64_store: str, cifar64: Path, mo
     """Re-computed probabilities a hair above the stored ones on the top-k (what float16 rounding
     the stored ones down does): the KL over the top-k alone went negative (-3.17e-06 was
     printed); over the top-k plus the rest it is a true divergence, >= 0."""
-    from dr.builder.verify import format_report, verify_store
+    from dr.audit.verify import format_report, verify_store
     from dr.teachers import Ensemble
 
     forward = Ensemble.forward
@@ -195,7 +206,7 @@ def test_show_title_and_tiles_agree(cifar64_store: str, cifar64: Path, tmp_path:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from dr.show import draw_views
+    from dr.audit.show import draw_views
 
     titles: list[str] = []
     tiles: list[str] = []

@@ -18,8 +18,8 @@ def test_dry_run_plans_times_and_writes_nothing(cifar64: Path, tiny_teacher: str
     assert r.exit_code == 0, r.output
     plan = json.loads(r.output.strip().splitlines()[-1])
     assert (plan["images"], plan["chunks"], plan["views"], plan["topk"]) == (64, 4, 256, 3)
-    # cifar policy: crop_box 4 x int16 + flip uint8 = 9 B, top-3 x (uint16 id + float16 prob) = 12 B
-    assert plan["bytes_per_view_raw"] == 21 and plan["store_bytes_raw"] == 64 * 4 * 21 + 64 * 29
+    # cifar policy: crop_box 4 x int16 + flip uint8 = 9 B, top-3 x (uint8 id: 10 classes + float16 prob) = 9 B
+    assert plan["bytes_per_view_raw"] == 18 and plan["store_bytes_raw"] == 64 * 4 * 18 + 64 * 29
     assert plan["timed"] and plan["unit_images"] == 16 and plan["views_per_s_per_worker"] > 0
     assert 0 < plan["bytes_per_view_compressed"] < 21 and plan["projected_wall_s"] > 0
     assert plan["device"] == "cpu" and plan["projected_gpu_hours"] == 0

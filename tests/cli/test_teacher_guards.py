@@ -9,8 +9,8 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
+from dr.audit.verify import verify_store
 from dr.builder import BuildConfig, reinforce
-from dr.builder.verify import verify_store
 from dr.cli.main import cli
 from dr.errors import TeacherError
 

@@ -35,13 +35,14 @@ def reference(cifar64_store: str) -> str:
 def test_end_to_end_store_contents(reference: str, cifar64: Path) -> None:
     g = zarr.open_group(reference, mode="r")
     a = g.attrs
-    assert a["format"] == "dr-store" and a["schema_version"] == 3 and a["status"] == "complete"
+    assert a["format"] == "dr-store" and a["schema_version"] == 4 and a["status"] == "complete"
+    assert a["layout"] == {"shard_images": 32, "probs": "float16", "params": "stored", "sampler_version": 1}
     assert a["views"] == 4 and a["topk"] == 3 and a["num_classes"] == 10 and a["dataset"]["count"] == 64
     assert a["policy"]["name"] == "cifar" and [f["name"] for f in a["param_fields"]] == ["crop_box", "flip"]
     assert a["ensemble"]["teachers"][0]["weights_sha256"]
     arr = _arrays(reference)
     ids, probs = arr["targets/ids"], arr["targets/probs"]
-    assert ids.shape == (64, 4, 3) and ids.dtype == np.uint16 and (ids < 10).all()
+    assert ids.shape == (64, 4, 3) and ids.dtype == np.uint8 and (ids < 10).all()  # 10 classes: one byte per id
     assert probs.dtype == np.float16 and (probs <= 1).all() and (probs > 0).all()
     assert (np.diff(probs.astype(np.float32), axis=-1) <= 0).all()
     assert (probs.astype(np.float32).sum(-1) <= 1.001).all()

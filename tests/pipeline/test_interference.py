@@ -16,7 +16,7 @@ import zarr
 from click.testing import CliRunner
 from helpers import store_bytes
 
-import dr.builder.job as pipeline
+import dr.builder.driver as pipeline
 import dr.builder.pool as pool
 from dr.builder import BuildConfig, reinforce
 from dr.cli.main import cli

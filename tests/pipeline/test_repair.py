@@ -13,9 +13,9 @@ import zarr
 from click.testing import CliRunner
 from helpers import rehash_store, store_bytes
 
+from dr.audit.summary import format_summary, store_summary
+from dr.audit.verify import format_report, verify_store
 from dr.builder import BuildConfig, reinforce
-from dr.builder.summary import format_summary, store_summary
-from dr.builder.verify import format_report, verify_store
 from dr.cli.main import cli
 from dr.errors import ConfigError, StoreMismatchError
 
@@ -29,12 +29,17 @@ def _config(src: Path, teacher: str, out: Path, **kw) -> BuildConfig:
 
 
 def _chunk_file(store: Path, array: str, chunk: int) -> Path:
+    """The object holding a chunk of an unsharded store (or shard ``chunk`` of a sharded one)."""
     return store.joinpath(*array.split("/"), "c", str(chunk), "0", "0")
 
 
-def test_verify_info_and_repair_of_damaged_chunks(cifar64_store: str, cifar64: Path, tiny_teacher: str, tmp_path: Path) -> None:
+def test_verify_info_and_repair_of_damaged_chunks(cifar64: Path, tiny_teacher: str, ray_session, tmp_path: Path) -> None:
+    """An unsharded (version-3) store: one object per chunk, each damaged on its own."""
+    reference = tmp_path / "v3.zarr"
+    reinforce(_config(cifar64, tiny_teacher, reference, shard_images=0), progress=False)
+    assert zarr.open_group(str(reference), mode="r").attrs["schema_version"] == 3  # dr 0.2's layout, written as version 3
     broken = tmp_path / "broken.zarr"
-    shutil.copytree(cifar64_store, broken)
+    shutil.copytree(reference, broken)
     _chunk_file(broken, "targets/probs", 1).unlink()
     _chunk_file(broken, "targets/ids", 3).unlink()
     f = _chunk_file(broken, "targets/ids", 2)
@@ -56,10 +61,30 @@ def test_verify_info_and_repair_of_damaged_chunks(cifar64_store: str, cifar64: P
 
     with pytest.raises(ConfigError, match="--repair.*--resume"):
         reinforce(_config(cifar64, tiny_teacher, broken, repair=True), progress=False)
-    result = reinforce(_config(cifar64, tiny_teacher, broken, resume=True, repair=True), progress=False)
+    result = reinforce(_config(cifar64, tiny_teacher, broken, resume=True, repair=True, shard_images=0), progress=False)
     assert result.complete and result.chunks_computed == 3 and result.chunks_skipped == 1
-    assert store_bytes(str(broken), ALL_ARRAYS) == store_bytes(cifar64_store, ALL_ARRAYS)
+    assert store_bytes(str(broken), ALL_ARRAYS) == store_bytes(str(reference), ALL_ARRAYS)
     assert all(c.ok for c in verify_store(str(broken), cifar64)), format_report(str(broken), verify_store(str(broken), cifar64))
+
+
+def test_repair_rewrites_a_damaged_shard(cifar64_store: str, cifar64: Path, tiny_teacher: str, tmp_path: Path) -> None:
+    """A sharded store (chunks of 16 in shards of 32): a shard gone or torn loses its two chunks;
+    verify names both, --resume --repair deletes the torn object and rewrites the shard."""
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(cifar64_store, broken)
+    _chunk_file(broken, "targets/probs", 0).unlink()  # shard 0: chunks 0 and 1
+    f = _chunk_file(broken, "targets/ids", 1)  # shard 1: chunks 2 and 3
+    f.write_bytes(f.read_bytes()[:-9])  # torn: its index (and checksum) no longer read
+    checks = verify_store(str(broken), cifar64)
+    report = format_report(str(broken), checks)
+    assert "FAIL  chunk     targets/probs chunk 0 (images 0-15): missing" in report
+    assert "FAIL  chunk     targets/probs chunk 1 (images 16-31): missing" in report
+    assert "FAIL  chunk     targets/ids chunk 3 (images 48-63): unreadable" in report
+    assert checks[-1].figures["damaged_chunks"] == [0, 1, 2, 3]
+    result = reinforce(_config(cifar64, tiny_teacher, broken, resume=True, repair=True, shard_images=32), progress=False)
+    assert result.complete and result.chunks_computed == 4
+    assert store_bytes(str(broken), ALL_ARRAYS) == store_bytes(cifar64_store, ALL_ARRAYS)
+    assert all(c.ok for c in verify_store(str(broken), cifar64))
 
 
 def test_replay_check_fails_beyond_its_tolerance(cifar64_store: str, cifar64: Path, tmp_path: Path) -> None:

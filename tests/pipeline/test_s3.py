@@ -15,9 +15,9 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 from dr import ReinforcedDataset
+from dr.audit.summary import store_summary
+from dr.audit.verify import verify_store
 from dr.builder import BuildConfig, reinforce
-from dr.builder.summary import store_summary
-from dr.builder.verify import verify_store
 from dr.storage.lock import LOCK_NAME, StoreLockedError
 
 

@@ -5,13 +5,17 @@ import pytest
 import zarr
 
 from dr.errors import SchemaVersionError, StoreError, StoreIncompleteError, StoreMismatchError
-from dr.storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreReader, StoreWriter, now_iso
+from dr.storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreLayout, StoreReader, StoreWriter, now_iso
 from dr.storage.integrity import digest_paths
+from dr.storage.layout import PROBS_MAX_ERROR, decode_probs, encode_probs
 
 
 def _header(**kw) -> StoreHeader:
+    """A version-3 store header (``layout=`` makes it version 4)."""
+    if kw.get("layout") is not None:
+        kw.setdefault("schema_version", SCHEMA_VERSION)
     base = dict(
-        schema_version=SCHEMA_VERSION,
+        schema_version=3,
         status="building",
         tool_version="test",
         created_at=now_iso(),
@@ -66,7 +70,8 @@ def test_write_finalize_read_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(r.load("targets/probs"), np.concatenate([chunks[c]["targets/probs"] for c in range(3)]))
     # plain zarr explains the store
     g = zarr.open_group(url, mode="r")
-    assert g.attrs["format"] == "dr-store" and g.attrs["schema_version"] == SCHEMA_VERSION and g.attrs["status"] == "complete"
+    assert g.attrs["format"] == "dr-store" and g.attrs["schema_version"] == 3 and g.attrs["status"] == "complete"
+    assert "layout" not in g.attrs  # version 3's attributes, as dr 0.2 writes them
     assert g["targets/ids"].shape == (10, 2, 2) and g["targets/ids"].chunks == (4, 2, 2)
 
 
@@ -97,15 +102,18 @@ def test_version_and_format_checks(tmp_path: Path) -> None:
     StoreWriter.create(url, _header(), np.zeros(10, dtype=int))
     g = zarr.open_group(url, mode="r+")
     g.update_attributes({"schema_version": 99})
-    with pytest.raises(SchemaVersionError, match="99.*version 3"):
+    with pytest.raises(SchemaVersionError, match="99.*versions 3, 4.*newer dr wrote it: upgrade"):
         StoreReader(url, allow_incomplete=True)
     g.update_attributes({"schema_version": 1})  # a v0.1 store: named, with what to do
-    with pytest.raises(SchemaVersionError, match=r"schema version 1; this dr reads version 3 .*views.*Rebuild it"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 1; this dr reads versions 3, 4 .*views.*Rebuild it"):
         StoreReader(url, allow_incomplete=True)
     g.update_attributes({"schema_version": 2})  # a v0.2 store: unsealed
-    with pytest.raises(SchemaVersionError, match=r"schema version 2; this dr reads version 3 .*seals the header.*Rebuild it"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 2; this dr reads versions 3, 4 .*seals the header.*Rebuild it"):
         StoreReader(url, allow_incomplete=True)
-    g.update_attributes({"schema_version": SCHEMA_VERSION, "views": "many"})
+    g.update_attributes({"schema_version": 4})  # a version-3 header claiming version 4: no layout
+    with pytest.raises(StoreError, match="malformed header.*needs its layout"):
+        StoreReader(url, allow_incomplete=True)
+    g.update_attributes({"schema_version": 3, "views": "many"})
     with pytest.raises(StoreError, match="views"):
         StoreReader(url, allow_incomplete=True)
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
@@ -174,3 +182,74 @@ def test_chunk_digests_catch_deleted_truncated_and_altered_chunks(tmp_path: Path
     assert StoreReader(url, allow_incomplete=True).header.status == "building" and w.done().tolist() == [True, False, True]
     with pytest.raises(StoreIncompleteError, match="still building"):
         StoreReader(url)
+
+
+# -- version 4: shards, uint8 probabilities -------------------------------------------------------
+SHARDED = StoreLayout(shard_images=8, probs="uint8", sampler_version=1)
+
+
+def test_a_sharded_store_keeps_one_object_per_shard_and_writes_chunks_together(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.zarr")
+    labels = np.arange(10) % 3
+    w = StoreWriter.create(url, _header(layout=SHARDED), labels, write_interval=3600)
+    rng = np.random.default_rng(0)
+    chunks = {c: _chunk(w, c, rng) for c in range(3)}
+    assert w.write_chunk(0, chunks[0]) == []  # waits: its shard (chunks 0-1) is not whole yet
+    assert StoreReader(url, allow_incomplete=True).done().tolist() == [False, False, False]
+    assert w.write_chunk(2, chunks[2]) == [0, 2]  # chunk 2's shard is whole: every waiting chunk is written
+    assert w.write_chunk(1, chunks[1]) == [1]
+    w.finalize()
+    r = StoreReader(url)
+    assert r.header.schema_version == 4 and r.header.layout == SHARDED
+    data, problems = r.load_checked(digest_paths(r.header))
+    assert problems == []
+    want = np.concatenate([chunks[c]["targets/probs"] for c in range(3)]).astype(np.float32)
+    assert data["targets/probs"].dtype == np.uint8
+    assert np.abs(decode_probs(r.header, data["targets/probs"]) - want).max() <= PROBS_MAX_ERROR["uint8"] + 1e-7
+    assert data["targets/ids"].dtype == np.uint8  # 3 classes: the smallest id type
+    for path in ("targets/probs", "params/flip", "source/labels"):  # 10 images in shards of 8: two objects per array
+        assert sorted(p.name for p in (Path(url) / path / "c").iterdir()) == ["0", "1"]
+    assert sorted(p.name for p in (Path(url) / "build" / "done" / "c").iterdir()) == ["0", "1"]
+
+
+def test_uint8_probabilities_round_trip_within_the_stated_bound() -> None:
+    h = _header(layout=SHARDED)
+    p = np.sort(np.random.default_rng(1).dirichlet(np.ones(100) * 0.1, size=5000), axis=1)[:, ::-1][:, :10]
+    q = encode_probs(h, p)
+    back = decode_probs(h, q)
+    assert q.dtype == np.uint8 and np.abs(back - p).max() <= PROBS_MAX_ERROR["uint8"] + 1e-7 <= 0.002
+    assert (np.diff(back, axis=1) <= 0).all()  # monotone: sorted probabilities stay sorted
+    assert np.abs((1 - back.sum(1)) - (1 - p.sum(1))).max() <= 10 * PROBS_MAX_ERROR["uint8"]  # the left-out mass
+    f16 = _header()
+    assert np.abs(decode_probs(f16, encode_probs(f16, p)) - p).max() <= PROBS_MAX_ERROR["float16"]
+
+
+def test_an_unreadable_shard_is_dropped_and_its_chunks_reopened(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.zarr")
+    w = StoreWriter.create(url, _header(layout=SHARDED), np.arange(10) % 3)
+    rng = np.random.default_rng(0)
+    chunks = {c: _chunk(w, c, rng) for c in range(3)}
+    for c in range(3):
+        w.write_chunk(c, chunks[c])
+    w.finalize()
+    shard = Path(url) / "targets" / "probs" / "c" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:-7])  # a torn shard: its index no longer checks
+    w = StoreWriter.resume(url, _header(layout=SHARDED))
+    problems = w.damaged()
+    assert {(p.path, p.chunk) for p in problems} == {("targets/probs", 0), ("targets/probs", 1)}
+    assert all(p.problem.startswith("unreadable") for p in problems)
+    assert w.drop_unreadable_shards(problems) == [0, 1] and not shard.exists()
+    w.reopen([0, 1], np.arange(10) % 3)
+    for c in (0, 1):
+        w.write_chunk(c, chunks[c])
+    w.finalize()
+    r = StoreReader(url)
+    data, problems = r.load_checked(digest_paths(r.header))
+    assert (
+        problems == []
+        and np.abs(
+            decode_probs(r.header, data["targets/probs"][:8])
+            - np.concatenate([chunks[0]["targets/probs"], chunks[1]["targets/probs"]]).astype(np.float32)
+        ).max()
+        < 0.002
+    )

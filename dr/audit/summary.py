@@ -1,4 +1,11 @@
-"""Summaries of a store for ``dr-build info`` (and anyone who wants the numbers)."""
+"""Summaries of a store for ``dr-build info`` (and anyone who wants the numbers).
+
+Metadata and sampled chunks, never a full read: the header, the done map, each array's shape
+and stored bytes (a listing of its objects), and -- over every chunk of a store of up to
+:data:`FULL_CHECK_CHUNKS` chunks, else over :data:`SAMPLE_CHUNKS` seeded ones -- the digest check,
+label agreement and probability figures. ``dr-build verify`` checks every chunk. numpy and zarr
+only: ``info`` imports neither torch nor Ray.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +13,33 @@ from typing import Any
 
 import numpy as np
 
-from dr.builder.agreement import LIKELY_CAUSES, agreement_threshold
+from dr.agreement import LIKELY_CAUSES, agreement_threshold
 from dr.errors import StoreIncompleteError
+from dr.humanize import human_bytes
 from dr.storage import StoreReader, store_exists
-from dr.storage.integrity import digest_paths
+from dr.storage.layout import IDS, LABELS, PROBS, SKIPPED, TARGET_ARRAYS, decode_probs, describe, is_param
 from dr.storage.segments import SegmentRecord, read_segment_table, segment_url
 
-__all__ = ["store_summary", "format_summary"]
+__all__ = ["FULL_CHECK_CHUNKS", "SAMPLE_CHUNKS", "store_summary", "format_summary"]
+
+#: stores of up to this many chunks are summarised over every chunk
+FULL_CHECK_CHUNKS = 64
+#: larger stores: over this many seeded chunks
+SAMPLE_CHUNKS = 32
+
+
+def _sampled(done: np.ndarray) -> np.ndarray:
+    """The done chunks the figures come from: all of them in a small store, else a seeded sample."""
+    chunks = np.flatnonzero(done)
+    if len(done) <= FULL_CHECK_CHUNKS or len(chunks) <= SAMPLE_CHUNKS:
+        return chunks
+    return np.sort(np.random.default_rng(0).choice(chunks, size=SAMPLE_CHUNKS, replace=False))
 
 
 def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Header fields, array shapes/dtypes/stored bytes, bytes per view, skipped images, damaged
-    chunks (checked against their digests) and label agreement over the sound rows."""
+    """Header fields, array shapes/dtypes/stored bytes, bytes per view, skipped images, and --
+    over every chunk of a small store or a seeded sample of a large one -- damaged chunks
+    (checked against their digests), label agreement and probability figures."""
     try:
         r = StoreReader(url, allow_incomplete=allow_incomplete, storage_options=storage_options)
     except StoreIncompleteError as e:
@@ -26,16 +48,23 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
     n, v = h.dataset.count, h.views
     done = r.done()
     arrays: dict[str, dict[str, Any]] = {
-        path: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks), "stored_bytes": int(a.nbytes_stored())}
+        path: {
+            "shape": list(a.shape),
+            "dtype": str(a.dtype),
+            "chunks": list(a.chunks),
+            "shards": list(a.shards) if a.shards else None,
+            "stored_bytes": int(a.nbytes_stored()),
+        }
         for path, a in sorted(r.arrays().items())
     }
-    per_view = sum(a["stored_bytes"] for p, a in arrays.items() if p.startswith(("params/", "targets/")))
-    data, damaged = r.load_checked(digest_paths(h))
+    per_view = sum(a["stored_bytes"] for p, a in arrays.items() if is_param(p) or p in TARGET_ARRAYS)
+    sample = _sampled(done)
+    data, damaged = r.load_checked([LABELS, SKIPPED, *TARGET_ARRAYS], chunks=sample)
     bad_chunks = sorted({p.chunk for p in damaged})
-    good = done.copy()
-    good[bad_chunks] = False
-    rows = good.repeat(h.chunk_size)[:n]
-    skipped = data["source/skipped"].astype(bool) & rows
+    cs = h.chunk_size
+    good = np.concatenate([np.full(min(cs, n - c * cs), c not in bad_chunks) for c in sample]) if len(sample) else np.zeros(0, bool)
+    skipped = data[SKIPPED].astype(bool) & good
+    rows = good.copy()
     summary: dict[str, Any] = {
         "store": url,
         "format": h.format,
@@ -60,7 +89,14 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
         "class_map": {k: v for k, v in (h.ensemble.get("class_map") or {}).items() if k != "teacher_to_dataset"} or None,
         "stored_classes": h.num_classes,
         "temperature": h.ensemble.get("temperature"),
-        "chunks": {"done": int(done.sum()), "total": int(done.size), "chunk_size": h.chunk_size, "damaged": bad_chunks},
+        "layout": describe(h),
+        "chunks": {
+            "done": int(done.sum()),
+            "total": int(done.size),
+            "chunk_size": h.chunk_size,
+            "checked": len(sample),
+            "damaged": bad_chunks,
+        },
         "damaged": [str(p) for p in damaged],
         "skipped": {
             "count": len(h.skipped),
@@ -72,28 +108,35 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
     }
     rows &= ~skipped  # skipped images hold zero targets
     if rows.any():
-        labels = data["source/labels"][rows]
-        top1 = data["targets/ids"][..., 0][rows]
-        p = data["targets/probs"].astype(np.float32)[rows]
-        summary["teacher_top1_agreement"] = round(float((top1 == labels[:, None]).mean()), 4)
-        summary["teacher_top1_agreement_per_image_majority"] = round(
-            float((np.apply_along_axis(lambda r_: np.bincount(r_).argmax(), 1, top1.astype(np.int64)) == labels).mean()), 4
-        )
-        summary["mean_top1_prob"] = round(float(p[..., 0].mean()), 4)
-        summary["mean_topk_mass"] = round(float(p.sum(-1).mean()), 4)
-        threshold = agreement_threshold(len(h.dataset.classes), (h.build.get("config") or {}).get("min_agreement") or None)
-        summary["agreement_threshold"] = round(threshold, 4)
-        if h.num_classes != len(h.dataset.classes) and not h.ensemble.get("class_map"):
-            summary["warning"] = (
-                f"the stored ids are the teachers' {h.num_classes} classes but the dataset has {len(h.dataset.classes)}: "
-                "they do not name the dataset's classes; rebuild with --class-map"
-            )
-        elif summary["teacher_top1_agreement"] < threshold:
-            summary["warning"] = (
-                f"top-1 agreement is below {100 * threshold:.2f}% (twice chance for {len(h.dataset.classes)} classes): "
-                f"the teachers do not seem to predict this dataset's labels. {LIKELY_CAUSES}"
-            )
+        summary.update(_label_figures(h, data, rows))
     return {**summary, **_segments(url, n, storage_options)}
+
+
+def _label_figures(h: Any, data: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, Any]:
+    """Agreement with the labels and probability figures over the sound, checked rows."""
+    summary: dict[str, Any] = {}
+    labels = data[LABELS][rows]
+    top1 = data[IDS][..., 0][rows]
+    p = decode_probs(h, data[PROBS][rows])
+    summary["teacher_top1_agreement"] = round(float((top1 == labels[:, None]).mean()), 4)
+    summary["teacher_top1_agreement_per_image_majority"] = round(
+        float((np.apply_along_axis(lambda r_: np.bincount(r_).argmax(), 1, top1.astype(np.int64)) == labels).mean()), 4
+    )
+    summary["mean_top1_prob"] = round(float(p[..., 0].mean()), 4)
+    summary["mean_topk_mass"] = round(float(p.sum(-1).mean()), 4)
+    threshold = agreement_threshold(len(h.dataset.classes))
+    summary["agreement_threshold"] = round(threshold, 4)
+    if h.num_classes != len(h.dataset.classes) and not h.ensemble.get("class_map"):
+        summary["warning"] = (
+            f"the stored ids are the teachers' {h.num_classes} classes but the dataset has {len(h.dataset.classes)}: "
+            "they do not name the dataset's classes; rebuild with --class-map"
+        )
+    elif summary["teacher_top1_agreement"] < threshold:
+        summary["warning"] = (
+            f"top-1 agreement is below {100 * threshold:.2f}% (twice chance for {len(h.dataset.classes)} classes): "
+            f"the teachers do not seem to predict this dataset's labels. {LIKELY_CAUSES}"
+        )
+    return summary
 
 
 def _segments(url: str, n: int, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -114,15 +157,6 @@ def _segment_row(url: str, rec: SegmentRecord, storage_options: dict[str, Any] |
         s = store_summary(seg, allow_incomplete=True, storage_options=storage_options)
         row.update({k: s.get(k) for k in ("chunks", "stored_bytes", "bytes_per_view", "teacher_top1_agreement", "warning")})
     return row
-
-
-def human_bytes(nbytes: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024
-    return f"{nbytes} B"
 
 
 def _teacher_lines(s: dict[str, Any]) -> list[str]:
@@ -157,7 +191,13 @@ def format_summary(s: dict[str, Any]) -> str:
         f"teachers     {', '.join(s['teachers'])}  (T={s['temperature']})",
         *_teacher_lines(s),
         f"chunks       {s['chunks']['done']}/{s['chunks']['total']} done ({s['chunks']['chunk_size']} images each)"
-        + (f", {len(s['chunks']['damaged'])} DAMAGED: {s['chunks']['damaged'][:10]}" if s["chunks"]["damaged"] else ""),
+        + (f", {len(s['chunks']['damaged'])} DAMAGED: {s['chunks']['damaged'][:10]}" if s["chunks"]["damaged"] else "")
+        + (
+            ""
+            if s["chunks"]["checked"] >= s["chunks"]["done"]
+            else f"; figures below from {s['chunks']['checked']} sampled chunks (`dr-build verify` checks every chunk)"
+        ),
+        f"layout       {s['layout']}",
         f"size         {human_bytes(s['stored_bytes'])} stored; {s['bytes_per_view']} B/view (params + targets)",
     ]
     if s["damaged"]:

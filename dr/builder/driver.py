@@ -28,9 +28,10 @@ from dr.builder.ray_runtime import WorkerShape
 from dr.builder.units import Unit, plan_units
 from dr.builder.worker import SourceRef, UnitWorker
 from dr.errors import ConfigError, DRError
-from dr.policy import get_policy
+from dr.policy import SAMPLER_VERSION, get_policy
 from dr.sources import Source, absolute_location, open_source
-from dr.storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreWriter, now_iso, store_exists
+from dr.storage import SCHEMA_VERSION, DatasetInfo, ParamFieldSpec, StoreHeader, StoreLayout, StoreWriter, now_iso, store_exists
+from dr.storage.layout import array_specs, default_shard_images
 from dr.storage.lock import StoreLock
 
 __all__ = ["BuildResult", "UnitRunner", "make_header", "reinforce", "teacher_math", "worker_options"]
@@ -97,8 +98,8 @@ def make_header(config: BuildConfig, source: Source, ensemble_desc: dict[str, An
         raise ConfigError(
             f"the source has {len(fp.classes)} classes but the teachers predict {num_classes}: use teachers trained on this label space"
         )
-    return StoreHeader(
-        schema_version=SCHEMA_VERSION,
+    header = StoreHeader(
+        schema_version=3,
         status="building",
         tool_version=__version__,
         created_at=now_iso(),
@@ -117,6 +118,22 @@ def make_header(config: BuildConfig, source: Source, ensemble_desc: dict[str, An
         ensemble=ensemble_desc,
         build={"config": config.model_dump(mode="json", exclude={"storage_options"})},
     )
+    return with_layout(header, config)
+
+
+def with_layout(header: StoreHeader, config: BuildConfig) -> StoreHeader:
+    """``header`` with the store layout ``config`` asks for: a version-3 header when that is
+    version 3's layout (unsharded, float16, stored parameters), else version 4 with its layout
+    (the default shard size from the largest array's row bytes)."""
+    shard = config.shard_images
+    if shard is None:
+        row_bytes = max(int(np.prod(s.shape[1:], dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in array_specs(header))
+        n, cs = header.dataset.count, header.chunk_size
+        shard = min(default_shard_images(cs, row_bytes), -(-n // cs) * cs)
+    layout = StoreLayout(shard_images=shard or None, probs=config.probs_dtype, params=config.params, sampler_version=SAMPLER_VERSION)
+    if layout.is_version_3:
+        return header
+    return header.model_copy(update={"schema_version": SCHEMA_VERSION, "layout": layout})
 
 
 def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray, lock: StoreLock) -> StoreWriter:
@@ -125,8 +142,10 @@ def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray, l
         lock.check(force=config.force)  # never touch a store another build is writing
     if config.resume and not config.overwrite and exists:
         lock.acquire(force=config.force)
-        return StoreWriter.resume(config.out, header, storage_options=config.storage_options)
-    writer = StoreWriter.create(config.out, header, labels, overwrite=config.overwrite, storage_options=config.storage_options)
+        return StoreWriter.resume(config.out, header, storage_options=config.storage_options, write_interval=config.write_interval)
+    writer = StoreWriter.create(
+        config.out, header, labels, overwrite=config.overwrite, storage_options=config.storage_options, write_interval=config.write_interval
+    )
     lock.acquire(force=True)  # the store was just created by us
     return writer
 
@@ -151,7 +170,7 @@ def _repair(writer: StoreWriter, labels: np.ndarray) -> list[int]:
     mark the damaged chunks not done (the store goes back to ``building``), so the build
     recomputes exactly those. Returns the chunks reopened."""
     problems = writer.damaged()
-    chunks = sorted({p.chunk for p in problems})
+    chunks = sorted({p.chunk for p in problems} | set(writer.drop_unreadable_shards(problems)))
     for p in problems:
         log.warning("--repair: %s", p)
     if chunks:
@@ -180,7 +199,7 @@ def reinforce(
         on_chunk: called with each chunk index after it is written (monitoring, tests).
         echo: called with messages for the user (the ``check_on`` pre-flight table).
     """
-    from dr.builder.agreement import guard_for
+    from dr.builder.guard import guard_for
     from dr.builder.teacher_probe import format_evaluation, probe_ensemble, run_check_on
 
     if config.repair and (not config.resume or config.overwrite):
@@ -341,6 +360,7 @@ class UnitRunner:
                 ray.cancel(ref)
             pool.stop()
             self.pool_names = pool.names
+            self._written(self.writer.flush())  # chunks finished before a stop are kept
         if self.failure is not None:
             raise self.failure
         self.working_seconds = time.perf_counter() - t_ready
@@ -392,11 +412,16 @@ class UnitRunner:
         pool.lost(worker)  # the replacement is used once it is up; survivors go on meanwhile
 
     def _write(self, unit: Unit, result: Any, bar: BuildProgress) -> None:
-        self.writer.write_chunk(unit.index, result.arrays, result.skipped)
+        written = self.writer.write_chunk(unit.index, result.arrays, result.skipped)
         if self.guard is not None:  # stops a build whose teachers disagree with the labels
             self.guard.update(unit.start, result.arrays)
         self.computed += 1
         self.views += unit.size * self.header.views
         bar.update(self.computed, self.views, unit.size * self.header.views)
+        self._written(written)
+
+    def _written(self, chunks: list[int]) -> None:
+        """Tell ``on_chunk`` about chunks now written and marked done."""
         if self.on_chunk is not None:
-            self.on_chunk(unit.index)
+            for c in chunks:
+                self.on_chunk(c)

@@ -17,9 +17,10 @@ import torch
 
 from dr.errors import ConfigError, DRError
 from dr.policy import RA_OPS, Policy
-from dr.storage import StoreReader, ids_dtype
-from dr.storage.integrity import DIGESTS_PATH, digest_paths
+from dr.storage import StoreReader
+from dr.storage.layout import IDS, PROBS, SIZES, SKIPPED, array_specs, decode_probs, describe, digest_paths, param_name, param_paths
 from dr.storage.segments import read_segment_table, segment_url
+from dr.views import parameter_deriver
 
 __all__ = ["Finding", "verify_store", "format_report", "replay_tolerance"]
 
@@ -68,45 +69,43 @@ def _chunk_checks(r: StoreReader, problems: list[Any]) -> list[Finding]:
 
 def _integrity(r: StoreReader) -> list[Finding]:
     h = r.header
-    n, v, k = h.dataset.count, h.views, h.topk
+    n, v = h.dataset.count, h.views
     out: list[Finding] = []
     done = r.done()
     out.append(
         Finding("complete", h.status == "complete" and bool(done.all()), f"status {h.status!r}, {int(done.sum())}/{done.size} chunks done")
     )
-    expected: dict[str, tuple[tuple[int, ...], str]] = {f"params/{f.name}": ((n, v, *f.shape), f.dtype) for f in h.param_fields}
-    expected.update(
-        {
-            "targets/ids": ((n, v, k), ids_dtype(h.num_classes)),
-            "targets/probs": ((n, v, k), "float16"),
-            "source/labels": ((n,), "int32"),
-            "source/sizes": ((n, 2), "uint32"),
-            "source/digests": ((n, 16), "uint8"),
-            "source/skipped": ((n,), "uint8"),
-            "build/done": ((done.size,), "uint8"),
-            DIGESTS_PATH: ((done.size, len(digest_paths(h)), 16), "uint8"),
-        }
-    )
+    expected = {s.path: (s.shape, s.dtype) for s in array_specs(h)}
     arrays = r.arrays()
     bad = [
         f"{p}: {'missing' if p not in arrays else f'{tuple(arrays[p].shape)} {arrays[p].dtype}'} (expected {s} {d})"
         for p, (s, d) in expected.items()
         if p not in arrays or tuple(arrays[p].shape) != s or str(arrays[p].dtype) != d
     ]
-    out.append(Finding("schema", not bad, "; ".join(bad) or f"{len(expected)} arrays with the header's shapes and dtypes"))
+    out.append(Finding("schema", not bad, "; ".join(bad) or f"{len(expected)} arrays with the header's shapes and dtypes ({describe(h)})"))
     if bad:
         return out
     paths = digest_paths(h)
-    data, damaged = r.load_checked(paths)
+    try:
+        derive = parameter_deriver(h)
+    except DRError as e:  # derived parameters from another sampler version
+        return [*out, Finding("params", False, str(e))]
+    data, damaged = r.load_checked(paths, derive=derive)
     if damaged:
         return out + _chunk_checks(r, damaged)
-    out.append(Finding("chunks", True, f"{int(done.sum())} chunks x {len(paths)} arrays match the digests recorded when they were written"))
-    skipped = data["source/skipped"].astype(bool)
+    derived = " (parameters re-derived with the keyed sampler)" if derive is not None else ""
+    out.append(
+        Finding(
+            "chunks", True, f"{int(done.sum())} chunks x {len(paths)} arrays match the digests recorded when they were written{derived}"
+        )
+    )
+    skipped = data[SKIPPED].astype(bool)
     rows = ~skipped & done.repeat(h.chunk_size)[:n]  # chunks not yet written hold fill values
-    probs = data["targets/probs"].astype(np.float32)[rows]
-    ids = data["targets/ids"][rows]
+    stored_probs = data[PROBS][rows]
+    probs = decode_probs(h, stored_probs)
+    ids = data[IDS][rows]
     problems = []
-    if not np.isfinite(probs).all():
+    if stored_probs.dtype.kind == "f" and not np.isfinite(stored_probs).all():
         problems.append("non-finite probabilities")
     if (probs < 0).any() or (probs > 1).any():
         problems.append("probabilities outside [0, 1]")
@@ -127,9 +126,9 @@ def _param_bounds(r: StoreReader, ok: np.ndarray, data: dict[str, np.ndarray]) -
     h = r.header
     skipped = ~ok
     policy = Policy.from_dict(h.policy)
-    raw = {f.name: data[f"params/{f.name}"] for f in h.param_fields}
-    params = {k: a.astype(np.int64) if a.dtype != np.float16 else a for k, a in raw.items()}
-    sizes = data["source/sizes"].astype(np.int64)
+    raw = {param_name(p): data[p] for p in param_paths(h)}
+    params = {k: a.astype(np.int64) if a.dtype.kind in "iu" else a for k, a in raw.items()}
+    sizes = data[SIZES].astype(np.int64)
     problems = []
     pad = int(h.policy["crop"].get("padding", 0))
     hh, ww = sizes[:, 0][:, None], sizes[:, 1][:, None]
@@ -183,6 +182,7 @@ def verify_store(
     storage_options: dict[str, Any] | None = None,
     max_dp: float | None = None,
     trust_store_teachers: bool = False,
+    min_agreement: float | None = None,
 ) -> list[Finding]:
     """Run every check; returns them (``all(c.ok for c in checks)`` means the store is sound).
 
@@ -205,6 +205,8 @@ def verify_store(
         max_dp: the largest |stored - re-computed| probability the audit accepts (default:
             :func:`replay_tolerance` of the store's recorded teacher precision and device).
         trust_store_teachers: load the teachers named in the header when ``teachers`` is empty.
+        min_agreement: the ``labels`` check's threshold (default: twice chance; 0: not judged
+            unless the store has a class map). Never read from the store.
 
     Returns:
         Every check. Damaged chunks come back as one failed ``chunk`` check each, never as an
@@ -223,6 +225,7 @@ def verify_store(
         storage_options=storage_options,
         max_dp=max_dp,
         trust_store_teachers=trust_store_teachers,
+        min_agreement=min_agreement,
     )
     table = read_segment_table(url, storage_options)
     if not table:
@@ -251,6 +254,7 @@ def _verify_segment(
     storage_options: dict[str, Any] | None,
     max_dp: float | None,
     trust_store_teachers: bool,
+    min_agreement: float | None,
 ) -> list[Finding]:
     """Every check of one store (a segment of ``url`` when ``segments`` names it)."""
     checks = _integrity(r)
@@ -272,9 +276,9 @@ def _verify_segment(
     except DRError as e:
         checks.append(Finding("source", False, str(e)))
         return checks
-    from dr.builder.agreement import label_agreement
+    from dr.audit.agreement import label_agreement
 
-    checks.append(Finding("labels", *label_agreement(r)))
+    checks.append(Finding("labels", *label_agreement(r, min_agreement)))
     audit = _audit_ensemble(h, teachers, trust_store_teachers)
     if isinstance(audit, Finding):
         checks.append(audit)
