@@ -311,7 +311,7 @@ def config_reference() -> str:
             value = f.get_default(call_default_factory=True)
             default = "—" if value is None or value == {} else f"`{_yaml(value)}`"
         bounds = [f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in field_bounds(f).items()]
-        meaning = ((f.description or "") + (f" ({', '.join(bounds)})" if bounds else "")).replace("|", "\\|").replace("<", "&lt;")
+        meaning = ((f.description or "") + (f" ({', '.join(bounds)})" if bounds else "")).replace("|", "\\|").replace("<", "&lt;").replace("[", "\\[")
         rows.append(f"| {shown} | `{name}` | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
 
