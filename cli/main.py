@@ -185,7 +185,7 @@ def _click_type(name: str, f: Any) -> Any:
 def _build_options(command: Any) -> Any:
     """Apply one click option per :class:`~dr.builder.config.BuildConfig` field (and the SOURCE
     argument), generated from the field: its flag, type, bounds, default and help."""
-    from dr.builder.config import BuildConfig
+    from dr.builder.config import RENAMED_KEYS, BuildConfig
 
     for name, f in reversed(list(BuildConfig.model_fields.items())):
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
@@ -208,6 +208,9 @@ def _build_options(command: Any) -> Any:
         if extra.get("metavar"):
             kw["metavar"] = extra["metavar"]
         command = click.option(*flags, name, **kw)(command)
+    for old, new in RENAMED_KEYS.items():  # renamed settings: the old flag, hidden, for one release
+        f = BuildConfig.model_fields[new]
+        command = click.option("--" + old.replace("_", "-"), old, hidden=True, type=_click_type(new, f))(command)
     return command
 
 
@@ -378,9 +381,27 @@ def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
     click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
 
 
+_TRUST_LOCATION_HELP = (
+    "Open the source location the store records whatever it is (a URL, a list:/wds:/hf-disk: spec, a path anywhere). "
+    "Only for a store you trust: without it a recorded location is opened only when it is a local folder inside the "
+    "store's own directory; otherwise pass --source."
+)
+
+
 @cli.command()
 @click.argument("store")
-@click.option("--source", help="The store's source (default: the location recorded in the store).")
+@click.option(
+    "--source",
+    help="The store's source. Default: the location the store records, when it is a local folder inside the store's directory "
+    "(see --trust-store-location).",
+)
+@click.option("--trust-store-location", is_flag=True, help=_TRUST_LOCATION_HELP)
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Skip the content check: the source's images are not re-hashed against the digests the store recorded (count, "
+    "classes and labels are still compared), so the picture may show other images than the teachers saw.",
+)
 @click.option(
     "--index",
     "-i",
@@ -391,15 +412,17 @@ def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
 )
 @click.option("--out", "-o", default="views.png", show_default=True, help="PNG to write.")
 @click.option("--max-views", default=31, show_default=True, type=click.IntRange(1))
-def show(store: str, source: str | None, index: int, out: str, max_views: int) -> None:
+def show(store: str, source: str | None, trust_store_location: bool, no_check: bool, index: int, out: str, max_views: int) -> None:
     """Draw image --index's stored views (replayed) with their top-3 soft labels into a PNG.
 
     Check this picture before spending GPU hours: the views are exactly what the teachers saw.
+    The source is checked as the Dataset checks it, and the images drawn must have the content
+    digests the store recorded (--no-check skips the content check).
     """
     from dr.audit.show import draw_views
 
     try:
-        path = draw_views(store, source, index, out, max_views=max_views)
+        path = draw_views(store, source, index, out, max_views=max_views, check=not no_check, trust_store_location=trust_store_location)
     except DRError as e:
         _fail(e)
     click.echo(f"wrote {path}")
@@ -407,7 +430,14 @@ def show(store: str, source: str | None, index: int, out: str, max_views: int) -
 
 @cli.command()
 @click.argument("store")
-@click.option("--source", help="The store's source (default: the location recorded in the store).")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="The store's source; for an extended store once per segment, in order. Default: the location each segment records, "
+    "when it is a local folder inside the store's directory (see --trust-store-location).",
+)
+@click.option("--trust-store-location", is_flag=True, help=_TRUST_LOCATION_HELP)
 @click.option(
     "--teacher",
     "teachers",
@@ -442,15 +472,23 @@ def show(store: str, source: str | None, index: int, out: str, max_views: int) -
     help="Largest |stored - re-computed| probability the replay audit accepts "
     "(default: 0.01 for fp32 CPU builds, 0.05 fp32 CUDA, 0.25 bf16).",
 )
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    help="The labels check's threshold: the teachers' top-1 agreement with the labels below which the store fails "
+    "(default: twice chance; 0: not judged unless the store has a class map). Never read from the store.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(
     store: str,
-    source: str | None,
+    sources: tuple[str, ...],
+    trust_store_location: bool,
     teachers: tuple[str, ...],
     trust_store_teachers: bool,
     fraction: float,
     content: str,
     max_dp: float | None,
+    min_agreement: float | None,
     as_json: bool,
 ) -> None:
     """Prove STORE: integrity (the sealed header, chunks, shapes, dtypes, sorted
@@ -461,8 +499,10 @@ def verify(
     on replayed views vs the stored top-k).
 
     A store is data: the audit runs the teachers you pass with --teacher, or the store's own
-    with --trust-store-teachers; otherwise it is skipped (SKIP line). Exits non-zero on any
-    failure.
+    with --trust-store-teachers; otherwise it is skipped (SKIP line). The source is --source,
+    or the location the store records when it is a local folder inside the store's directory
+    (--trust-store-location: any recorded location). The labels check judges with
+    --min-agreement, never with a threshold read from the store. Exits non-zero on any failure.
 
     \b
     dr-build verify runs/demo.zarr --teacher 'python:dr.teachers.zoo:cifar_resnet@w.safetensors?depth=20'
@@ -472,12 +512,14 @@ def verify(
     try:
         checks = verify_store(
             store,
-            source,
+            (sources[0] if len(sources) == 1 else list(sources)) if sources else None,
             teachers=list(teachers) or None,
             fraction=fraction,
             content=content,
             max_dp=max_dp,
             trust_store_teachers=trust_store_teachers,
+            min_agreement=min_agreement,
+            trust_store_location=trust_store_location,
         )
     except DRError as e:
         _fail(e, as_json)
@@ -521,7 +563,7 @@ def teachers_eval(
     here saves a wasted build (wrong class order, preprocessing or weights all show up).
     The teachers' classes must be the folder's, or be mapped with --class-map."""
     from dr.agreement import agreement_threshold
-    from dr.builder.teacher_probe import evaluate_teachers, format_evaluation, probe_classes
+    from dr.builder.teacher_eval import evaluate_teachers, format_evaluation, probe_classes
     from dr.sources import open_source
     from dr.teachers import Ensemble
 

@@ -68,6 +68,9 @@ class ReinforcedDataset(StoredViews, Dataset):
             store's k; default all). The mass left out is the loss's ``rest`` (spread over the
             other classes by :func:`dr.loss.soft_cross_entropy`'s default, or renormalised
             with ``rest="renormalize"``): a store built with a large k serves any smaller one.
+        trust_store_location: open the source the store records even when it is a URL, a
+            source spec or a path outside the store's folder (default: pass ``source=`` for
+            those; see the store-safety guide).
         return_labels: items are ``(view, target, label)``: the image's dataset label (an
             ``int64`` scalar tensor) joins the soft target, for the loss's hard-label term
             (``soft_cross_entropy(logits, target, labels=label, hard_weight=w)``).
@@ -101,6 +104,7 @@ class ReinforcedDataset(StoredViews, Dataset):
         topk: int | None = None,
         segments: Sequence[int] | None = None,
         return_labels: bool = False,
+        trust_store_location: bool = False,
     ) -> None:
         if isinstance(p_original, bool) or not isinstance(p_original, (int, float)) or not 0.0 <= p_original <= 1.0:
             raise ConfigError(f"p_original={p_original!r}: use a probability in [0, 1]")
@@ -117,6 +121,7 @@ class ReinforcedDataset(StoredViews, Dataset):
             memory_budget=memory_budget,
             cache_chunks=cache_chunks,
             output_size=output_size,
+            trust_store_location=trust_store_location,
         )
         self.transform = transform or to_float
         self.p_original = float(p_original)

@@ -43,6 +43,8 @@ class DeviceReplay(StoredViews):
             images are decoded.
         memory_budget: bytes of metadata to hold in memory; above it, read by chunk (the same
             rule as ``ReinforcedDataset(memory_budget=)``: draw batches with :meth:`sampler`).
+        trust_store_location: open the source the store records even when it is a URL, a
+            source spec or a path outside the store's folder (the same rule as ``ReinforcedDataset``).
 
     Raises:
         ConfigError: ``topk`` outside ``[1, k]``.
@@ -63,6 +65,7 @@ class DeviceReplay(StoredViews):
         topk: int | None = None,
         segments: Sequence[int] | None = None,
         memory_budget: int = 4 << 30,
+        trust_store_location: bool = False,
     ) -> None:
         super().__init__(
             store,
@@ -74,6 +77,7 @@ class DeviceReplay(StoredViews):
             storage_options=storage_options,
             memory_budget=memory_budget,
             output_size=output_size,
+            trust_store_location=trust_store_location,
         )
         self.device = torch.device(device)
         #: the dataset label of each source image, int64 (index it with :meth:`labels_of`'s items)

@@ -12,7 +12,8 @@ shared memory, so DataLoader workers, forked or spawned, read one copy -- and ot
 chunk by chunk through a small per-process cache (pair that with :meth:`StoredViews.sampler`,
 whose chunk-aware order keeps the cache hot). Rows of damaged chunks are never served.
 
-Also here: what every reader trusts before use -- :func:`check_source`, :class:`ChunkGuard`,
+Also here: what every reader trusts before use -- :func:`reader_source` (which source a reader
+may open: a store never steers reads), :func:`check_source`, :class:`ChunkGuard`,
 :func:`open_checked` and :func:`parameter_deriver`.
 """
 
@@ -31,7 +32,7 @@ import torch
 from dr.errors import ConfigError, SamplerVersionError, StoreDamagedError, StoreMismatchError
 from dr.orders import view_choice
 from dr.policy import SAMPLER_VERSION, Policy
-from dr.sources import ConcatSource, Source, open_source
+from dr.sources import ConcatSource, Source, looks_like_spec, open_source
 from dr.storage import StoreHeader, StoreReader
 from dr.storage.integrity import ChunkProblem, damage_message
 from dr.storage.layout import (
@@ -48,6 +49,7 @@ from dr.storage.layout import (
     param_paths,
 )
 from dr.storage.segments import SegmentedStore, has_segments
+from dr.urls import is_url, strip_file_scheme
 
 __all__ = [
     "ChunkGuard",
@@ -56,6 +58,7 @@ __all__ = [
     "check_source",
     "open_checked",
     "parameter_deriver",
+    "reader_source",
     "served_topk",
 ]
 
@@ -142,7 +145,8 @@ def check_source(
         if bad:
             problems.append(f"content of {len(bad)} of {len(idx)} checked images differs, e.g. {source.describe(bad[0])}")
     if problems:
-        raise StoreMismatchError(f"source {source!r} is not the dataset store {store!r} was built from: " + "; ".join(problems))
+        hint = f" (the store records that it was built from {ds.location!r})" if ds.location else ""
+        raise StoreMismatchError(f"source {source!r} is not the dataset store {store!r} was built from: " + "; ".join(problems) + hint)
 
 
 class ChunkGuard:
@@ -232,26 +236,34 @@ def open_checked(
     storage_options: Mapping[str, Any] | None = None,
     verify_source: Literal["sample", "all", "none"] = "sample",
     segments: Sequence[int] | None = None,
+    trust_store_location: bool = False,
 ) -> OpenedStore:
-    """Open a complete store and its source (default: the location the store records), read
-    ``source/labels``, ``source/skipped`` and ``paths`` digest-checked, and check the source.
+    """Open a complete store and its source, read ``source/labels``, ``source/skipped`` and
+    ``paths`` digest-checked, and check the source.
+
+    The source is ``source`` when given; otherwise the location the store records, but only
+    where :func:`reader_source` allows it (a local folder beside the store) or with
+    ``trust_store_location=True``: a store never steers a reader to a URL, a source spec or a
+    path outside its own directory.
 
     An extended store is read whole (every complete segment, as one index space); ``segments``
     selects the segments whose images are served (their sources are opened and checked; the
     others' are not needed), and ``source`` is then one entry per segment (``None``: the
-    recorded location).
+    recorded location, by the same rule).
 
     Raises:
         ConfigError: ``segments`` names a segment the store does not have; ``source`` is not
             one entry per segment.
-        StoreError: no store, a malformed or edited header, an incomplete build.
-        StoreMismatchError: no source given or recorded, or not the store's dataset.
+        StoreError: no store, a malformed or edited header, an incomplete build, a segment
+            table that disagrees with the segment stores.
+        StoreMismatchError: no source given or recorded, a recorded location the rule refuses
+            (named, with the fix), or not the store's dataset.
     """
     if not has_segments(store, storage_options):
         if segments is not None and list(segments) != [0]:
             raise ConfigError(f"segments={list(segments)}: store {store!r} has one segment, 0 (it was never extended)")
         reader = StoreReader(store, storage_options=storage_options)
-        src = open_source(_location(store, source, reader.header), storage_options)
+        src = open_source(_location(store, source, reader.header, store, trust_store_location), storage_options)
         rows, damaged = reader.load_checked([LABELS, SKIPPED, *paths], derive=parameter_deriver(reader.header))
         n = reader.header.dataset.count
         opened = OpenedStore(reader, src, rows, damaged, np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
@@ -277,7 +289,7 @@ def open_checked(
         if seg.index not in chosen:
             parts.append(None)
             continue
-        src = open_source(_location(seg.url, arg, seg.reader.header), storage_options)
+        src = open_source(_location(seg.url, arg, seg.reader.header, store, trust_store_location), storage_options)
         check_source(src, seg.reader, verify_source, skipped=rows[SKIPPED][seg.offset : seg.offset + seg.count].astype(bool))
         parts.append(src)
     labels = [rows[LABELS][s.offset : s.offset + s.count] for s in whole.segments]
@@ -286,12 +298,75 @@ def open_checked(
     return OpenedStore(whole, concat, rows, damaged, segment, np.isin(segment, chosen))
 
 
-def _location(store: str, source: Any, header: StoreHeader) -> Any:
+def reader_source(
+    store: str, header: StoreHeader, source: Any = None, *, root: str | None = None, trust_store_location: bool = False
+) -> Any:
+    """The source a reader opens for ``store``: ``source`` when the user gives one, else the
+    location ``header`` records -- which a reader follows only when it is a plain local path
+    that resolves (symbolic links followed) inside the directory holding the store the user
+    opened, or when the user trusts the store (``trust_store_location=True``).
+
+    A store's header is not sealed where it names its source, and anyone can edit it: a
+    recorded URL would make a reader fetch from a server the store chooses; a ``list:``,
+    ``wds:`` or ``hf-disk:`` spec names files (or URLs) anywhere; a path outside the store's
+    directory reads what the store points to. Such a location is shown in the message, as a
+    hint, and not opened.
+
+    Args:
+        store: the store (or segment) whose header this is, for messages.
+        header: its header.
+        source: the user's source (a path, a spec or a dataset object), or ``None``.
+        root: the store the user opened (for a segment: the base store; default ``store``):
+            the recorded location must lie inside its parent directory.
+        trust_store_location: follow the recorded location whatever it is.
+
+    Returns:
+        ``source``, or the recorded location.
+
+    Raises:
+        StoreMismatchError: no source given and none recorded, or a recorded location the
+            rule refuses (the message names it, why, and the fix).
+    """
     if source is not None:
         return source
-    if header.dataset.location is None:
-        raise StoreMismatchError(f"store {store!r} records no source location: pass source=")
-    return header.dataset.location
+    location = header.dataset.location
+    if location is None:
+        raise StoreMismatchError(f"store {store!r} records no source location: pass the source yourself (source=..., or --source ...)")
+    if trust_store_location:
+        return location
+    why = _unfollowed(location, str(root if root is not None else store))
+    if why is not None:
+        raise StoreMismatchError(
+            f"store {store!r} records its source at {location!r}, which a reader does not open unless you ask: {why}. "
+            "A store never chooses what a reader reads. Pass the source yourself (source=... in Python, --source ... "
+            "on the command line), or, for a store you trust, follow the recorded location with trust_store_location=True "
+            "(--trust-store-location)"
+        )
+    return location
+
+
+def _unfollowed(location: str, root: str) -> str | None:
+    """Why a reader does not follow ``location`` for the store at ``root`` (``None``: it may)."""
+    if "://" in location or location.startswith("file:"):
+        return "it is a URL"
+    if not os.path.isabs(location):
+        if looks_like_spec(location):
+            kind = location.partition(":")[0]
+            return f"it is a {kind}: source spec, whose entries, shards or files may name any file or URL"
+        return "it is not an absolute local path"
+    if is_url(root):
+        return "the store was opened by URL, and only a local store's own folder is followed"
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(strip_file_scheme(root))))  # the folder the user named, resolved
+    if os.path.dirname(folder) == folder:
+        return f"the store lies in the file system's root {folder!r}, so no folder is its own"
+    target = os.path.realpath(location)
+    if os.path.commonpath([folder, target]) != folder:
+        return f"it lies outside {folder!r}, the folder that holds the store"
+    return None
+
+
+def _location(store: str, source: Any, header: StoreHeader, root: str, trust_store_location: bool) -> Any:
+    return reader_source(store, header, source, root=root, trust_store_location=trust_store_location)
 
 
 def _shared(a: np.ndarray) -> torch.Tensor:
@@ -316,6 +391,9 @@ class StoredViews:
             read chunk by chunk.
         cache_chunks: store chunks each process keeps when reading by chunk.
         output_size: replay size (default: the build's).
+        trust_store_location: open the source from the location the store records even when it
+            is a URL, a source spec or a path outside the store's folder (default: only a local
+            folder beside the store; otherwise pass ``source=``). See the store-safety guide.
 
     Raises:
         ConfigError: ``topk`` outside ``[1, k]``, unknown ``segments``.
@@ -337,6 +415,7 @@ class StoredViews:
         memory_budget: int = 4 << 30,
         cache_chunks: int = 8,
         output_size: int | None = None,
+        trust_store_location: bool = False,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
             raise ConfigError(f"seed={seed!r}: use an integer in [0, 2**63 - 1]")
@@ -344,7 +423,14 @@ class StoredViews:
             raise ConfigError(f"cache_chunks={cache_chunks!r}: keep at least 1 chunk per process")
         self.store = str(store)
         self.storage_options = dict(storage_options or {})
-        opened = open_checked(self.store, source, storage_options=self.storage_options, verify_source=verify_source, segments=segments)
+        opened = open_checked(
+            self.store,
+            source,
+            storage_options=self.storage_options,
+            verify_source=verify_source,
+            segments=segments,
+            trust_store_location=trust_store_location,
+        )
         #: the store's header (``None`` only for ``DeviceReplay.fresh_only``, which reads no store)
         self.header: StoreHeader = opened.header
         self.source: Source = opened.source
@@ -362,6 +448,22 @@ class StoredViews:
         self.indices: np.ndarray = np.flatnonzero(~self.skipped & opened.served)
         #: the segment of each item (0 for a store that was never extended)
         self.segment_ids: np.ndarray = opened.segment[self.indices]
+        self._fields = param_paths(self.header)
+        damaged = self._place_metadata(opened, memory_budget)
+        self.cache_chunks = int(cache_chunks)
+        self._meta: dict[str, np.ndarray] | None = None
+        self._readers: dict[int, tuple[StoreReader, Deriver | None]] = {}
+        self._reader_pid = -1
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._view_blocks: dict[int, dict[int, np.ndarray]] = {}
+        #: damaged store chunks (found on open, or when a chunk is read): their rows are refused
+        self.guard: ChunkGuard = opened.guard(self.store, damaged)
+
+    def _place_metadata(self, opened: OpenedStore, memory_budget: int) -> list[ChunkProblem]:
+        """Where the metadata lives: read whole into shared memory when it fits the budget, else
+        left for chunk-by-chunk reads (the segments' urls and chunk numbers kept for that).
+        Returns the damaged chunks found (on open and while reading)."""
         reader = opened.reader
         parts = reader.segments if isinstance(reader, SegmentedStore) else None
         #: (url, first image, first global chunk) of each segment, for reading by chunk
@@ -372,8 +474,9 @@ class StoredViews:
             if isinstance(reader, SegmentedStore)
             else np.arange(len(self.label_of)) // self.header.chunk_size
         )
-        self._fields = param_paths(self.header)
         need = reader.nbytes([*self._fields, *TARGET_ARRAYS])
+        #: bytes of the metadata (parameters and targets) once decoded
+        self.metadata_bytes = int(need)
         #: whether the metadata is held in memory (else read by chunk)
         self.in_memory = need <= memory_budget
         damaged = list(opened.damaged)
@@ -387,15 +490,7 @@ class StoredViews:
             damaged += more
         else:
             log.info("store metadata (%d MB) exceeds memory_budget: reading by chunk (use .sampler() as the loader's sampler)", need >> 20)
-        self.cache_chunks = int(cache_chunks)
-        self._meta: dict[str, np.ndarray] | None = None
-        self._readers: dict[int, tuple[StoreReader, Deriver | None]] = {}
-        self._reader_pid = -1
-        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._view_blocks: dict[int, dict[int, np.ndarray]] = {}
-        #: damaged store chunks (found on open, or when a chunk is read): their rows are refused
-        self.guard: ChunkGuard = opened.guard(self.store, damaged)
+        return damaged
 
     # -- epochs and views ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:

@@ -179,7 +179,7 @@ def train(work: Path, name: str, seed: int, quiet: bool) -> dict[str, Any]:
     _, test = _data(work)
     store = str(work / "cifar10-grown.zarr")
     torch.manual_seed(seed)
-    rep = DeviceReplay(store, seed=seed, segments=segments)
+    rep = DeviceReplay(store, seed=seed, segments=segments, trust_store_location=True)  # the lists this script wrote
     src = ImageFolderSource(str(test))
     x_test = torch.stack([torch.from_numpy(src.read(i)[0]).permute(2, 0, 1) for i in range(len(src))])
     y_test = torch.from_numpy(src.labels())

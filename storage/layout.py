@@ -111,6 +111,8 @@ WORKER_ARRAYS = (IDS, PROBS, SIZES, DIGESTS, SKIPPED)
 
 #: the dtypes ``targets/probs`` may have
 PROBS_DTYPES = ("float16", "uint8")
+#: the probabilities' dtype of a version-3 store (and of a version-4 store's default)
+VERSION_3_PROBS: Literal["float16"] = "float16"
 #: the largest |decoded - exact| probability each encoding allows (float16 rounds a probability
 #: in [0, 1] by at most half its last place at 1.0, 2**-12; uint8's linear code by half a step)
 PROBS_MAX_ERROR = {"float16": 2.0**-12, "uint8": 0.5 / 255}
@@ -160,14 +162,14 @@ def _ids_dtype(header: StoreHeader) -> str:
 
 def probs_dtype(header: StoreHeader) -> str:
     """``float16`` or ``uint8``: how ``targets/probs`` is stored."""
-    return header.layout.probs if header.layout is not None else "float16"
+    return str(header.layout.probs) if header.layout is not None else VERSION_3_PROBS
 
 
 def encode_probs(header: StoreHeader, probs: np.ndarray) -> np.ndarray:
     """Probabilities in ``[0, 1]`` as the store keeps them: float16, or uint8 with the linear
     code ``q = round(255 p)``. Monotone, so sorted probabilities stay sorted; the error bound is
     :data:`PROBS_MAX_ERROR`."""
-    if probs_dtype(header) == "float16":
+    if probs_dtype(header) == VERSION_3_PROBS:
         return np.asarray(probs).astype(np.float16)
     p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
     return np.rint(p * _UINT8_SCALE).astype(np.uint8)

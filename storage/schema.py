@@ -7,7 +7,7 @@ declared in :mod:`dr.storage.layout` (paths, shapes, dtypes, chunking, codecs, f
 Version 4 adds ``header.layout`` (:class:`StoreLayout`): sharding (``shard_images``), the
 probabilities' dtype (float16 or uint8) and stored or derived parameters (with the keyed
 sampler's version). A store whose layout is version 3's -- unsharded, float16, stored
-parameters -- is written as a version-3 store, byte for byte what dr 0.2 writes, so dr 0.2
+parameters -- is written as a version-3 store, in the layout dr 0.2 writes, so dr 0.2
 reads it; this code reads both versions.
 
 The ensemble record (``header.ensemble``, part of the resume key) holds the *resolved* teacher
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from dr.errors import ConfigError
 from dr.limits import MAX_CHUNK_SIZE, MAX_IMAGES, MAX_OUTPUT_SIZE, MAX_SEED, MAX_SHARD_IMAGES, MAX_TOPK, MAX_VIEWS
+from dr.storage.layout import VERSION_3_PROBS
 
 __all__ = [
     "FORMAT",
@@ -110,14 +111,14 @@ class StoreLayout(_Strict):
     """
 
     shard_images: int | None = Field(default=None, ge=1, le=MAX_SHARD_IMAGES)
-    probs: Literal["float16", "uint8"] = "float16"
+    probs: Literal["float16", "uint8"] = VERSION_3_PROBS
     params: Literal["stored", "derived"] = "stored"
     sampler_version: int = Field(ge=1, le=1_000_000)
 
     @property
     def is_version_3(self) -> bool:
         """Whether this is version 3's layout (unsharded, float16, stored parameters)."""
-        return self.shard_images is None and self.probs == "float16" and self.params == "stored"
+        return self.shard_images is None and self.probs == VERSION_3_PROBS and self.params == "stored"
 
 
 class DatasetInfo(_Strict):

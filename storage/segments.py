@@ -17,6 +17,14 @@ concatenates them), and the teachers, policy, V, k, seed and chunking are the ba
 (:func:`extension_problems` names any difference). Readers of this package serve every
 *complete* segment, as one index space (:class:`SegmentedStore`); a 0.2 reader sees segment 0,
 a valid store of the images it was built from.
+
+The table and the segment stores must agree, or readers refuse the store (naming the
+disagreement and the fix) instead of serving part of it without a word: segment stores with no
+table, a complete segment store the table does not list, a row marked ``building`` whose store
+is complete or that other rows follow, a row whose count or labels differ from the segment's
+sealed header (:func:`table_problems`, :class:`SegmentedStore`). A segment that is genuinely
+still building (its row and its store both ``building``, or no store yet) is left out with a
+WARNING naming its images: training goes on while new images are labelled.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ __all__ = [
     "has_segments",
     "read_segment_table",
     "segment_url",
+    "table_problems",
     "write_segment_table",
 ]
 
@@ -111,9 +120,16 @@ def read_segment_table(store: str, storage_options: Mapping[str, Any] | None = N
         The rows, in segment order.
 
     Raises:
-        StoreError: a malformed table (the message names the row and field).
+        StoreError: a malformed table (the message names the row and field); segment stores
+            but no table; a complete segment store the table does not list.
     """
     if not store_exists(_table_url(store), storage_options):
+        if store_exists(segment_url(store, 1), storage_options):
+            raise StoreError(
+                f"store {store!r} holds segment stores (segments/1, ...) but no segment table (the 'segments' group's zarr.json "
+                "is missing or not a group): a reader would serve segment 0 alone and leave every extension's images out. "
+                "Restore STORE/segments/zarr.json from a copy of the store, or delete the segments folder to keep segment 0 only"
+            )
         return []
     attrs = dict(open_group(_table_url(store), storage_options=storage_options).attrs)
     if attrs.get("format") != SEGMENTS_FORMAT:
@@ -131,7 +147,69 @@ def read_segment_table(store: str, storage_options: Mapping[str, Any] | None = N
     for i, rec in enumerate(out, start=1):
         if rec.index != i or rec.path != f"segments/{i}":
             raise StoreError(f"store {store!r}: segment table row {i - 1} is segment {rec.index} at {rec.path!r}, expected segments/{i}")
+    _refuse_unlisted(store, len(out), storage_options)
     return out
+
+
+def _segment_status(url: str, storage_options: Mapping[str, Any] | None) -> str | None:
+    """The ``status`` a segment store's header says (``None``: no store there)."""
+    if not store_exists(url, storage_options):
+        return None
+    status = dict(open_group(url, storage_options=storage_options).attrs).get("status")
+    return str(status) if status is not None else "unknown"
+
+
+def _refuse_unlisted(store: str, rows: int, storage_options: Mapping[str, Any] | None) -> None:
+    """A segment store after the table's last row: refused when it is complete (its images would
+    be left out without a word), logged when it is not (it serves nothing)."""
+    nxt = rows + 1
+    status = _segment_status(segment_url(store, nxt), storage_options)
+    if status is None:
+        return
+    if status != "building":
+        raise StoreError(
+            f"store {store!r}: segments/{nxt} holds a {status} segment store that the segment table does not list (it has "
+            f"{rows} row(s)): a reader would leave its images out without a word. Restore the table (STORE/segments/zarr.json) "
+            f"from a copy of the store, or delete segments/{nxt} if it does not belong to the store"
+        )
+    log.warning("store %s: segments/%d holds an unfinished segment store the segment table does not list; it is not served", store, nxt)
+
+
+def table_problems(store: str, records: Sequence[SegmentRecord], storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Where the ``building`` rows of a segment table disagree with the segment stores.
+
+    A row is ``building`` from the moment an extension is planned until its store completes;
+    only the last row may be building, and its store is then missing or building too. A
+    building row whose store is complete was edited (or the extension stopped between
+    finishing the store and recording it): a reader would leave its images out.
+
+    Args:
+        store: the base store's path or URL.
+        records: its segment table (:func:`read_segment_table`).
+        storage_options: fsspec options for a remote store.
+
+    Returns:
+        One message per disagreement, naming the segment and the fix; empty when they agree.
+    """
+    problems = []
+    for i, rec in enumerate(records):
+        if rec.status != "building":
+            continue
+        images = f"images {rec.offset}-{rec.offset + rec.count - 1}"
+        if i != len(records) - 1:
+            problems.append(
+                f"segment {rec.index} ({images}) is marked building but segments after it are listed: only the last "
+                "extension can be building. Restore the table (STORE/segments/zarr.json) from a copy of the store"
+            )
+            continue
+        status = _segment_status(segment_url(store, rec.index), storage_options)
+        if status not in (None, "building"):
+            problems.append(
+                f"segment {rec.index} ({images}, from {rec.location}) is marked building in the segment table but its store "
+                f"is {status}: the table was edited, or its extension stopped between finishing the store and recording it. "
+                "Run that extension's command again with --resume to record it (or restore the table from a copy of the store)"
+            )
+    return problems
 
 
 def write_segment_table(store: str, records: Sequence[SegmentRecord], storage_options: Mapping[str, Any] | None = None) -> None:
@@ -212,8 +290,10 @@ class SegmentedStore:
     """The complete segments of a store, read as one store.
 
     Global image ``i`` is image ``i - offset`` of the segment that holds it; global chunk
-    numbers run through the segments in order. Segments still building are not served (a log
-    line says so); the base store must be complete.
+    numbers run through the segments in order. A segment still building is not served (a
+    WARNING names its images); the base store must be complete. A segment table that
+    disagrees with the segment stores is refused (:func:`read_segment_table`,
+    :func:`table_problems`), never served in part without a word.
 
     Args:
         url: the base store.
@@ -225,7 +305,8 @@ class SegmentedStore:
             the last segment's classes); its other fields are every segment's.
 
     Raises:
-        StoreError: a segment that does not match the base store (named), a bad table.
+        StoreError: a segment that does not match the base store (named), a bad table, a
+            table that disagrees with the segment stores.
     """
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -233,9 +314,22 @@ class SegmentedStore:
         base = StoreReader(self.url, storage_options=storage_options)
         self.base = base
         parts = [Segment(0, self.url, base, 0, base.header.dataset.count, 0)]
-        for rec in read_segment_table(self.url, storage_options):
+        table = read_segment_table(self.url, storage_options)
+        disagree = table_problems(self.url, table, storage_options)
+        if disagree:
+            raise StoreError(f"store {self.url!r}: its segment table disagrees with its segment stores: " + "; ".join(disagree))
+        for rec in table:
             if rec.status != "complete":
-                log.info("store %s: segment %d (%s) is still building; it is not served", self.url, rec.index, rec.location)
+                log.warning(
+                    "store %s: segment %d (%d images from %s, images %d-%d) is still building: its images are left out until "
+                    "its extension completes",
+                    self.url,
+                    rec.index,
+                    rec.count,
+                    rec.location,
+                    rec.offset,
+                    rec.offset + rec.count - 1,
+                )
                 break
             seg_url = segment_url(self.url, rec.index)
             reader = StoreReader(seg_url, storage_options=storage_options)
@@ -243,8 +337,13 @@ class SegmentedStore:
             problems = extension_problems(base.header, reader.header, offset)
             if reader.header.dataset.count != rec.count or reader.header.dataset.labels_sha256 != rec.labels_sha256:
                 problems.append("the segment table's count or labels hash differs from the segment's sealed header")
+            if rec.offset != offset:
+                problems.append(f"the segment table says it starts at image {rec.offset}, the segments before it end at {offset}")
             if problems:
-                raise StoreError(f"store {self.url!r}: segment {rec.index} does not extend it: " + "; ".join(problems))
+                raise StoreError(
+                    f"store {self.url!r}: segment {rec.index} does not extend it: " + "; ".join(problems) + ". Restore the segment "
+                    "and the segment table (STORE/segments) from a copy of the store, or rebuild the extension"
+                )
             chunks = -(-parts[-1].count // base.header.chunk_size)
             parts.append(Segment(rec.index, seg_url, reader, offset, rec.count, parts[-1].chunk_base + chunks))
         self.segments = parts

@@ -22,6 +22,7 @@ __all__ = [
     "CifarResNet",
     "ResNet9",
     "cifar_resnet",
+    "pooled_projection",
     "resnet64",
     "resnet9",
     "tiny_cnn",
@@ -181,4 +182,21 @@ def tiny_cnn(num_classes: int = 10, width: int = 8) -> nn.Module:
         nn.Linear(2 * width, num_classes),
     )
     model.pretrained_cfg = _cfg(num_classes)  # type: ignore[assignment]
+    return model
+
+
+def pooled_projection(num_classes: int = 1000, grid: int = 4, input_size: int = 32) -> nn.Module:
+    """A teacher that costs almost nothing: the view average-pooled to ``grid x grid`` and a
+    random linear projection to ``num_classes`` logits (``python:dr.teachers.zoo:pooled_projection``,
+    with ``--allow-random-teachers``). Its labels mean nothing; it exists to measure everything
+    else a build does -- decoding, sampling, replay, writing -- at ImageNet's scale
+    (``bench/imagenet_scale.py``).
+
+    Args:
+        num_classes: the label space (1,000: ImageNet's).
+        grid: the pooled grid's side.
+        input_size: the view size it expects (recorded in ``pretrained_cfg``).
+    """
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten(), nn.Linear(3 * grid * grid, num_classes))
+    model.pretrained_cfg = _cfg(num_classes, input_size, IMAGENET_MEAN, IMAGENET_STD)  # type: ignore[assignment]
     return model

@@ -40,9 +40,10 @@ def rehash_store(url: str) -> None:
         g["build/digests"][c] = np.stack(rows)
 
 
-def build_in_process(src: Any, teacher: str, policy: str, out: Any, crop_scale: float | None = None) -> str:
+def build_in_process(src: Any, teacher: str, policy: str, out: Any, crop_scale: float | None = None, **config: Any) -> str:
     """A real store written without Ray (the worker class in-process), for fast tests: V = 3,
-    k = 3, 32-px views, chunks of 32 images."""
+    k = 3, 32-px views, chunks of 32 images; ``config``: other BuildConfig fields (the layout:
+    shard_images, probs_dtype, params)."""
     from dr.builder import UnitWorker
     from dr.builder.config import BuildConfig
     from dr.builder.driver import make_header
@@ -60,6 +61,7 @@ def build_in_process(src: Any, teacher: str, policy: str, out: Any, crop_scale: 
         topk=3,
         chunk_size=32,
         out=str(out),
+        **config,
     )
     source = ImageFolderSource(src)
     ens = Ensemble.from_specs([teacher])
@@ -70,5 +72,64 @@ def build_in_process(src: Any, teacher: str, policy: str, out: Any, crop_scale: 
         a, b = writer.chunk_rows(c)
         r = worker.compute(a, b)
         writer.write_chunk(c, r.arrays, r.skipped)
+    writer.finalize()
+    return str(out)
+
+
+class TinyImages:
+    """A map-style dataset of seeded random ``size x size`` RGB images and labels (a source for
+    synthetic stores: ``dr.sources.TorchDatasetSource(TinyImages(...))``)."""
+
+    def __init__(self, n: int, size: int = 8, classes: int = 10, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        self.targets = (np.arange(n) % classes).tolist()
+        self.classes = [f"c{i}" for i in range(classes)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.images[i], self.targets[i]
+
+
+def synthetic_store(
+    out: Any, source: Any, *, views: int, topk: int, chunk_size: int, policy: str = "rrc", output_size: int = 8, **config: Any
+) -> str:
+    """A complete, valid store of ``source`` written without teachers: the parameters a build
+    would sample (the keyed sampler), random sorted top-k targets. For tests of the readers
+    at sizes a real build would take minutes for."""
+    from dr.builder.config import BuildConfig
+    from dr.builder.driver import make_header
+    from dr.policy import Policy
+    from dr.storage import StoreWriter
+    from dr.storage.layout import DIGESTS, IDS, PROBS, SIZES, SKIPPED, param_path
+
+    classes = len(source.classes)
+    cfg = BuildConfig(
+        source="synthetic",
+        teachers=["timm:none@none.safetensors"],
+        policy=policy,
+        output_size=output_size,
+        views=views,
+        topk=topk,
+        chunk_size=chunk_size,
+        out=str(out),
+        **config,
+    )
+    header = make_header(cfg, source, {"teachers": [{"spec": "synthetic"}], "temperature": 1.0}, classes)
+    writer = StoreWriter.create(str(out), header, source.labels())
+    pol = Policy.from_dict(writer.header.policy)
+    rng = np.random.default_rng(0)
+    for c in range(writer.n_chunks):
+        a, b = writer.chunk_rows(c)
+        sizes = np.asarray([source.read(i)[0].shape[:2] for i in range(a, b)])
+        params = pol.chunk_params(0, a, sizes, np.zeros(b - a, bool), views)
+        probs = np.sort(rng.random((b - a, views, topk)), axis=-1)[..., ::-1] / topk  # sorted, mass < 1
+        ids = (rng.integers(0, classes, (b - a, views, 1)) + np.arange(topk)) % classes  # distinct per view
+        arrays = {param_path(k): v for k, v in params.items()}
+        digests = np.stack([np.frombuffer(source.read(i)[1], np.uint8) for i in range(a, b)])
+        arrays.update({IDS: ids, PROBS: probs, SIZES: sizes.astype(np.uint32), DIGESTS: digests, SKIPPED: np.zeros(b - a, np.uint8)})
+        writer.write_chunk(c, arrays)
     writer.finalize()
     return str(out)

@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PUBLIC_MODULES = ("dr", "dr.teachers", "dr.storage", "dr.storage.segments", "dr.continual")
 DEMO_STORE = "runs/demo.zarr"  # what `make demo` builds and the quickstart names
+DEMO_SOURCE = "examples/assets/cifar10-sample"  # the images it is built from
 
 
 def _section(text: str, heading: str) -> str:
@@ -43,13 +44,14 @@ def _quickstart(page: str, heading: str) -> str:
     return blocks[0]
 
 
-def test_quickstart_runs_as_written(cifar64_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's Python, with only the demo store's path replaced by a store built the same
-    way (policy ``cifar``, the bundled CIFAR-10 JPEGs; 64 images, V = 4, k = 3)."""
+def test_quickstart_runs_as_written(cifar64_store: str, cifar64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python, with only the demo store's path and its source replaced by a store
+    built the same way (policy ``cifar``, the bundled CIFAR-10 JPEGs; 64 images, V = 4, k = 3)."""
     code = _quickstart("README.md", "## Quickstart")
+    assert DEMO_SOURCE in code  # the source is named: a store never steers a reader
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(code.replace(DEMO_STORE, cifar64_store), "README.md", "exec"), scope)
+    exec(compile(code.replace(DEMO_STORE, cifar64_store).replace(DEMO_SOURCE, str(cifar64)), "README.md", "exec"), scope)
     loss = float(scope["loss"].detach())
     assert scope["epoch"] == 1 and math.isfinite(loss) and loss > 0
 

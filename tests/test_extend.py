@@ -92,7 +92,7 @@ def _same_as_one_shot(store: str, one: str, first: int) -> None:
 
     from dr import ReinforcedDataset
 
-    grown_ds, whole_ds = ReinforcedDataset(store), ReinforcedDataset(one)
+    grown_ds, whole_ds = ReinforcedDataset(store, trust_store_location=True), ReinforcedDataset(one, trust_store_location=True)
     assert len(grown_ds) == len(whole_ds) == 64
     for epoch in (0, 3):
         grown_ds.set_epoch(epoch), whole_ds.set_epoch(epoch)
@@ -159,7 +159,7 @@ def test_interrupted_extension_resumes(grown: str, lists: dict[str, str], tiny_t
     shutil.rmtree(f"{store}/segments")  # the store as first built: 40 images
     first = reinforce(BuildConfig(source=lists["b24"], teachers=[tiny_teacher], extend=store, max_chunks=1), progress=False)
     assert not first.complete and first.chunks_computed == 1
-    assert len(ReinforcedDataset(store)) == 40  # an unfinished segment is not served; the store stays usable
+    assert len(ReinforcedDataset(store, trust_store_location=True)) == 40  # an unfinished segment is not served; the store stays usable
     with pytest.raises(StoreMismatchError, match="still building: add --resume"):
         reinforce(BuildConfig(source=lists["b24"], teachers=[tiny_teacher], extend=store), progress=False)
     with pytest.raises(StoreMismatchError, match="segment 1 .* is still building; finish it first"):
@@ -204,14 +204,14 @@ def test_verify_and_repair_per_segment(grown: str, lists: dict[str, str], tiny_t
 
     store = str(tmp_path / "s.zarr")
     shutil.copytree(grown, store)
-    checks = verify_store(store, teachers=[tiny_teacher])
+    checks = verify_store(store, teachers=[tiny_teacher], trust_store_location=True)
     assert all(c.ok for c in checks) and sum(c.name == "replay" for c in checks) == 2
     # damage one chunk of the extension's targets: segment 1's local chunk 0 = global images 40-55
     arr = zarr.open_array(f"{store}/segments/1/targets/probs", mode="r+")
     arr[0:4] = np.zeros((4, 4, 3), dtype=np.float16)
-    failed = [c for c in verify_store(store) if not c.ok]
+    failed = [c for c in verify_store(store, trust_store_location=True) if not c.ok]
     assert failed and all(c.detail.startswith("segment 1:") for c in failed)
-    ds = ReinforcedDataset(store)
+    ds = ReinforcedDataset(store, trust_store_location=True)
     assert ds[39] is not None and ds[56] is not None  # sound chunks are served
     with pytest.raises(StoreDamagedError, match="segments/1/targets/probs chunk 3"):
         ds[45]
@@ -221,29 +221,29 @@ def test_verify_and_repair_per_segment(grown: str, lists: dict[str, str], tiny_t
         spawned[45]
     fixed = reinforce(BuildConfig(source=lists["b24"], teachers=[tiny_teacher], extend=store, resume=True, repair=True), progress=False)
     assert fixed.complete and fixed.chunks_computed == 1
-    assert all(c.ok for c in verify_store(store))
+    assert all(c.ok for c in verify_store(store, trust_store_location=True))
 
 
 def test_segment_selection(grown: str, lists: dict[str, str]) -> None:
     from dr import ReinforcedDataset
     from dr.replay import DeviceReplay
 
-    new = ReinforcedDataset(grown, segments=[1])
+    new = ReinforcedDataset(grown, segments=[1], trust_store_location=True)
     assert len(new) == 24 and set(new.segment_ids.tolist()) == {1} and new.indices.min() == 40
-    every = ReinforcedDataset(grown)
+    every = ReinforcedDataset(grown, trust_store_location=True)
     assert every.segment_ids.tolist() == [0] * 40 + [1] * 24
-    replay = DeviceReplay(grown, segments=[1])
+    replay = DeviceReplay(grown, segments=[1], trust_store_location=True)
     views, (ids, probs) = replay.batch(np.arange(24), 2)
     for item in (0, 23):  # the same views and targets as the Dataset's, at the same global index
         new.set_epoch(2)
         x, (i, p) = new[item]
         assert torch.allclose(views[item].float() / 255, x) and torch.equal(ids[item], i) and torch.allclose(probs[item], p)
     with pytest.raises(ConfigError, match="complete segments \\[0, 1\\]"):
-        ReinforcedDataset(grown, segments=[2])
+        ReinforcedDataset(grown, segments=[2], trust_store_location=True)
     with pytest.raises(ConfigError, match="one source per segment"):
         ReinforcedDataset(grown, lists["a40"])
     # one source per segment, given explicitly (here: the recorded ones)
-    assert len(ReinforcedDataset(grown, [lists["a40"], None])) == 64
+    assert len(ReinforcedDataset(grown, [lists["a40"], None], trust_store_location=True)) == 64
 
 
 def test_replay_mix_sampler() -> None:

@@ -63,7 +63,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_import_graph_has_no_cycle() -> None:
     modules = _modules()
     graph = {name: _imports(path, name, set(modules)) for name, path in modules.items()}
-    assert "dr.sources.decode" in graph and graph["dr.sources.kinds"] >= {"dr.sources.indexed", "dr.sources.spec"}
+    assert "dr.sources.decode" in graph and graph["dr.sources.wds"] >= {"dr.sources.indexed", "dr.sources.spec"}
     cycle = _cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
 

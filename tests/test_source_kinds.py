@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from dr.errors import BadImageError, SourceError
+from dr.errors import BadImageError, SourceError, StoreMismatchError
 from dr.sources import ImageFolderSource, absolute_location, open_source
 
 KINDS = ("wds", "wds-json", "csv", "jsonl", "hf-disk", "cifar10", "cifar100")
@@ -182,8 +182,11 @@ def test_each_kind_builds_verifies_and_trains(kind: str, repacked: dict[str, str
         source=repacked[kind], teachers=[tiny_teacher], policy="cifar", views=2, topk=3, out=str(out), chunk_size=32, workers=1
     )
     assert reinforce(config, progress=False).complete
-    # the recorded spec re-opens the source; every image's digest is checked (verify's source check)
-    ds = ReinforcedDataset(str(out), verify_source="all")
+    # a recorded spec is followed only when the user says so (a spec may name any file or URL)
+    with pytest.raises(StoreMismatchError, match="does not open unless you ask"):
+        ReinforcedDataset(str(out))
+    # then the recorded spec re-opens the source; every image's digest is checked (verify's source check)
+    ds = ReinforcedDataset(str(out), verify_source="all", trust_store_location=True)
     assert ds.header.dataset.location == absolute_location(repacked[kind])
     loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True)
     model = tiny_cnn(num_classes=10)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dr.errors import ConfigError
+from dr.errors import ConfigError, StoreMismatchError
 
 __all__ = ["draw_views", "target_class_names"]
 
@@ -31,14 +31,91 @@ def target_class_names(header: Any) -> list[str]:
     return [f"class {i}" for i in range(header.num_classes)]
 
 
+def _source_arg(store: str, reader: Any, source: Any, trust_store_location: bool) -> Any:
+    """The source the Dataset is given: the user's, or the recorded location(s) where
+    :func:`dr.views.reader_source` allows (or the user trusts) them."""
+    from dr.storage.segments import SegmentedStore
+    from dr.views import reader_source
+
+    if not isinstance(reader, SegmentedStore):
+        return reader_source(store, reader.header, source, trust_store_location=trust_store_location)
+    if source is not None:  # the Dataset checks one entry per segment
+        return source
+    return [reader_source(s.url, s.reader.header, None, root=store, trust_store_location=trust_store_location) for s in reader.segments]
+
+
+def _same_image(ds: Any, index: int, digests: np.ndarray | None) -> Any:
+    """Source image ``index`` (uint8 ``[3,H,W]``), refused unless it is the image the store holds
+    there (its content digest), when ``digests`` are given."""
+    import torch
+
+    pixels, digest = ds.source.read(index)
+    if digests is not None and digest != digests[index].tobytes():
+        raise StoreMismatchError(
+            f"image {index} of the source ({ds.source.describe(index)}) is not the image store {ds.store!r} holds at that index "
+            "(its content digest differs): the picture would show other images under this store's labels. Pass the source "
+            "the store was built from (--source), or draw anyway with --no-check"
+        )
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def _stored(store: str, index: int, check: bool) -> tuple[Any, np.ndarray]:
+    """The store's reader (every complete segment) and ``source/digests``, digest-checked;
+    refuses an ``index`` without stored views (out of range, or skipped by the build) before any
+    source is opened."""
+    from dr.storage import StoreReader
+    from dr.storage.layout import DIGESTS, SKIPPED
+    from dr.storage.segments import SegmentedStore, has_segments
+
+    reader: Any = SegmentedStore(store) if has_segments(store) else StoreReader(store)
+    rows, damaged = reader.load_checked([SKIPPED, DIGESTS])
+    count = reader.header.dataset.count  # --index is a source index: skipped images keep their numbers
+    skipped = rows[SKIPPED].astype(bool)
+    if not 0 <= index < count:
+        raise ConfigError(
+            f"--index {index} is out of range: it is a source index (the image's position in the source), 0 to {count - 1} "
+            f"(the store's {count} images, {int(skipped.sum())} of them skipped by the build)"
+        )
+    if skipped[index]:
+        reason = reader.header.skipped.get(str(index), "no reason recorded")
+        raise ConfigError(f"--index {index}: the build skipped this image, so it has no stored views ({reason})")
+    if damaged and check:
+        raise StoreMismatchError(
+            f"store {store!r}: its source digests are damaged ({damaged[0]}), so the images drawn cannot be checked: repair "
+            "the store (`dr-build verify` names the chunks), or draw anyway with --no-check"
+        )
+    return reader, np.asarray(rows[DIGESTS])
+
+
 def draw_views(
-    store: str, source: Any, index: int, out: str | Path, *, max_views: int = 32, topn: int = 3, output_size: int | None = None
+    store: str,
+    source: Any,
+    index: int,
+    out: str | Path,
+    *,
+    max_views: int = 32,
+    topn: int = 3,
+    output_size: int | None = None,
+    check: bool = True,
+    trust_store_location: bool = False,
 ) -> Path:
     """Replay up to ``max_views`` stored views of image ``index`` and save a PNG grid.
 
     The first panel is the source image with its label; each view panel shows the replayed
     pixels (as the teachers saw them), the view number, MixUp/CutMix partner if any, and the
     top-``topn`` classes with probabilities.
+
+    The source is checked as the Dataset checks it (count, classes, labels and 32 seeded
+    content hashes), and every image drawn (``index`` and its mixing partners) must have the
+    content digest the store recorded for it: the picture shows what the teachers saw, or
+    nothing. ``check=False`` skips the content hashes (count, classes and labels are still
+    compared). Without ``source``, the recorded location is opened only by the readers' rule
+    (:func:`dr.views.reader_source`) or with ``trust_store_location=True``.
+
+    Raises:
+        ConfigError: ``index`` out of range, or an image the build skipped.
+        StoreMismatchError: the source is not the store's dataset, an image drawn differs from
+            the one the store holds, or a recorded location the rule refuses.
     """
     import matplotlib
 
@@ -47,16 +124,10 @@ def draw_views(
 
     from dr.dataset import ReinforcedDataset
 
-    ds = ReinforcedDataset(store, source, transform=lambda v: v, output_size=output_size, verify_source="none")
-    count = ds.header.dataset.count  # --index is a source index: skipped images keep their numbers
-    if not 0 <= index < count:
-        raise ConfigError(
-            f"--index {index} is out of range: it is a source index (the image's position in the source), 0 to {count - 1} "
-            f"(the store's {count} images, {int(ds.skipped.sum())} of them skipped by the build)"
-        )
-    if ds.skipped[index]:
-        reason = ds.header.skipped.get(str(index), "no reason recorded")
-        raise ConfigError(f"--index {index}: the build skipped this image, so it has no stored views ({reason})")
+    reader, stored = _stored(store, index, check)
+    source = _source_arg(store, reader, source, trust_store_location)
+    ds = ReinforcedDataset(store, source, transform=lambda v: v, output_size=output_size, verify_source="sample" if check else "none")
+    digests = stored if check else None
     classes = ds.header.dataset.classes
     names = target_class_names(ds.header)
     topn = min(topn, ds.header.topk)  # the title and every tile show the same number of labels
@@ -66,16 +137,17 @@ def draw_views(
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 3.1 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    original = ds.image(index).permute(1, 2, 0).numpy()
+    image = _same_image(ds, index, digests)
+    original = image.permute(1, 2, 0).numpy()
     axes[0, 0].imshow(original)
     axes[0, 0].set_title(f"#{index} {classes[int(ds.labels[index])]}\n(original)", fontsize=8)
     for v in range(views):
         params, ids, probs = ds.record(index, v)
-        images, partner = [ds.image(index)], None
+        images, partner = [image], None
         note = ""
         if "mix_kind" in params and int(params["mix_kind"][0]):
             p = int(params["mix_partner"][0])
-            images.append(ds.image(p))
+            images.append(_same_image(ds, p, digests))
             partner = np.ones(1, dtype=np.int64)
             note = f" {'mixup' if int(params['mix_kind'][0]) == 1 else 'cutmix'} #{p}"
         view = ds.policy.replay(images, params, np.zeros(1, dtype=np.int64), partner_index=partner, output_size=ds.output_size)[0]

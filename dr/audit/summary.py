@@ -18,7 +18,7 @@ from dr.errors import StoreIncompleteError
 from dr.humanize import human_bytes
 from dr.storage import StoreReader, store_exists
 from dr.storage.layout import IDS, LABELS, PROBS, SKIPPED, TARGET_ARRAYS, decode_probs, describe, is_param
-from dr.storage.segments import SegmentRecord, read_segment_table, segment_url
+from dr.storage.segments import SegmentedStore, SegmentRecord, read_segment_table, segment_url
 
 __all__ = ["FULL_CHECK_CHUNKS", "SAMPLE_CHUNKS", "store_summary", "format_summary"]
 
@@ -140,12 +140,18 @@ def _label_figures(h: Any, data: dict[str, np.ndarray], rows: np.ndarray) -> dic
 
 
 def _segments(url: str, n: int, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """``segments`` (one row per extension) and ``images_all_segments``, for an extended store."""
+    """``segments`` (one row per extension) and ``images_all_segments``, for an extended store.
+
+    Raises:
+        StoreError: where a reader would refuse the store: segment stores without a table, a
+            table that disagrees with them, a segment that does not extend the store.
+    """
     table = read_segment_table(url, storage_options)
     if not table:
         return {}
+    whole = SegmentedStore(url, storage_options=storage_options)  # the readers' own checks: info refuses what they refuse
     rows = [_segment_row(url, rec, storage_options) for rec in table]
-    return {"segments": rows, "images_all_segments": n + sum(r.count for r in table if r.status == "complete")}
+    return {"segments": rows, "images_all_segments": whole.count}
 
 
 def _segment_row(url: str, rec: SegmentRecord, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -161,7 +167,7 @@ def _segment_row(url: str, rec: SegmentRecord, storage_options: dict[str, Any] |
 
 def _teacher_lines(s: dict[str, Any]) -> list[str]:
     """Per teacher: resolved preprocessing and where its class names came from; the class map."""
-    from dr.teachers.load import describe_preprocess
+    from dr.teachers.preprocess import describe_preprocess
 
     lines = []
     for i, t in enumerate(s.get("teacher_details", [])):

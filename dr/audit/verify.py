@@ -19,8 +19,8 @@ from dr.errors import ConfigError, DRError
 from dr.policy import RA_OPS, Policy
 from dr.storage import StoreReader
 from dr.storage.layout import IDS, PROBS, SIZES, SKIPPED, array_specs, decode_probs, describe, digest_paths, param_name, param_paths
-from dr.storage.segments import read_segment_table, segment_url
-from dr.views import parameter_deriver
+from dr.storage.segments import SegmentedStore, read_segment_table, segment_url
+from dr.views import parameter_deriver, reader_source
 
 __all__ = ["Finding", "verify_store", "format_report", "replay_tolerance"]
 
@@ -183,6 +183,7 @@ def verify_store(
     max_dp: float | None = None,
     trust_store_teachers: bool = False,
     min_agreement: float | None = None,
+    trust_store_location: bool = False,
 ) -> list[Finding]:
     """Run every check; returns them (``all(c.ok for c in checks)`` means the store is sound).
 
@@ -192,9 +193,13 @@ def verify_store(
     ``torchscript:``/``export:`` spec runs a program, so a downloaded store must not choose
     them. Without either, the audit is reported as skipped, with how to run it.
 
+    Nor does a store steer reads: a recorded source location is opened by the readers' rule
+    (:func:`dr.views.reader_source`), else the ``source`` check fails, naming it and the fix.
+
     Args:
         url: the store (path or fsspec URL).
-        source: the store's source (default: the location recorded in it).
+        source: the store's source; for an extended store one entry per segment (``None``: the
+            location the segment records, by the rule above). Default: the recorded locations.
         teachers: teacher specs for the replay audit.
         fraction: share of views re-labelled (at least ``min_views``, at most ``max_views``).
         min_views: fewest views re-labelled.
@@ -207,12 +212,16 @@ def verify_store(
         trust_store_teachers: load the teachers named in the header when ``teachers`` is empty.
         min_agreement: the ``labels`` check's threshold (default: twice chance; 0: not judged
             unless the store has a class map). Never read from the store.
+        trust_store_location: open the source locations the store records whatever they are
+            (URLs, source specs, paths anywhere): only for a store you trust.
 
     Returns:
         Every check. Damaged chunks come back as one failed ``chunk`` check each, never as an
-        exception.
+        exception; a segment table that disagrees with the segment stores is a failed
+        ``segments`` check.
 
     Raises:
+        ConfigError: ``source`` is not one entry per segment of an extended store.
         StoreError: not a store, or a header whose sealed fields were edited.
     """
     audit: dict[str, Any] = dict(
@@ -226,17 +235,45 @@ def verify_store(
         max_dp=max_dp,
         trust_store_teachers=trust_store_teachers,
         min_agreement=min_agreement,
+        trust_store_location=trust_store_location,
     )
-    table = read_segment_table(url, storage_options)
+    try:
+        table = read_segment_table(url, storage_options)
+    except DRError as e:  # segment stores without a table, an unlisted complete segment, a malformed table
+        return [Finding("segments", False, str(e))]
     if not table:
+        if isinstance(source, (list, tuple)):
+            if len(source) != 1:
+                raise ConfigError(f"store {url!r} has one segment (it was never extended): pass one source, not {len(source)}")
+            source = source[0]
         return _verify_segment(url, StoreReader(url, allow_incomplete=True, storage_options=storage_options), source, None, **audit)
-    if source is not None:
-        raise ConfigError(f"store {url!r} has {len(table) + 1} segments, each checked against the source it records: leave the source out")
-    checks: list[Finding] = []
-    for i in range(len(table) + 1):
-        r = StoreReader(url if i == 0 else segment_url(url, i), allow_incomplete=True, storage_options=storage_options)
-        checks += [replace(c, detail=f"segment {i}: {c.detail}") for c in _verify_segment(url, r, None, [i], **audit)]
+    return _verify_segments(url, len(table) + 1, source, audit)
+
+
+def _verify_segments(url: str, parts: int, source: Any, audit: dict[str, Any]) -> list[Finding]:
+    """Every check of an extended store: the segment table, then each segment's checks."""
+    if source is not None and (not isinstance(source, (list, tuple)) or len(source) != parts):
+        raise ConfigError(
+            f"store {url!r} has {parts} segments: pass one source per segment, in order (None: the location a segment records)"
+        )
+    options = audit["storage_options"]
+    checks: list[Finding] = [_segments_check(url, parts, options)]
+    for i in range(parts):
+        r = StoreReader(url if i == 0 else segment_url(url, i), allow_incomplete=True, storage_options=options)
+        given = [None] * parts if source is None else list(source)
+        checks += [replace(c, detail=f"segment {i}: {c.detail}") for c in _verify_segment(url, r, given, [i], **audit)]
     return checks
+
+
+def _segments_check(url: str, parts: int, storage_options: dict[str, Any] | None) -> Finding:
+    """Do the segment table and the segment stores agree, as a reader needs them to?"""
+    try:
+        whole = SegmentedStore(url, storage_options=storage_options)
+    except DRError as e:
+        return Finding("segments", False, str(e))
+    left = parts - len(whole.segments)
+    more = f"; {left} still building (not served until complete)" if left else ""
+    return Finding("segments", True, f"{len(whole.segments)} complete segment(s), {whole.count} images; the table agrees with them{more}")
 
 
 def _verify_segment(
@@ -255,8 +292,10 @@ def _verify_segment(
     max_dp: float | None,
     trust_store_teachers: bool,
     min_agreement: float | None,
+    trust_store_location: bool,
 ) -> list[Finding]:
-    """Every check of one store (a segment of ``url`` when ``segments`` names it)."""
+    """Every check of one store (a segment of ``url`` when ``segments`` names it; ``source`` is
+    then one entry per segment)."""
     checks = _integrity(r)
     if not all(c.ok for c in checks):
         return checks
@@ -264,6 +303,11 @@ def _verify_segment(
 
     h = r.header
     try:
+        if segments is None:
+            source = reader_source(url, h, source, trust_store_location=trust_store_location)
+        else:  # the readers are given the segment's source: the rule is applied here, with the base store as root
+            i = segments[0]
+            source[i] = reader_source(r.url, h, source[i], root=url, trust_store_location=trust_store_location)
         ds = ReinforcedDataset(
             url,
             source,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dr.errors import ConfigError
 from dr.limits import MAX_CHUNK_SIZE, MAX_OUTPUT_SIZE, MAX_SEED, MAX_SHARD_IMAGES, MAX_TOPK, MAX_VIEWS
-from dr.sources import DEFAULT_MAX_IMAGE_PIXELS
+from dr.sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from dr.storage.layout import VERSION_3_PROBS
 
 __all__ = ["BuildConfig", "EXAMPLE_CONFIG", "config_reference", "example_config", "field_bounds", "flag_of", "load_config_file"]
 
@@ -24,6 +26,28 @@ def _field(default: Any, help: str, *, flag: str | None = None, metavar: str | N
     (the value ``dr-build config`` shows; ``None``: the default, commented out) and the bounds."""
     extra = {k: v for k, v in {"flag": flag, "metavar": metavar, "example": example}.items() if v is not None}
     return Field(default, description=help, json_schema_extra=extra or None, **rules)
+
+
+RENAMED_KEYS = {"check_on": "eval_on", "check_images": "eval_images"}
+"""Old build-setting names -> their names now; the old ones (config keys, keyword arguments and
+hidden flags) still work, with a DeprecationWarning, until dr 0.4."""
+
+
+def _rename_old_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the old names of :data:`RENAMED_KEYS` replaced by the new ones (a value
+    given under the old name wins: the CLI passes every flag, given or not, under the new name;
+    ``None`` under the old name is a hidden flag not given)."""
+    if not RENAMED_KEYS.keys() & data.keys():
+        return data
+    data = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        value = data.pop(old, None)
+        if value is not None:
+            warnings.warn(
+                f"build setting {old!r} is now {new!r} ({flag_of(new)}): the old name goes in dr 0.4", DeprecationWarning, stacklevel=3
+            )
+            data[new] = value
+    return data
 
 
 class BuildConfig(BaseModel):
@@ -83,7 +107,9 @@ class BuildConfig(BaseModel):
         le=MAX_SHARD_IMAGES,
     )
     probs_dtype: Literal["float16", "uint8"] = _field(
-        "float16", "How the top-k probabilities are stored: float16, or uint8 (p = q/255, error <= 0.002, fewer bytes)", example="float16"
+        VERSION_3_PROBS,
+        "How the top-k probabilities are stored: float16, or uint8 (p = q/255, error <= 0.002, fewer bytes)",
+        example=VERSION_3_PROBS,
     )
     params: Literal["stored", "derived"] = _field(
         "stored",
@@ -143,6 +169,12 @@ class BuildConfig(BaseModel):
         "Decode limit: an image whose header declares more pixels is a bad image, never decoded (a decompression bomb)",
         ge=1,
     )
+    max_image_bytes: int = _field(
+        DEFAULT_MAX_IMAGE_BYTES,
+        "Read limit: a source file larger than this many bytes is a bad image, never read whole (a file of endless "
+        "bytes such as /dev/zero)",
+        ge=1,
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
         description="An fsspec option for a remote store or source (repeat the flag), e.g. endpoint_url=http://127.0.0.1:9000",
@@ -155,12 +187,12 @@ class BuildConfig(BaseModel):
         "{dataset_class: teacher class or [classes]}; needed when the classes differ",
         metavar="identity|names|FILE",
     )
-    check_on: str | None = _field(
+    eval_on: str | None = _field(
         None,
         "Pre-flight: each teacher's and the ensemble's top-1 on this labelled folder first; stop if below min_agreement",
         metavar="VAL_DIR",
     )
-    check_images: int = _field(1000, "At most this many check_on images (a seeded sample)", ge=1)
+    eval_images: int = _field(1000, "At most this many eval_on images (a seeded sample)", ge=1)
     min_agreement: float | None = _field(
         None, "Stop when the teachers' top-1 agreement with the labels is below this (default: twice chance; 0: off)", ge=0, le=1
     )
@@ -168,6 +200,12 @@ class BuildConfig(BaseModel):
         512, "Images after which the agreement guard also judges the plain agreement share (a proven collapse stops at once)", ge=1
     )
     allow_random_teachers: bool = _field(False, "Accept teacher specs without weights (seeded random init; tests, benchmarks)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """The old names of renamed settings (:data:`RENAMED_KEYS`) still work, with a warning."""
+        return _rename_old_keys(data) if isinstance(data, dict) else data
 
     @model_validator(mode="before")
     @classmethod
@@ -238,11 +276,12 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
     allowed = sorted(BuildConfig.model_fields)
     problems: list[str] = []
     meant: set[str] = set()  # keys a misspelt key probably stands for (their "missing" is not news)
+    data = _rename_old_keys(data)  # before the flags' overrides: a flag beats the file's key, old name or new
     for key in sorted(set(map(str, data)) - set(allowed)):
         near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         meant.update(near)
         problems.append(f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-    merged = {k: v for k, v in {**data, **(overrides or {})}.items() if k in allowed}
+    merged = {k: v for k, v in {**data, **(overrides or {})}.items() if k in allowed or k in RENAMED_KEYS}
     try:
         config = BuildConfig(**merged)
     except ValidationError as e:
@@ -311,7 +350,12 @@ def config_reference() -> str:
             value = f.get_default(call_default_factory=True)
             default = "—" if value is None or value == {} else f"`{_yaml(value)}`"
         bounds = [f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in field_bounds(f).items()]
-        meaning = ((f.description or "") + (f" ({', '.join(bounds)})" if bounds else "")).replace("|", "\\|").replace("<", "&lt;").replace("[", "\\[")
+        meaning = (
+            ((f.description or "") + (f" ({', '.join(bounds)})" if bounds else ""))
+            .replace("|", "\\|")
+            .replace("<", "&lt;")
+            .replace("[", "\\[")
+        )
         rows.append(f"| {shown} | `{name}` | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
 

@@ -197,10 +197,10 @@ def reinforce(
         progress: show a tqdm bar (views/s and ETA); without a terminal (a job log, a pipe),
             a plain `progress: ...` line on stderr for the first and last chunk and every 10 s.
         on_chunk: called with each chunk index after it is written (monitoring, tests).
-        echo: called with messages for the user (the ``check_on`` pre-flight table).
+        echo: called with messages for the user (the ``eval_on`` pre-flight table).
     """
     from dr.builder.guard import guard_for
-    from dr.builder.teacher_probe import format_evaluation, probe_ensemble, run_check_on
+    from dr.builder.teacher_eval import format_evaluation, probe_ensemble, run_eval_on
 
     if config.repair and (not config.resume or config.overwrite):
         raise ConfigError("--repair recomputes the damaged chunks of an existing store: use it with --resume (and without --overwrite)")
@@ -209,8 +209,8 @@ def reinforce(
         config = extension_settings(config)
     src = open_source(source if source is not None else config.source, config.storage_options)
     ensemble, ensemble_desc, num_classes = probe_ensemble(config, src.classes)  # teachers vs dataset classes
-    if config.check_on:  # pre-flight: measure the teachers on labelled data before building
-        report = run_check_on(config, ensemble, src.classes, get_policy(config.policy, config.output_size, config.crop_scale).output_size)
+    if config.eval_on:  # pre-flight: measure the teachers on labelled data before building
+        report = run_eval_on(config, ensemble, src.classes, get_policy(config.policy, config.output_size, config.crop_scale).output_size)
         if echo is not None:
             echo(format_evaluation(report))
     del ensemble
@@ -221,7 +221,7 @@ def reinforce(
         base_lock = StoreLock(config.extend, config.storage_options)
         base_lock.acquire(force=config.force)
         try:
-            config, header, ext = _segment_build(config, header)
+            config, header, ext = _segment_build(config, header, src)
         except BaseException:
             base_lock.release()
             raise
@@ -259,10 +259,11 @@ def reinforce(
     return result
 
 
-def _segment_build(config: BuildConfig, header: StoreHeader) -> tuple[BuildConfig, StoreHeader, Extension]:
+def _segment_build(config: BuildConfig, header: StoreHeader, src: Source) -> tuple[BuildConfig, StoreHeader, Extension]:
     """An extension's build: the config writing segment ``i`` of the store, the segment's
-    header (``dataset.offset`` set) and where it goes (the table row is recorded)."""
-    ext = plan_extension(config, header)
+    header (``dataset.offset`` set) and where it goes (the table row is recorded; images the
+    store already holds are refused first)."""
+    ext = plan_extension(config, header, src)
     header = header.model_copy(update={"dataset": header.dataset.model_copy(update={"offset": ext.offset})})
     resume = config.resume and store_exists(ext.url, config.storage_options)
     return config.model_copy(update={"out": ext.url, "resume": resume, "overwrite": config.overwrite and not resume}), header, ext
@@ -288,6 +289,7 @@ def worker_options(config: BuildConfig, header: StoreHeader, device: str, per_cp
         init_seeds=[t.get("init_seed") or 0 for t in header.ensemble["teachers"]],
         max_image_pixels=config.max_image_pixels,
         index_offset=header.dataset.offset,
+        max_image_bytes=config.max_image_bytes,
     )
 
 

@@ -101,7 +101,7 @@ def dry_run(config: BuildConfig, *, source: Source | Any | None = None, time_uni
     """Plan ``config``'s build without writing anything; with ``time_unit``, time its first
     unit on one worker of the build's cluster (cold, then again warm) and project the cost."""
     from dr.builder import driver, ray_runtime
-    from dr.builder.teacher_probe import probe_ensemble
+    from dr.builder.teacher_eval import probe_ensemble
 
     src = open_source(source if source is not None else config.source, config.storage_options)
     ensemble, ensemble_desc, num_classes = probe_ensemble(config, src.classes)

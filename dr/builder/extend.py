@@ -10,15 +10,21 @@ be the base's (same weights, same math).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from dr.builder.config import BuildConfig
-from dr.errors import ConfigError, StoreMismatchError
+from dr.errors import BadImageError, ConfigError, StoreMismatchError
+from dr.sources import content_digest, open_source
 from dr.storage import StoreHeader, StoreReader, now_iso
+from dr.storage.layout import DIGESTS, SKIPPED, probs_dtype
 from dr.storage.segments import SegmentRecord, extension_problems, read_segment_table, segment_url, write_segment_table
 
-__all__ = ["Extension", "extension_settings", "finish_extension", "plan_extension"]
+__all__ = ["Extension", "extension_settings", "finish_extension", "plan_extension", "refuse_duplicates"]
 
 
 def _extended(config: BuildConfig) -> str:
@@ -43,7 +49,7 @@ def _header_settings(header: StoreHeader) -> dict[str, Any]:
         "compile": bool(header.ensemble.get("compile", False)),
         # the store layout: a segment is kept like the store it extends
         "shard_images": (header.layout.shard_images or 0) if header.layout is not None else 0,
-        "probs_dtype": header.layout.probs if header.layout is not None else "float16",
+        "probs_dtype": probs_dtype(header),
         "params": header.layout.params if header.layout is not None else "stored",
     }
 
@@ -98,15 +104,26 @@ class Extension:
     table: tuple[SegmentRecord, ...]
 
 
-def plan_extension(config: BuildConfig, header: StoreHeader) -> Extension:
+def plan_extension(config: BuildConfig, header: StoreHeader, source: Any = None) -> Extension:
     """Check that ``header`` (the new segment's, offset 0) may extend ``config.extend`` and
     record the segment in the table (status ``building``); a resumed extension continues the
     segment that is still building.
 
+    Before a new segment is recorded, the content digest of every new image is compared with
+    those the store holds (``source/digests`` of every segment): the same images twice -- a
+    copy, a symbolic link, another folder or list naming the same files -- are refused before
+    anything is written. This reads the new images' bytes once in the driver (threads, no
+    decoding). A resumed extension was checked when it was planned.
+
+    Args:
+        config: the build's configuration (``extend`` names the store).
+        header: the new segment's header (offset 0).
+        source: the opened new source (default: ``config.source``, opened here).
+
     Raises:
         StoreMismatchError: a setting or the teachers differ from the store's (each named), the
-            classes do not extend the store's, the same source was already added, or another
-            extension is still building.
+            classes do not extend the store's, the same source or the same images (by content
+            digest) were already added, or another extension is still building.
     """
     store, opts = _extended(config), config.storage_options
     base = StoreReader(store, storage_options=opts).header
@@ -146,6 +163,9 @@ def plan_extension(config: BuildConfig, header: StoreHeader) -> Extension:
     _check(store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": offset})}), offset)
     index = building.index if building is not None else len(table) + 1
     if building is None:
+        held = [(0, StoreReader(store, storage_options=opts))]
+        held += [(r.index, StoreReader(segment_url(store, r.index), storage_options=opts)) for r in table if r.status == "complete"]
+        refuse_duplicates(store, held, source if source is not None else open_source(config.source, opts))
         row = SegmentRecord(
             index=index,
             path=f"segments/{index}",
@@ -160,6 +180,49 @@ def plan_extension(config: BuildConfig, header: StoreHeader) -> Extension:
         table = [*table, row]
         write_segment_table(store, table, opts)
     return Extension(index, segment_url(store, index), offset, base, tuple(table))
+
+
+def _digest_of(source: Any, index: int) -> bytes | None:
+    """Image ``index``'s content digest as a build records it (``None``: unreadable, a bad image
+    the build itself will skip or refuse)."""
+    try:
+        read_bytes = getattr(source, "read_bytes", None)
+        return content_digest(read_bytes(index)) if read_bytes is not None else bytes(source.read(index)[1])
+    except BadImageError:
+        return None
+
+
+def refuse_duplicates(store: str, held: list[tuple[int, StoreReader]], source: Any) -> None:
+    """Refuse a new source holding images a store already holds, by content digest.
+
+    Args:
+        store: the store being extended (for messages).
+        held: ``(segment number, reader)`` of every complete segment of the store.
+        source: the new images.
+
+    Raises:
+        StoreMismatchError: how many new images the store already holds, the first of them and
+            where the store holds it, and the fix.
+    """
+    known = []
+    for number, reader in held:
+        rows, _ = reader.load_checked([DIGESTS, SKIPPED])
+        digests = np.ascontiguousarray(rows[DIGESTS]).view("S16").reshape(-1)  # 16 bytes per image, compared as one
+        keep = np.flatnonzero((rows[SKIPPED] == 0) & (digests != b""))  # skipped images hold a zero digest
+        known.append((number, digests[keep], keep))
+    existing = np.concatenate([d for _, d, _ in known])
+    threads = min(16, 4 * (os.cpu_count() or 1)) if hasattr(source, "read_bytes") else 1  # files: I/O on threads; objects: in turn
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        fresh = np.asarray([d or b"" for d in pool.map(lambda i: _digest_of(source, i), range(len(source)))], dtype="S16")
+    dup = np.flatnonzero(np.isin(fresh, existing) & (fresh != b""))
+    if len(dup):
+        seg, row = next((n, int(at[d == fresh[dup[0]]][0])) for n, d, at in known if (d == fresh[dup[0]]).any())
+        raise StoreMismatchError(
+            f"--extend {store!r}: {len(dup)} of the {len(source)} new images are already in the store (the same content digest), "
+            f"e.g. {source.describe(int(dup[0]))} is image {row} of segment {seg}. The same images twice would be served twice "
+            "as often (a copy or a symbolic link is the same image): extend with new images only -- remove these from the new "
+            "source, or list the others (list:FILE.csv)"
+        )
 
 
 def _check(store: str, base: StoreHeader, new: StoreHeader, offset: int) -> None:

@@ -82,6 +82,7 @@ class UnitWorker:
             :func:`dr.sources.set_max_image_pixels`).
         index_offset: the store's ``dataset.offset``: source image ``i`` is global image
             ``index_offset + i`` (its random streams and mixing partners use the global index).
+        max_image_bytes: the read limit in this worker (see :func:`dr.sources.set_max_image_bytes`).
     """
 
     def __init__(
@@ -106,11 +107,13 @@ class UnitWorker:
         init_seeds: Sequence[int] | None = None,
         max_image_pixels: int | None = None,
         index_offset: int = 0,
+        max_image_bytes: int | None = None,
     ) -> None:
-        from dr.sources import set_max_image_pixels
+        from dr.sources import set_max_image_bytes, set_max_image_pixels
         from dr.teachers import Ensemble
 
         set_max_image_pixels(max_image_pixels)
+        set_max_image_bytes(max_image_bytes)
         if threads:
             torch.set_num_threads(threads)
         self.source: Source = source.get() if isinstance(source, SourceRef) else source

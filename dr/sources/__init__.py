@@ -34,28 +34,36 @@ and re-open what they need there.
 
 Modules, each importing only those before it: :mod:`~dr.sources.decode`,
 :mod:`~dr.sources.base`, :mod:`~dr.sources.spec`, :mod:`~dr.sources.folder`,
-:mod:`~dr.sources.cifar_pickle`, :mod:`~dr.sources.indexed`, :mod:`~dr.sources.kinds`,
+:mod:`~dr.sources.cifar_pickle`, :mod:`~dr.sources.indexed`, one module per kind (:mod:`~dr.sources.wds`,
+:mod:`~dr.sources.filelist`, :mod:`~dr.sources.hfdisk`, :mod:`~dr.sources.cifar`),
 :mod:`~dr.sources.open`, :mod:`~dr.sources.concat` (the images of a store's segments as one source).
 """
 
 from dr.sources.base import Source, SourceFingerprint, is_url
+from dr.sources.cifar import CifarSource
 from dr.sources.cifar_pickle import read_cifar_batch
 from dr.sources.concat import ConcatSource
 from dr.sources.decode import (
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     IMG_EXTENSIONS,
     content_digest,
     decode_image,
+    max_image_bytes,
     max_image_pixels,
+    set_max_image_bytes,
     set_max_image_pixels,
     to_rgb_array,
 )
+from dr.sources.filelist import FileListSource
 from dr.sources.folder import ImageFolderSource, TorchDatasetSource
-from dr.sources.kinds import CifarSource, FileListSource, HFDiskSource, WebDatasetSource
+from dr.sources.hfdisk import HFDiskSource
 from dr.sources.open import open_source, open_spec
 from dr.sources.spec import SOURCE_KINDS, SourceSpec, absolute_location, canonical_spec, looks_like_spec, parse_source_spec
+from dr.sources.wds import WebDatasetSource
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "IMG_EXTENSIONS",
     "SOURCE_KINDS",
@@ -75,11 +83,13 @@ __all__ = [
     "decode_image",
     "is_url",
     "looks_like_spec",
+    "max_image_bytes",
     "max_image_pixels",
     "open_source",
     "open_spec",
     "parse_source_spec",
     "read_cifar_batch",
+    "set_max_image_bytes",
     "set_max_image_pixels",
     "to_rgb_array",
 ]

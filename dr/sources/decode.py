@@ -1,9 +1,10 @@
-"""The project's one image decoder, its decode limit and content digests (PIL on the CPU)."""
+"""The project's one image decoder, its decode (pixel) and read (byte) limits, and content digests (PIL on the CPU)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -12,12 +13,18 @@ from dr.errors import BadImageError
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "check_image_bytes",
     "content_digest",
     "decode_image",
+    "max_image_bytes",
     "max_image_pixels",
+    "read_image_file",
+    "set_max_image_bytes",
     "set_max_image_pixels",
     "to_rgb_array",
+    "within_read_limit",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -64,6 +71,79 @@ def set_max_image_pixels(pixels: int | None) -> None:
     _max_pixels = pixels
 
 
+DEFAULT_MAX_IMAGE_BYTES = 256 << 20
+"""dr's read limit unless set otherwise (:func:`set_max_image_bytes`): 256 MiB, the most bytes
+read from one source image file. A larger file (or ``/dev/zero``, or a pipe that never ends) is a
+bad image: at most the limit plus one byte is ever read."""
+_max_bytes = DEFAULT_MAX_IMAGE_BYTES
+
+
+def set_max_image_bytes(nbytes: int | None) -> None:
+    """Set dr's read limit for this process (``None``: :data:`DEFAULT_MAX_IMAGE_BYTES`).
+
+    Every read of a source image file (an ImageFolder file, a ``list:`` entry, a WebDataset
+    member, an ``hf-disk:`` image path) stops after ``nbytes + 1`` bytes; a file over the limit
+    is a bad image (:class:`BadImageError`), like an image over the pixel limit.
+
+    Raises:
+        ConfigError: ``nbytes`` below 1.
+    """
+    from dr.errors import ConfigError
+
+    global _max_bytes
+    nbytes = DEFAULT_MAX_IMAGE_BYTES if nbytes is None else int(nbytes)
+    if nbytes < 1:
+        raise ConfigError(f"max image bytes must be at least 1, got {nbytes}")
+    _max_bytes = nbytes
+
+
+def max_image_bytes() -> int:
+    """dr's read limit in this process (see :func:`set_max_image_bytes`)."""
+    return _max_bytes
+
+
+def check_image_bytes(size: int, where: str) -> None:
+    """Refuse an image whose size (known before reading, e.g. from a tar header) is over the
+    read limit.
+
+    Raises:
+        BadImageError: ``size`` above :func:`max_image_bytes`; names ``where`` and the limit.
+    """
+    if size > _max_bytes:
+        raise BadImageError(where, f"{size:,} bytes is above the read limit of {_max_bytes:,} bytes per image{_BYTES_HINT}")
+
+
+def read_image_file(f: Any, where: str) -> bytes:
+    """Read an open binary file object to its end, at most the read limit: a file over the
+    limit is a bad image, and no more than the limit plus one byte is read (``/dev/zero`` costs
+    256 MiB at most, never all memory).
+
+    Raises:
+        BadImageError: more bytes than :func:`max_image_bytes`, or no memory for the read;
+            names ``where`` and the limit.
+    """
+    limit = _max_bytes
+    try:
+        data = f.read(limit + 1)
+    except MemoryError as e:
+        raise BadImageError(where, f"out of memory while reading it (read limit {limit:,} bytes){_BYTES_HINT}") from e
+    return within_read_limit(data, where)
+
+
+def within_read_limit(data: bytes, where: str) -> bytes:
+    """``data`` -- read with a bounded read of at most the read limit plus one byte (e.g. an
+    fsspec ``cat_file(path, start=0, end=max_image_bytes() + 1)``) -- unless it is over the limit.
+
+    Raises:
+        BadImageError: more bytes than :func:`max_image_bytes`; names ``where`` and the limit.
+    """
+    limit = _max_bytes
+    if len(data) > limit:
+        raise BadImageError(where, f"more than {limit:,} bytes, above the read limit of {limit:,} bytes per image{_BYTES_HINT}")
+    return bytes(data)
+
+
+_BYTES_HINT = " (a device such as /dev/zero, a pipe or a huge file; raise the limit with dr.sources.decode.set_max_image_bytes if such images are real)"
 _BOMB_HINT = " (a decompression bomb, or a very large image: raise the limit with --max-image-pixels if it is real)"
 
 
@@ -107,9 +187,11 @@ def decode_image(data: bytes, where: str = "<bytes>", max_pixels: int | None = N
             size in the image's header, before any pixel is decoded.
 
     Raises:
-        BadImageError: the bytes are not a decodable image, the image is larger than the limit
-            (a decompression bomb), or decoding ran out of memory; names ``where`` and the reason.
+        BadImageError: the bytes are not a decodable image, more bytes than the read limit
+            (:func:`max_image_bytes`), the image is larger than the pixel limit (a decompression
+            bomb), or decoding ran out of memory; names ``where`` and the reason.
     """
+    check_image_bytes(len(data), where)
     buffer = io.BytesIO(data)
     limit = _max_pixels if max_pixels is None else int(max_pixels)
     try:
@@ -121,7 +203,7 @@ def decode_image(data: bytes, where: str = "<bytes>", max_pixels: int | None = N
                     f"{width}x{height} = {width * height:,} pixels is above the decode limit of {limit:,}{_BOMB_HINT}",
                 )
             img.load()
-            arr = to_rgb_array(img)
+            arr = np.ascontiguousarray(to_rgb_array(img))
     except Image.DecompressionBombError as e:  # PIL's own ceiling, checked when it opens the file
         raise BadImageError(where, f"{e} It is above the decode limit of {limit:,} pixels{_BOMB_HINT}") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -132,4 +214,4 @@ def decode_image(data: bytes, where: str = "<bytes>", max_pixels: int | None = N
         raise BadImageError(where, f"out of memory while decoding ({len(data):,} bytes): lower --max-image-pixels") from e
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise BadImageError(where, f"unexpected decoded shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return arr

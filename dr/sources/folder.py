@@ -12,7 +12,15 @@ from PIL import Image
 
 from dr.errors import BadImageError, SourceError
 from dr.sources.base import SourceFingerprint, is_url, labels_hash
-from dr.sources.decode import IMG_EXTENSIONS, content_digest, decode_image, to_rgb_array
+from dr.sources.decode import (
+    IMG_EXTENSIONS,
+    content_digest,
+    decode_image,
+    max_image_bytes,
+    read_image_file,
+    to_rgb_array,
+    within_read_limit,
+)
 from dr.sources.spec import absolute_location
 
 __all__ = ["ImageFolderSource", "TorchDatasetSource"]
@@ -124,12 +132,18 @@ class ImageFolderSource:
         return str(self.root / self.files[index])
 
     def read_bytes(self, index: int) -> bytes:
+        """The file's bytes, at most the read limit (:func:`dr.sources.decode.max_image_bytes`:
+        a larger file is a bad image, and no more than the limit is read)."""
+        where = self.describe(index)
         try:
-            if self._fs is not None:
-                return bytes(self._fs.cat_file(f"{self._fs_root}/{self.files[index]}"))
-            return (self.root / self.files[index]).read_bytes()
+            if self._fs is not None:  # one ranged request, at most the limit + 1 bytes
+                return within_read_limit(
+                    self._fs.cat_file(f"{self._fs_root}/{self.files[index]}", start=0, end=max_image_bytes() + 1), where
+                )
+            with open(self.root / self.files[index], "rb") as f:
+                return read_image_file(f, where)
         except OSError as e:
-            raise BadImageError(self.describe(index), f"cannot read file: {e}") from e
+            raise BadImageError(where, f"cannot read file: {e}") from e
 
     def read(self, index: int) -> tuple[np.ndarray, bytes]:
         data = self.read_bytes(index)

@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from dr.sources.base import Source
+from dr.sources.cifar import CifarSource
+from dr.sources.filelist import FileListSource
 from dr.sources.folder import ImageFolderSource, TorchDatasetSource
-from dr.sources.kinds import CifarSource, FileListSource, HFDiskSource, WebDatasetSource
+from dr.sources.hfdisk import HFDiskSource
 from dr.sources.spec import looks_like_spec, parse_source_spec
+from dr.sources.wds import WebDatasetSource
 
 __all__ = ["open_source", "open_spec"]
 

@@ -125,9 +125,9 @@ def test_resume_key_holds_the_teachers_math_and_locations_are_absolute(
     with pytest.raises(StoreMismatchError, match="ensemble"):
         reinforce(_config(cifar64, tiny_teacher, out, chunk_size=32, resume=True), progress=False)
     monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)  # the recorded location works from anywhere
-    assert len(ReinforcedDataset(str(out))) == 64
-    assert all(c.ok for c in verify_store(str(out), fraction=0.0, min_views=8))
+    monkeypatch.chdir(tmp_path)  # the recorded (absolute) location works from anywhere, for a reader told to follow it
+    assert len(ReinforcedDataset(str(out), trust_store_location=True)) == 64
+    assert all(c.ok for c in verify_store(str(out), fraction=0.0, min_views=8, trust_store_location=True))
     # the key holds the weights' digest, not where the file lies: the same weights elsewhere
     # (another checkout, a relative spelling) resume; other weights do not
     weights = tiny_teacher.split("@", 1)[1].split("?")[0]

@@ -78,12 +78,25 @@ def test_build_resume_read_info_verify_on_s3(s3, cifar64_store: str, cifar64: Pa
     assert summary["status"] == "complete" and summary["dataset"]["location"] == "s3://dr-test/src"
     checks = verify_store("s3://dr-test/c.zarr", "s3://dr-test/src", storage_options=options)
     assert all(c.ok for c in checks), [c.detail for c in checks if not c.ok]
+    # the sharded format on S3: one object per array (64 images, one shard), not one per chunk
+    arrays = [p for p in fs.ls("dr-test/c.zarr/targets") + fs.ls("dr-test/c.zarr/params") if fs.isdir(p)]
+    assert arrays and all(len(fs.find(f"{a}/c")) == 1 for a in arrays), {a: fs.find(f"{a}/c") for a in arrays}
     remote = ReinforcedDataset("s3://dr-test/c.zarr", "s3://dr-test/src", storage_options=options)
     local = ReinforcedDataset(cifar64_store, cifar64)
     for i in (0, 31, 63):
         a, (ia, pa) = remote[i]
         b, (ib, pb) = local[i]
         assert torch.equal(a, b) and torch.equal(ia, ib) and torch.equal(pa, pb)
+    # an epoch read by chunk through the bounded cache (one chunk per process), in its own order
+    bounded = ReinforcedDataset("s3://dr-test/c.zarr", "s3://dr-test/src", storage_options=options, memory_budget=0, cache_chunks=1)
+    assert not bounded.in_memory
+    order = list(bounded.sampler(seed=3))
+    assert sorted(order) == list(range(64))
+    for i in order:
+        a, (ia, pa) = bounded[i]
+        b, (ib, pb) = local[i]
+        assert torch.equal(a, b) and torch.equal(ia, ib) and torch.equal(pa, pb)
+    assert len(bounded._cache) <= 1
 
 
 def test_lock_on_s3_refuses_a_second_writer(s3, cifar64: Path, tiny_teacher: str) -> None:

@@ -15,13 +15,19 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dr.errors import ConfigError, TeacherError
 
-__all__ = ["ClassMap", "read_class_names", "resolve_class_map", "sidecar_metadata"]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dr.teachers.kinds.built import Built
+    from dr.teachers.spec import TeacherSpec
+
+__all__ = ["ClassMap", "imagenet_wnids", "read_class_names", "resolve_class_map", "resolve_teacher_classes", "sidecar_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,43 @@ def sidecar_metadata(weights: str | None) -> tuple[dict[str, Any], str | None]:
     except (OSError, json.JSONDecodeError):
         return {}, None
     return (data, str(card)) if isinstance(data, dict) else ({}, None)
+
+
+def imagenet_wnids(n: int) -> tuple[str, ...] | None:
+    """ImageNet-1k WordNet ids (the ImageNet folder names) for a ``n``-class ImageNet model,
+    from timm's bundled tables; ``None`` when ``n`` is no ImageNet subset timm knows."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset({"num_classes": n})
+        return tuple(ImageNetInfo(subset).label_names()) if subset else None
+    except Exception:  # noqa: BLE001 - tables missing: names stay unknown
+        return None
+
+
+def resolve_teacher_classes(
+    model: nn.Module, spec: TeacherSpec, built: Built, card: dict[str, Any], card_path: str | None
+) -> tuple[tuple[str, ...] | None, str | None]:
+    """A teacher's class names and where they came from, first match wins: the spec's
+    ``classes=`` (names, or a file), what its kind's builder found (torchvision weights, a
+    program's metadata), the JSON card next to the weights, the model's ``pretrained_cfg``,
+    timm's ImageNet tables for timm's pretrained models; ``(None, None)`` when unknown."""
+    if spec.classes:
+        if "," in spec.classes:
+            return tuple(c.strip() for c in spec.classes.split(",")), "spec"
+        return read_class_names(spec.classes), f"file {spec.classes}"
+    if built.classes:
+        return built.classes, built.classes_from
+    if card.get("classes"):
+        return tuple(str(c) for c in card["classes"]), f"card {card_path}"
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("label_names"):
+        return tuple(str(c) for c in cfg["label_names"]), "pretrained_cfg"
+    if spec.kind == "timm" and (spec.pretrained or spec.weights):
+        names = imagenet_wnids(int(getattr(model, "num_classes", 0) or 0))
+        if names:
+            return names, "timm ImageNet tables"
+    return None, None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""Are these teachers right for this dataset? Measured before any GPU hour is spent.
+"""The teacher pre-flight, "eval": are these teachers right for this dataset? Measured before
+any GPU hour is spent.
 
 * :func:`probe_ensemble` -- load the build's teachers and match their classes to the dataset's
   (class names, ``--class-map``).
 * :func:`evaluate_teachers` -- each teacher's and the ensemble's top-1 on a labelled folder
-  (``dr-build reinforce --check-on VAL``, ``dr-build teachers eval SPEC --on VAL``).
+  (``dr-build reinforce --eval-on VAL``, ``dr-build teachers eval SPEC --on VAL``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from dr.agreement import LIKELY_CAUSES, agreement_threshold
 from dr.errors import ConfigError, TeacherError
 
-__all__ = ["evaluate_teachers", "format_evaluation", "probe_classes", "probe_ensemble", "run_check_on"]
+__all__ = ["evaluate_teachers", "format_evaluation", "probe_classes", "probe_ensemble", "run_eval_on"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def evaluate_teachers(
     src = open_source(folder, storage_options)
     if expected_classes is not None and tuple(src.classes) != tuple(expected_classes):
         raise ConfigError(
-            f"--check-on {folder!r} has classes ({', '.join(list(src.classes)[:6])}...) that are not the source's "
+            f"--eval-on {folder!r} has classes ({', '.join(list(src.classes)[:6])}...) that are not the source's "
             f"({', '.join(list(expected_classes)[:6])}...): use a labelled split of the same dataset"
         )
     n = len(src)
@@ -143,14 +144,14 @@ def probe_classes(ensemble: Any, dataset_classes: Sequence[str], class_map: str 
     return teacher_classes if ensemble.class_map is None else int(ensemble.class_map.num_dataset)
 
 
-def run_check_on(config: Any, ensemble: Any, dataset_classes: Sequence[str], size: int) -> dict[str, Any]:
-    """``--check-on``: evaluate on the labelled folder; raise when the ensemble is below the
+def run_eval_on(config: Any, ensemble: Any, dataset_classes: Sequence[str], size: int) -> dict[str, Any]:
+    """``--eval-on``: evaluate on the labelled folder; raise when the ensemble is below the
     agreement threshold (the report is attached to the error as ``.report``)."""
     report = evaluate_teachers(
         ensemble,
-        config.check_on,
+        config.eval_on,
         size=size,
-        max_images=config.check_images,
+        max_images=config.eval_images,
         seed=config.seed,
         storage_options=config.storage_options,
         expected_classes=dataset_classes,
@@ -159,7 +160,7 @@ def run_check_on(config: Any, ensemble: Any, dataset_classes: Sequence[str], siz
     report["threshold"] = threshold
     if report["ensemble_top1"] < threshold and config.min_agreement != 0:
         err = TeacherError(
-            f"pre-flight: the ensemble's top-1 on {config.check_on!r} is {100 * report['ensemble_top1']:.2f}% "
+            f"pre-flight: the ensemble's top-1 on {config.eval_on!r} is {100 * report['ensemble_top1']:.2f}% "
             f"({report['images']} images), below {100 * threshold:.2f}% (twice chance unless --min-agreement); "
             f"nothing was built.\n{format_evaluation(report)}\n{LIKELY_CAUSES}"
         )
