@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo.zarr
 DEMO_TEACHER := python:dr.teachers.zoo:cifar_resnet@examples/assets/teacher/cifar_resnet20.safetensors?depth=20&width=16
 
-.PHONY: venv demo test lint format clean image image-test docs
+.PHONY: venv demo test test-slow lint format clean image image-test docs
 
 venv: $(STAMP)
 
@@ -24,8 +24,13 @@ demo: $(STAMP)
 		--out $(DEMO_OUT) --overwrite
 	$(VENV)/bin/dr-build info $(DEMO_OUT)
 
+# `make test` is the everyday suite (about 6 minutes on 2 cores); `make test-slow` runs the
+# end-to-end tests marked slow (benchmark and example pipelines, Ray job control). CI runs both.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dr teachers storage cli tests examples bench deploy

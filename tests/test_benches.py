@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +36,7 @@ def test_gpu_suite_runs_chosen_steps_and_reports_a_timed_out_one(tmp_path: Path)
     assert r.returncode == 2 and "unknown step 'bogus'" in r.stderr
 
 
+@pytest.mark.slow
 def test_gpu_suite_cpu_smoke(tmp_path: Path) -> None:
     out = tmp_path / "suite"
     env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1"}

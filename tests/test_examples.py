@@ -49,6 +49,7 @@ SHARED = REPO.parent / "shared" / "data" / "cifar10"
 
 
 @pytest.mark.skipif(not (SHARED / "train.tar.gz").exists(), reason="needs ../shared/data/cifar10")
+@pytest.mark.slow
 def test_cifar10plus_quick_pipeline_and_cache(ray_session, tmp_path: Path) -> None:
     mod = _load("cifar10plus")
     work = tmp_path / "q"
@@ -90,6 +91,7 @@ TIN = REPO.parent / "shared" / "data" / "tinyimagenet100"
 
 
 @pytest.mark.skipif(not (TIN / "train.tar.gz").exists(), reason="needs ../shared/data/tinyimagenet100")
+@pytest.mark.slow
 def test_families_quick_pipeline_and_cache(ray_session, tmp_path: Path) -> None:
     """The ImageNet-path protocol end to end on 400 Tiny-ImageNet-100 images: tiny teachers,
     two rrc stores at k = 3 of 100 classes and a dense one, three student families, the k study."""

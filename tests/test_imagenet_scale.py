@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 REQUIRED = (
@@ -38,6 +40,7 @@ def _run(workdir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_imagenet_scale_tiny_end_to_end_then_cached(tmp_path: Path) -> None:
     w = tmp_path / "rehearsal"
     results = REPO / "bench" / "results" / "imagenet-scale-cpu.json"

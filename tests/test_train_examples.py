@@ -59,6 +59,7 @@ def test_train_timm_example(store200: tuple[Path, Path], tmp_path: Path) -> None
     assert json.loads(out.read_text())["model"] == "resnet10t"
 
 
+@pytest.mark.slow
 def test_train_ray_example_splits_epochs_and_resumes(store200: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # the controller polls its workers (default every 2 s)
     mod = _load("train_ray")

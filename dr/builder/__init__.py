@@ -4,7 +4,7 @@ Modules: ``config`` (:class:`BuildConfig`, the settings declared once), ``units`
 work units), ``worker`` (the teacher actor), ``ray_runtime`` (connect, size the workers, Ray's
 errors), ``pool`` (start, back-off, replace, diagnose workers), ``driver`` (:func:`reinforce`:
 plan -> run -> finalise; the driver is the store's one writer), ``guard`` (the agreement guard),
-``extend`` (``--extend``), ``progress``, ``teacher_probe`` (teachers vs the dataset before a
+``extend`` (``--extend``), ``progress``, ``teacher_eval`` (teachers vs the dataset before a
 build) and ``dryrun``. Auditing a store (``verify``, ``info``, ``show``) is :mod:`dr.audit`,
 which this package never imports.
 

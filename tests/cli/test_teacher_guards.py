@@ -40,7 +40,7 @@ def test_fewer_dataset_classes_than_teacher_classes_need_a_class_map(bird_cat_do
     r = _reinforce(bird_cat_dog, out)  # was: exit 0, ids of the 10-class space, `show` failing later
     assert r.exit_code != 0 and "(bird, cat, dog)" in r.output and "--class-map names" in r.output, r.output
     assert not out.exists()
-    r = _reinforce(bird_cat_dog, out, "--class-map", "names", "--check-on", str(bird_cat_dog))
+    r = _reinforce(bird_cat_dog, out, "--class-map", "names", "--eval-on", str(bird_cat_dog))
     assert r.exit_code == 0, r.output
     assert "teachers on" in r.output and "ensemble" in r.output  # the pre-flight table
     attrs = zarr.open_group(str(out), mode="r").attrs
@@ -73,7 +73,7 @@ def test_a_wrong_class_map_is_stopped_by_the_preflight_the_guard_and_verify(bird
     (tmp_path / "map.json").write_text(json.dumps({"bird": "cat", "cat": "dog", "dog": "bird"}))  # permuted
     bad = ["--class-map", str(tmp_path / "map.json")]
     # the pre-flight stops it before anything is built
-    r = _reinforce(bird_cat_dog, tmp_path / "never.zarr", *bad, "--check-on", str(bird_cat_dog))
+    r = _reinforce(bird_cat_dog, tmp_path / "never.zarr", *bad, "--eval-on", str(bird_cat_dog))
     assert r.exit_code != 0 and "pre-flight" in r.output and "class order" in r.output and not (tmp_path / "never.zarr").exists()
     # the guard stops the build after the first chunk (8 images here; 512 by default)
     out = tmp_path / "bad.zarr"

@@ -45,6 +45,7 @@ def _wait_for(path: Path, procs: list[subprocess.Popen], seconds: float) -> None
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_two_builds_at_once_while_another_programs_cluster_starts_and_stops(
     cifar64_store: str, cifar64: Path, tiny_teacher: str, tmp_path: Path
 ) -> None:

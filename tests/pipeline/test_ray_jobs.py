@@ -172,6 +172,7 @@ def head() -> Iterator[Head]:
         yield h
 
 
+@pytest.mark.slow
 def test_ray_job_stop_then_resubmitted_resume_gives_the_same_bytes(
     head: Head, cifar64: Path, tiny_teacher: str, ray_session, tmp_path: Path
 ) -> None:
