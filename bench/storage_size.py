@@ -4,9 +4,9 @@ in the store layout of 0.3: shards, uint8 probabilities, and with derived parame
 
 Two image sets, built in one run:
 
-* CIFAR-10: 512 images of the bundled sample, the demo teacher (10 classes, so k = 10 keeps
+* CIFAR-10: 520 images of the bundled sample (52 per class), the demo teacher (10 classes, so k = 10 keeps
   every class), V = 32, cifar* presets;
-* ImageNet-sized: 64 sample images upscaled to 500x375, a 1000-class timm ``test_resnet``
+* ImageNet-sized: 70 sample images (7 per class) upscaled to 500x375, a 1000-class timm ``test_resnet``
   (random init: its soft labels are flatter than a trained teacher's), V = 32, rrc* presets.
 
 Every store is built with ``--probs-dtype uint8`` (default shards). Per preset the JSON gives

@@ -138,7 +138,7 @@ class _PolicyOption(click.Option):
         return super().get_help_record(ctx)
 
 
-def _check_teacher(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+def _validate_teacher(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     from dr.teachers.spec import parse_teacher_spec
 
     for spec in value:
@@ -196,7 +196,7 @@ def _build_options(command: Any) -> Any:
         default = None if f.is_required() or f.default_factory is not None else f.default
         kw: dict[str, Any] = {"help": f"{f.description}."}
         if name == "teachers":
-            kw.update(multiple=True, callback=_check_teacher)
+            kw.update(multiple=True, callback=_validate_teacher)
         elif name == "storage_options":
             kw.update(multiple=True)
         elif f.annotation is bool:
@@ -442,7 +442,7 @@ def show(store: str, source: str | None, trust_store_location: bool, no_check: b
     "--teacher",
     "teachers",
     multiple=True,
-    callback=_check_teacher,
+    callback=_validate_teacher,
     metavar="SPEC",
     help="Teachers for the replay audit (your own specs, as built). Without it the audit is skipped, unless --trust-store-teachers.",
 )
@@ -537,7 +537,7 @@ def teachers() -> None:
 
 
 @teachers.command("eval")
-@click.argument("specs", nargs=-1, required=True, callback=_check_teacher, metavar="SPEC...")
+@click.argument("specs", nargs=-1, required=True, callback=_validate_teacher, metavar="SPEC...")
 @click.option("--on", "folder", required=True, metavar="VAL_DIR", help="Labelled ImageFolder (VAL_DIR/<class>/<image>).")
 @click.option("--class-map", metavar="identity|names|FILE", help="Map teacher classes to the folder's (see reinforce --help).")
 @click.option(

@@ -35,7 +35,7 @@ class DeviceReplay(StoredViews):
         output_size: replay size (default: the build's).
         storage_options: fsspec options for a remote store or source.
         verify_source: ``"sample"`` (re-hash 32 seeded images), ``"all"`` or ``"none"``: the
-            same source check as ``ReinforcedDataset`` (:func:`dr.views.check_source`).
+            same source check as ``ReinforcedDataset`` (:func:`dr.views.refuse_other_source`).
         topk: serve the ``topk`` largest stored probabilities per view (k' <= k; the same rule
             as ``ReinforcedDataset(topk=)``).
         segments: for an extended store, the segments whose images are served (default: every

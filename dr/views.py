@@ -13,8 +13,8 @@ chunk by chunk through a small per-process cache (pair that with :meth:`StoredVi
 whose chunk-aware order keeps the cache hot). Rows of damaged chunks are never served.
 
 Also here: what every reader trusts before use -- :func:`reader_source` (which source a reader
-may open: a store never steers reads), :func:`check_source`, :class:`ChunkGuard`,
-:func:`open_checked` and :func:`parameter_deriver`.
+may open: a store never steers reads), :func:`refuse_other_source`, :class:`ChunkGuard`,
+:func:`open_trusted` and :func:`parameter_deriver`.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ __all__ = [
     "ChunkGuard",
     "OpenedStore",
     "StoredViews",
-    "check_source",
-    "open_checked",
+    "refuse_other_source",
+    "open_trusted",
     "parameter_deriver",
     "reader_source",
     "served_topk",
@@ -109,7 +109,7 @@ def parameter_deriver(header: StoreHeader) -> Deriver | None:
     return derive
 
 
-def check_source(
+def refuse_other_source(
     source: Source, reader: StoreReader, mode: Literal["sample", "all", "none"] = "sample", *, skipped: np.ndarray | None = None
 ) -> None:
     """Refuse a source that is not the store's dataset.
@@ -200,7 +200,7 @@ class ChunkGuard:
 
 @dataclass
 class OpenedStore:
-    """What :func:`open_checked` returns: the reader (a :class:`~dr.storage.segments.SegmentedStore`
+    """What :func:`open_trusted` returns: the reader (a :class:`~dr.storage.segments.SegmentedStore`
     for an extended store), the opened source, the rows read (each chunk checked against its
     digests), the damaged chunks found, and per source image its segment and whether it is
     served (in a selected segment)."""
@@ -228,7 +228,7 @@ class OpenedStore:
         return ChunkGuard(store, self.header.chunk_size, [*self.damaged, *more], parts)
 
 
-def open_checked(
+def open_trusted(
     store: str,
     source: Any = None,
     *,
@@ -267,7 +267,7 @@ def open_checked(
         rows, damaged = reader.load_checked([LABELS, SKIPPED, *paths], derive=parameter_deriver(reader.header))
         n = reader.header.dataset.count
         opened = OpenedStore(reader, src, rows, damaged, np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
-        check_source(src, reader, verify_source, skipped=opened.skipped)
+        refuse_other_source(src, reader, verify_source, skipped=opened.skipped)
         return opened
     whole = SegmentedStore(store, storage_options=storage_options)
     numbers = [s.index for s in whole.segments]
@@ -290,7 +290,7 @@ def open_checked(
             parts.append(None)
             continue
         src = open_source(_location(seg.url, arg, seg.reader.header, store, trust_store_location), storage_options)
-        check_source(src, seg.reader, verify_source, skipped=rows[SKIPPED][seg.offset : seg.offset + seg.count].astype(bool))
+        refuse_other_source(src, seg.reader, verify_source, skipped=rows[SKIPPED][seg.offset : seg.offset + seg.count].astype(bool))
         parts.append(src)
     labels = [rows[LABELS][s.offset : s.offset + s.count] for s in whole.segments]
     concat = ConcatSource(parts, labels, [s.reader.header.dataset.classes for s in whole.segments])
@@ -423,7 +423,7 @@ class StoredViews:
             raise ConfigError(f"cache_chunks={cache_chunks!r}: keep at least 1 chunk per process")
         self.store = str(store)
         self.storage_options = dict(storage_options or {})
-        opened = open_checked(
+        opened = open_trusted(
             self.store,
             source,
             storage_options=self.storage_options,

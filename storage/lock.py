@@ -312,7 +312,7 @@ class StoreLock:
             "--force (for a lock from another host, or one a crash left without a boot record)"
         )
 
-    def check(self, *, force: bool = False) -> None:
+    def refuse_if_held(self, *, force: bool = False) -> None:
         """Raise :class:`StoreLockedError` if another build holds the lock. A lock whose holder
         is provably gone (see the module docstring) passes; ``force`` takes over a lock left by a
         build on another host (or a stale one), never one whose holder is a running process on

@@ -30,7 +30,7 @@ from dr.cli.main import cli
 from dr.errors import BadImageError, StoreMismatchError
 from dr.replay import DeviceReplay
 from dr.sources import ImageFolderSource
-from dr.views import open_checked, reader_source
+from dr.views import open_trusted, reader_source
 from tests.helpers import build_in_process
 
 READERS = "needs trust_store_location on the readers (lead)"
@@ -60,7 +60,7 @@ def _copy(beside: Path, tmp_path: Path, location: str | None = None) -> Path:
 
 
 def _readers(store: Path) -> list[Callable[[], object]]:
-    return [lambda: open_checked(str(store)), lambda: ReinforcedDataset(store), lambda: DeviceReplay(str(store))]
+    return [lambda: open_trusted(str(store)), lambda: ReinforcedDataset(store), lambda: DeviceReplay(str(store))]
 
 
 def _trusting_reader_or_skip() -> None:
@@ -71,7 +71,7 @@ def _trusting_reader_or_skip() -> None:
 # 1 -- the recorded location -------------------------------------------------------------------
 def test_a_local_folder_beside_the_store_is_followed(beside: Path) -> None:
     assert len(ReinforcedDataset(beside / "s.zarr")) == 64
-    assert len(open_checked(str(beside / "s.zarr")).source) == 64
+    assert len(open_trusted(str(beside / "s.zarr")).source) == 64
 
 
 def test_a_location_outside_the_stores_folder_needs_the_users_word(beside: Path, cifar64: Path, tmp_path: Path) -> None:
@@ -81,8 +81,8 @@ def test_a_location_outside_the_stores_folder_needs_the_users_word(beside: Path,
         for open_store in _readers(store):
             with pytest.raises(StoreMismatchError, match=r"lies outside .* the folder that holds the store.*--source"):
                 open_store()
-        assert len(open_checked(str(store), str(cifar64)).source) == 64  # the user names it
-        assert len(open_checked(str(store), trust_store_location=True).source) == 64  # or trusts the store
+        assert len(open_trusted(str(store), str(cifar64)).source) == 64  # the user names it
+        assert len(open_trusted(str(store), trust_store_location=True).source) == 64  # or trusts the store
         assert len(ReinforcedDataset(store, cifar64)) == 64
     _trusting_reader_or_skip()
     assert len(ReinforcedDataset(store, trust_store_location=True)) == 64  # needs trust_store_location on the readers (lead)
@@ -159,7 +159,7 @@ def test_a_list_location_naming_other_files_is_never_opened(beside: Path, tmp_pa
     assert set(failed) == {"source"} and "list: source spec" in failed["source"].detail and opened == []
     # a store the user trusts: its list is opened, and refused as another dataset
     with pytest.raises(StoreMismatchError, match="2 images vs 64 in the store"):
-        open_checked(str(store), trust_store_location=True)
+        open_trusted(str(store), trust_store_location=True)
     assert opened == [str(tmp_path / "rows.csv")]
 
 
@@ -178,10 +178,10 @@ def test_a_dev_zero_row_is_a_bad_image_and_reads_stay_bounded(beside: Path, tmp_
         with pytest.raises(BadImageError, match=r"/dev/zero: more than 1,048,576 bytes, above the read limit"):
             FileListSource(str(tmp_path / "rows.csv")).read(5)
         with pytest.raises(BadImageError, match="/dev/zero"):  # the user named the list: a bad image, not a MemoryError
-            open_checked(str(beside / "s.zarr"), spec, verify_source="all")
+            open_trusted(str(beside / "s.zarr"), spec, verify_source="all")
         store = _copy(beside, tmp_path, spec)
         with pytest.raises(BadImageError, match="/dev/zero"):  # recorded in the store, followed only when trusted
-            open_checked(str(store), trust_store_location=True, verify_source="all")
+            open_trusted(str(store), trust_store_location=True, verify_source="all")
         with pytest.raises(StoreMismatchError, match="list: source spec"):
             ReinforcedDataset(store, verify_source="all")
     finally:
@@ -285,7 +285,7 @@ def test_show_refuses_the_one_image_it_draws_when_it_differs(beside: Path, tmp_p
     src = tmp_path / "src"
     shutil.copytree(beside / "src", src)
     folder = ImageFolderSource(src)
-    sampled = set(np.random.default_rng(0).choice(np.arange(len(folder)), size=32, replace=False).tolist())  # check_source's
+    sampled = set(np.random.default_rng(0).choice(np.arange(len(folder)), size=32, replace=False).tolist())  # refuse_other_source's
     index = min(set(range(len(folder))) - sampled)
     same_class = next(j for j in range(len(folder)) if j != index and folder.labels()[j] == folder.labels()[index])
     (src / folder.files[index]).write_bytes((src / folder.files[same_class]).read_bytes())  # labels unchanged

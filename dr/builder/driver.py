@@ -139,7 +139,7 @@ def with_layout(header: StoreHeader, config: BuildConfig) -> StoreHeader:
 def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray, lock: StoreLock) -> StoreWriter:
     exists = store_exists(config.out, config.storage_options)
     if exists:
-        lock.check(force=config.force)  # never touch a store another build is writing
+        lock.refuse_if_held(force=config.force)  # never touch a store another build is writing
     if config.resume and not config.overwrite and exists:
         lock.acquire(force=config.force)
         return StoreWriter.resume(config.out, header, storage_options=config.storage_options, write_interval=config.write_interval)

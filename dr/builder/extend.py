@@ -152,7 +152,9 @@ def plan_extension(config: BuildConfig, header: StoreHeader, source: Any = None)
         if loc == ds.location and labels == ds.labels_sha256 and count == ds.count:
             if j and config.resume:  # --resume (--repair) of a segment that is complete: check / recompute its chunks
                 rec = table[j - 1]
-                _check(store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": rec.offset})}), rec.offset)
+                _refuse_mismatch(
+                    store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": rec.offset})}), rec.offset
+                )
                 return Extension(j, segment_url(store, j), rec.offset, base, tuple(table))
             fix = (
                 " (to repair it: this command with --resume --repair)"
@@ -160,7 +162,7 @@ def plan_extension(config: BuildConfig, header: StoreHeader, source: Any = None)
                 else " (to repair it: its own build command with --resume --repair)"
             )
             raise StoreMismatchError(f"--extend {store!r}: {ds.location} is already in the store (segment {j}){fix}; add new images only")
-    _check(store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": offset})}), offset)
+    _refuse_mismatch(store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": offset})}), offset)
     index = building.index if building is not None else len(table) + 1
     if building is None:
         held = [(0, StoreReader(store, storage_options=opts))]
@@ -225,7 +227,7 @@ def refuse_duplicates(store: str, held: list[tuple[int, StoreReader]], source: A
         )
 
 
-def _check(store: str, base: StoreHeader, new: StoreHeader, offset: int) -> None:
+def _refuse_mismatch(store: str, base: StoreHeader, new: StoreHeader, offset: int) -> None:
     problems = extension_problems(base, new, offset)
     if problems:
         raise StoreMismatchError(

@@ -95,7 +95,7 @@ def test_a_lock_left_by_a_process_that_exited_is_taken_over_with_a_warning(tmp_p
 
     caplog.set_level(logging.WARNING, logger=LOGGER)
     lock = StoreLock(str(store))
-    lock.check()  # what a build does first (dr.builder.driver._open_writer), then acquire: neither needs force
+    lock.refuse_if_held()  # what a build does first (dr.builder.driver._open_writer), then acquire: neither needs force
     lock.acquire()
     assert lock.held and _token(store) == lock.token
     (message,) = _takeovers(caplog)
@@ -114,7 +114,7 @@ def test_a_holder_alive_on_this_host_is_never_taken_over(tmp_path: Path, caplog:
         pid = int(proc.stdout.readline())
         left = (store / LOCK_NAME).read_text()
         with pytest.raises(StoreLockedError, match=rf"another build \(pid {pid}.*running on this host"):
-            StoreLock(str(store)).check()
+            StoreLock(str(store)).refuse_if_held()
         with pytest.raises(StoreLockedError, match=rf"another build \(pid {pid}.*running on this host"):
             StoreLock(str(store)).acquire()
         with pytest.raises(StoreLockedError, match=rf"running build \(pid {pid}.*never takes over.*kill {pid}"):
@@ -133,12 +133,12 @@ def test_a_lock_from_another_host_needs_force(tmp_path: Path, caplog: pytest.Log
     store = tmp_path / "s.zarr"
     _write(store, **_this_host(_gone_pid(tmp_path), host=f"not-{socket.gethostname()}"))
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    for attempt in (StoreLock(str(store)).check, StoreLock(str(store)).acquire):
+    for attempt in (StoreLock(str(store)).refuse_if_held, StoreLock(str(store)).acquire):
         with pytest.raises(StoreLockedError, match=r"another build .* on another host; .*--force \(for a lock from another host"):
             attempt()
     assert _token(store) == "old"
     lock = StoreLock(str(store))
-    lock.check(force=True)
+    lock.refuse_if_held(force=True)
     lock.acquire(force=True)
     assert _token(store) == lock.token and not _takeovers(caplog)
 
@@ -148,7 +148,7 @@ def test_an_old_record_without_boot_id_needs_force_even_when_its_process_is_gone
     pid = _gone_pid(tmp_path)
     _write(store, host=socket.gethostname(), pid=pid, started="2024-01-02T03:04:05+0000", token="old")  # a dr before boot ids
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    for attempt in (StoreLock(str(store)).check, StoreLock(str(store)).acquire):
+    for attempt in (StoreLock(str(store)).refuse_if_held, StoreLock(str(store)).acquire):
         with pytest.raises(StoreLockedError, match=rf"stale writer lock left by pid {pid} .* no longer running.*rerun with --force"):
             attempt()
     assert _token(store) == "old"
@@ -174,7 +174,7 @@ def test_a_reused_pid_is_a_gone_holder(tmp_path: Path, sleeper: subprocess.Popen
         assert now is not None
         _write(store, **_this_host(pid, pid_start=now - 1))
         lock = StoreLock(str(store))
-        lock.check()
+        lock.refuse_if_held()
         lock.acquire()
         assert _token(store) == lock.token
         assert f"left by pid {pid} on this host" in _takeovers(caplog)[-1] and "now belongs to another process" in _takeovers(caplog)[-1]
