@@ -141,8 +141,8 @@ class HardLabelSchedule:
     weight: ``start`` throughout (``shape="constant"``), or falling from ``start`` to ``end``
     along a straight line (``"linear"``) or a half cosine (``"cosine"``). A decaying weight
     gives short trainings the label's signal early and ends on the teachers' soft targets
-    (whose calibration the hard term would otherwise lose). ``docs/how-to/training.md`` says
-    which schedule to use at which budget, with the measurements.
+    (whose calibration the hard term would otherwise lose). ``docs/how-to/training.md`` shows
+    its use and what has been measured so far.
 
     Args:
         start: the weight at the start of training, in ``[0, 1]``.

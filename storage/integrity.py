@@ -107,6 +107,7 @@ def load_checked(
     *,
     chunks: Iterable[int] | None = None,
     derive: Deriver | None = None,
+    recorded: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], list[ChunkProblem]]:
     """Read ``paths`` and check each done chunk's rows against ``build/digests``.
 
@@ -119,6 +120,7 @@ def load_checked(
             concatenated in the given order.
         derive: re-derives a chunk's parameter rows (a store with derived parameters); its rows
             are checked against the digests like stored ones.
+        recorded: the whole ``build/digests`` array, already read (default: read here).
 
     Returns:
         The arrays (rows of unreadable chunks hold the fill value) and every problem found:
@@ -131,7 +133,7 @@ def load_checked(
     specs = {s.path: s for s in array_specs(header, include_derived=True)}
     if any(not specs[p].stored for p in paths) and derive is None:
         raise StoreError("this store's parameters are derived, not stored: read it through dr (ReinforcedDataset, DeviceReplay, verify)")
-    check = _Check(group, header, done, chunks, derive)
+    check = _Check(group, header, done, chunks, derive, recorded)
     out = {path: check.read(path, specs[path]) for path in paths}
     return out, check.problems
 
@@ -139,7 +141,9 @@ def load_checked(
 class _Check:
     """One :func:`load_checked` call: the chunks wanted, their recorded digests, the problems."""
 
-    def __init__(self, group: Any, header: StoreHeader, done: np.ndarray, chunks: Iterable[int] | None, derive: Deriver | None) -> None:
+    def __init__(
+        self, group: Any, header: StoreHeader, done: np.ndarray, chunks: Iterable[int] | None, derive: Deriver | None, recorded: Any = None
+    ) -> None:
         self.group, self.header, self.done, self.derive = group, header, done, derive
         self.order, self.key = digest_paths(header), header.digest_key()
         self.cs, self.n = header.chunk_size, header.dataset.count
@@ -152,7 +156,7 @@ class _Check:
         dig_arr = group.get(CHUNK_DIGESTS)
         self.recorded: dict[int, np.ndarray | None] = dict.fromkeys(self.wanted)
         if dig_arr is not None:
-            whole = _read_rows(dig_arr, 0, n_chunks) if self.whole else None
+            whole = recorded if recorded is not None else (_read_rows(dig_arr, 0, n_chunks) if self.whole else None)
             for c in self.wanted:
                 got = whole[c : c + 1] if isinstance(whole, np.ndarray) else _read_rows(dig_arr, c, c + 1)
                 self.recorded[c] = got[0] if isinstance(got, np.ndarray) else None

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from dr.errors import HeaderSealError, SchemaVersionError, StoreError, StoreIncompleteError
 from dr.storage.integrity import ChunkProblem, load_checked, read_done
-from dr.storage.layout import DONE, Deriver, array_specs, param_path, spec_of
+from dr.storage.layout import CHUNK_DIGESTS, DONE, Deriver, array_specs, param_path, spec_of
 from dr.storage.schema import FORMAT, READABLE_VERSIONS, StoreHeader
 from dr.urls import is_url
 
@@ -139,6 +139,10 @@ class StoreReader:
             raise StoreIncompleteError(
                 f"store {self.url!r} is still building (status {self.header.status!r}): finish it with `dr-build reinforce ... --resume` (the build's command)"
             )
+        # a complete store opened read-only does not change under this reader: its done map and
+        # chunk digests are read once (at ImageNet scale each is thousands of small inner chunks)
+        self._frozen = not writable and not allow_incomplete
+        self._memo: dict[str, np.ndarray] = {}
 
     def array(self, path: str) -> zarr.Array:
         """The stored array ``path`` (a derived parameter array is not stored: see :meth:`load_checked`)."""
@@ -190,7 +194,23 @@ class StoreReader:
 
     def done(self) -> np.ndarray:
         """Boolean done map (an unreadable entry counts as not done)."""
-        return read_done(self.array(DONE), self.url)
+        if not self._frozen:
+            return read_done(self.array(DONE), self.url)
+        if DONE not in self._memo:
+            self._memo[DONE] = read_done(self.array(DONE), self.url)
+        return self._memo[DONE].copy()
+
+    def _recorded_digests(self) -> np.ndarray | None:
+        """The whole ``build/digests`` array of a complete store opened read-only, read once
+        (None otherwise, or when it cannot be read whole: the check then reads chunk by chunk)."""
+        if not self._frozen or CHUNK_DIGESTS not in self.group:
+            return None
+        if CHUNK_DIGESTS not in self._memo:
+            try:
+                self._memo[CHUNK_DIGESTS] = np.asarray(self.array(CHUNK_DIGESTS)[:])
+            except Exception:  # noqa: BLE001 - unreadable somewhere: let the check find which chunk
+                return None
+        return self._memo[CHUNK_DIGESTS]
 
     def load_checked(
         self, paths: Sequence[str], *, chunks: Iterable[int] | None = None, derive: Deriver | None = None
@@ -209,4 +229,5 @@ class StoreReader:
                     done[c] = bool(arr[c])
                 except Exception:  # noqa: BLE001 - unreadable: not done
                     done[c] = False
-        return load_checked(self.group, self.header, paths, done, chunks=chunks, derive=derive)
+        recorded = self._recorded_digests() if chunks is None else None
+        return load_checked(self.group, self.header, paths, done, chunks=chunks, derive=derive, recorded=recorded)

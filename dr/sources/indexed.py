@@ -66,6 +66,24 @@ def classes_arg(classes: Sequence[str] | str | None, options: Mapping[str, Any])
     return names, {"classes": ",".join(names)}
 
 
+def _int_labels(raw: Sequence[Any]) -> np.ndarray | None:
+    """``raw`` as int64 labels in one vectorised pass when it is all integers or all digit
+    strings (an ImageNet-sized index: 1.28 M labels), else None (the per-item rule decides)."""
+    try:
+        arr = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
+        if arr.ndim != 1 or not len(arr):
+            return None
+        if arr.dtype.kind in "iu":
+            return arr.astype(np.int64)
+        if arr.dtype.kind == "U":
+            stripped = np.strings.strip(arr)
+            if bool(np.strings.isdigit(np.strings.lstrip(stripped, "-")).all()):
+                return stripped.astype(np.int64)
+    except (ValueError, TypeError, OverflowError):  # ragged, non-ASCII digits, too large: per item
+        return None
+    return None
+
+
 def resolve_labels(raw: Sequence[Any], classes: Sequence[str] | None, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Integer labels (classes given, or ``"0".."C-1"``) or class names (classes given, or the
     sorted distinct names, like ImageFolder's sorted folders)."""
@@ -79,9 +97,11 @@ def resolve_labels(raw: Sequence[Any], classes: Sequence[str] | None, where: str
             return int(v)
         return None
 
-    ints = [as_int(v) for v in raw]
-    if raw and all(i is not None for i in ints):
-        labels = np.asarray(ints, dtype=np.int64)
+    labels = _int_labels(raw)
+    if labels is None:
+        ints = [as_int(v) for v in raw]
+        labels = np.asarray(ints, dtype=np.int64) if len(raw) and all(i is not None for i in ints) else None
+    if labels is not None:
         names = tuple(classes) if classes else tuple(str(i) for i in range(int(labels.max()) + 1))
         bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
         if len(bad):
