@@ -131,22 +131,39 @@ def refuse_other_source(
     elif fp.labels_sha256 != ds.labels_sha256:
         problems.append("labels differ (same classes, different per-image labels or order)")
     if not problems and mode != "none":
-        loaded, damaged = reader.load_checked([DIGESTS])
-        digests = loaded[DIGESTS]
-        usable = np.ones(ds.count, dtype=bool) if skipped is None else ~np.asarray(skipped, dtype=bool)
-        for p in damaged:
-            usable[p.start : p.stop] = False
-        candidates = np.flatnonzero(usable)
-        if mode == "all":
-            idx = candidates
-        else:
-            idx = np.random.default_rng(0).choice(candidates, size=min(32, len(candidates)), replace=False)
-        bad = [int(i) for i in idx if source.read(int(i))[1] != digests[i].tobytes()]
+        idx, digests = _recorded_digests(reader, mode, skipped)
+        bad = [int(i) for i, d in zip(idx, digests) if source.read(int(i))[1] != d.tobytes()]
         if bad:
             problems.append(f"content of {len(bad)} of {len(idx)} checked images differs, e.g. {source.describe(bad[0])}")
     if problems:
         hint = f" (the store records that it was built from {ds.location!r})" if ds.location else ""
         raise StoreMismatchError(f"source {source!r} is not the dataset store {store!r} was built from: " + "; ".join(problems) + hint)
+
+
+def _recorded_digests(
+    reader: StoreReader, mode: Literal["sample", "all"], skipped: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images to re-hash and their recorded digests: every usable image (``"all"``), or 32
+    seeded ones (``"sample"``), for which only their chunks are read -- at ImageNet scale the
+    whole digest array is thousands of inner chunks. Images of damaged digest chunks drop out."""
+    n, cs = reader.header.dataset.count, reader.header.chunk_size
+    usable = np.ones(n, dtype=bool) if skipped is None else ~np.asarray(skipped, dtype=bool)
+    if mode == "all":
+        loaded, damaged = reader.load_checked([DIGESTS])
+        for p in damaged:
+            usable[p.start : p.stop] = False
+        idx = np.flatnonzero(usable)
+        return idx, loaded[DIGESTS][idx]
+    candidates = np.flatnonzero(usable)
+    idx = np.sort(np.random.default_rng(0).choice(candidates, size=min(32, len(candidates)), replace=False))
+    chunks = sorted({int(i) // cs for i in idx})
+    loaded, damaged = reader.load_checked([DIGESTS], chunks=chunks)
+    starts = {c: k * cs for k, c in enumerate(chunks)}  # rows come back chunk after chunk; only the last chunk is short
+    bad_chunks = {p.chunk for p in damaged}
+    keep = np.asarray([int(i) // cs not in bad_chunks for i in idx], dtype=bool)
+    idx = idx[keep]
+    rows = np.asarray([starts[int(i) // cs] + int(i) % cs for i in idx], dtype=np.int64)
+    return idx, loaded[DIGESTS][rows] if len(rows) else loaded[DIGESTS][:0]
 
 
 class ChunkGuard:
