@@ -140,9 +140,7 @@ def refuse_other_source(
         raise StoreMismatchError(f"source {source!r} is not the dataset store {store!r} was built from: " + "; ".join(problems) + hint)
 
 
-def _recorded_digests(
-    reader: StoreReader, mode: Literal["sample", "all"], skipped: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _recorded_digests(reader: StoreReader, mode: Literal["sample", "all"], skipped: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The images to re-hash and their recorded digests: every usable image (``"all"``), or 32
     seeded ones (``"sample"``), for which only their chunks are read -- at ImageNet scale the
     whole digest array is thousands of inner chunks. Images of damaged digest chunks drop out."""
