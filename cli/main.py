@@ -82,6 +82,25 @@ def yaml_scalar(value: str) -> Any:
         return value
 
 
+def _storage_options(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Any]:
+    """``--storage-option KEY=VALUE`` (repeated) -> fsspec options; values read as YAML scalars."""
+    pairs = [o.split("=", 1) for o in value]
+    for given, pair in zip(value, pairs):
+        if len(pair) != 2 or not pair[0]:
+            raise click.BadParameter(f"takes KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:9000 or anon=true), got {given!r}")
+    return {k: yaml_scalar(v) for k, v in pairs}
+
+
+_STORAGE_OPTION = click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_storage_options,
+    help="An fsspec option for a remote store or source (repeat the flag), e.g. endpoint_url=http://127.0.0.1:9000.",
+)
+
+
 def _fail(e: Exception, as_json: bool = False, kind: str | None = None) -> NoReturn:
     """Raise ``e`` as a click error (text on stderr); with ``--json`` also print
     ``{"ok": false, "error": ..., "kind": ..., "exit_code": ...}`` on stdout."""
@@ -198,7 +217,7 @@ def _build_options(command: Any) -> Any:
         if name == "teachers":
             kw.update(multiple=True, callback=_validate_teacher)
         elif name == "storage_options":
-            kw.update(multiple=True)
+            kw.update(multiple=True, callback=_storage_options)
         elif f.annotation is bool:
             kw.update(is_flag=True)
         else:
@@ -234,7 +253,7 @@ def reinforce(
     source: str | None,
     config_file: str | None,
     teachers: tuple[str, ...],
-    storage_options: tuple[str, ...],
+    storage_options: dict[str, Any],
     as_json: bool,
     quiet: bool,
     dry_run: bool,
@@ -283,7 +302,7 @@ def reinforce(
 
 
 def _build_config(
-    source: str | None, config_file: str | None, teachers: tuple[str, ...], storage_options: tuple[str, ...], options: dict[str, Any]
+    source: str | None, config_file: str | None, teachers: tuple[str, ...], storage_options: dict[str, Any], options: dict[str, Any]
 ) -> Any:
     """The BuildConfig of ``reinforce``'s arguments: --config FILE overridden by the flags given
     on the command line."""
@@ -298,10 +317,7 @@ def _build_config(
     if teachers:
         given["teachers"] = teachers
     if storage_options:
-        pairs = [o.split("=", 1) for o in storage_options]
-        if any(len(p) != 2 for p in pairs):
-            raise click.BadParameter(f"--storage-option takes KEY=VALUE, got {storage_options!r}")
-        given["storage_options"] = {k: yaml_scalar(v) for k, v in pairs}
+        given["storage_options"] = storage_options
     if config_file:
         try:
             return load_config_file(config_file, given)
@@ -364,13 +380,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--allow-incomplete", is_flag=True, help="Also describe a store whose build has not finished.")
-def info(store: str, as_json: bool, allow_incomplete: bool) -> None:
+@_STORAGE_OPTION
+def info(store: str, as_json: bool, allow_incomplete: bool, storage_options: dict[str, Any]) -> None:
     """Describe STORE: header, counts, sizes, bytes/view, teacher agreement with labels."""
     from dr.audit.summary import format_summary, store_summary
     from dr.errors import StoreIncompleteError
 
     try:
-        s = store_summary(store, allow_incomplete=allow_incomplete)
+        s = store_summary(store, allow_incomplete=allow_incomplete, storage_options=storage_options)
     except StoreIncompleteError as e:
         message = str(e).replace("allow_incomplete=True", "--allow-incomplete")
         if "--allow-incomplete" not in message:
@@ -412,7 +429,17 @@ _TRUST_LOCATION_HELP = (
 )
 @click.option("--out", "-o", default="views.png", show_default=True, help="PNG to write.")
 @click.option("--max-views", default=31, show_default=True, type=click.IntRange(1))
-def show(store: str, source: str | None, trust_store_location: bool, no_check: bool, index: int, out: str, max_views: int) -> None:
+@_STORAGE_OPTION
+def show(
+    store: str,
+    source: str | None,
+    trust_store_location: bool,
+    no_check: bool,
+    index: int,
+    out: str,
+    max_views: int,
+    storage_options: dict[str, Any],
+) -> None:
     """Draw image --index's stored views (replayed) with their top-3 soft labels into a PNG.
 
     Check this picture before spending GPU hours: the views are exactly what the teachers saw.
@@ -420,9 +447,18 @@ def show(store: str, source: str | None, trust_store_location: bool, no_check: b
     digests the store recorded (--no-check skips the content check).
     """
     from dr.audit.show import draw_views
+    from dr.urls import Location
 
     try:
-        path = draw_views(store, source, index, out, max_views=max_views, check=not no_check, trust_store_location=trust_store_location)
+        path = draw_views(
+            Location.of(store, storage_options),
+            source,
+            index,
+            out,
+            max_views=max_views,
+            check=not no_check,
+            trust_store_location=trust_store_location,
+        )
     except DRError as e:
         _fail(e)
     click.echo(f"wrote {path}")
@@ -479,6 +515,7 @@ def show(store: str, source: str | None, trust_store_location: bool, no_check: b
     "(default: twice chance; 0: not judged unless the store has a class map). Never read from the store.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_STORAGE_OPTION
 def verify(
     store: str,
     sources: tuple[str, ...],
@@ -490,6 +527,7 @@ def verify(
     max_dp: float | None,
     min_agreement: float | None,
     as_json: bool,
+    storage_options: dict[str, Any],
 ) -> None:
     """Prove STORE: integrity (the sealed header, chunks, shapes, dtypes, sorted
     probabilities, ids, parameter bounds, mixing partners, source fingerprint), every chunk of
@@ -520,6 +558,7 @@ def verify(
             trust_store_teachers=trust_store_teachers,
             min_agreement=min_agreement,
             trust_store_location=trust_store_location,
+            storage_options=storage_options,
         )
     except DRError as e:
         _fail(e, as_json)

@@ -27,6 +27,7 @@ from dr.orders import view_choice
 from dr.policy import TAG_ORIGINAL, fresh_rng
 from dr.policy.rng import KeyedRNG, view_keys
 from dr.samplers import ChunkAwareSampler
+from dr.urls import Location
 from dr.views import StoredViews, served_topk
 
 __all__ = ["ReinforcedDataset", "ChunkAwareSampler", "served_topk", "to_float", "view_choice"]
@@ -45,7 +46,7 @@ class ReinforcedDataset(StoredViews, Dataset):
     """A map-style Dataset over a reinforced store and its source images.
 
     Args:
-        store: path or fsspec URL of a complete store.
+        store: path, fsspec URL or :class:`~dr.urls.Location` of a complete store.
         source: the dataset the store was built from (a path or a dataset object); default:
             the location recorded in the store.
         output_size: replay at this size (default: the build's); boxes are in source pixels.
@@ -62,7 +63,8 @@ class ReinforcedDataset(StoredViews, Dataset):
             memory, one copy for every DataLoader worker; above it, read by chunk through a
             per-process cache of ``cache_chunks`` chunks: give the loader :meth:`sampler`.
         verify_source: ``"sample"`` (hash 32 seeded images), ``"all"`` or ``"none"``.
-        storage_options: fsspec options for a remote store.
+        storage_options: fsspec options for a remote store or source given by path or URL (a
+            :class:`~dr.urls.Location` carries its own).
         cache_chunks: store chunks kept in memory when reading by chunk.
         topk: serve only the ``topk`` largest stored probabilities of each view (k' <= the
             store's k; default all). The mass left out is the loss's ``rest`` (spread over the
@@ -88,7 +90,7 @@ class ReinforcedDataset(StoredViews, Dataset):
 
     def __init__(
         self,
-        store: str | os.PathLike[str],
+        store: str | os.PathLike[str] | Location,
         source: Any = None,
         *,
         output_size: int | None = None,

@@ -10,6 +10,7 @@ augmented batch. The store, its checks and the metadata are :class:`dr.views.Sto
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import torch
 from dr.errors import StoreError
 from dr.policy import ImageBank, Policy, fresh_rng
 from dr.sources import open_source
+from dr.urls import Location
 from dr.views import ChunkGuard, StoredViews
 
 __all__ = ["DeviceReplay"]
@@ -28,12 +30,13 @@ class DeviceReplay(StoredViews):
     """Whole-batch replay of a store (or fresh views of its policy) on ``device``.
 
     Args:
-        store: a complete store.
+        store: a complete store (path, fsspec URL or :class:`~dr.urls.Location`).
         source: its source (path or dataset; default: the recorded location).
         device: where images live and views are made.
         seed: seeds the view choice (same rule as ``ReinforcedDataset(seed=...)``).
         output_size: replay size (default: the build's).
-        storage_options: fsspec options for a remote store or source.
+        storage_options: fsspec options for a remote store or source given by path or URL (a
+            :class:`~dr.urls.Location` carries its own).
         verify_source: ``"sample"`` (re-hash 32 seeded images), ``"all"`` or ``"none"``: the
             same source check as ``ReinforcedDataset`` (:func:`dr.views.refuse_other_source`).
         topk: serve the ``topk`` largest stored probabilities per view (k' <= k; the same rule
@@ -54,7 +57,7 @@ class DeviceReplay(StoredViews):
 
     def __init__(
         self,
-        store: str,
+        store: str | os.PathLike[str] | Location,
         source: Any = None,
         *,
         device: str | torch.device = "cpu",

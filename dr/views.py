@@ -49,7 +49,7 @@ from dr.storage.layout import (
     param_paths,
 )
 from dr.storage.segments import SegmentedStore, has_segments
-from dr.urls import is_url, strip_file_scheme
+from dr.urls import Location, is_url, strip_file_scheme
 
 __all__ = [
     "ChunkGuard",
@@ -244,17 +244,17 @@ class OpenedStore:
 
 
 def open_trusted(
-    store: str,
+    store: str | Location,
     source: Any = None,
     *,
     paths: Sequence[str] = (),
-    storage_options: Mapping[str, Any] | None = None,
     verify_source: Literal["sample", "all", "none"] = "sample",
     segments: Sequence[int] | None = None,
     trust_store_location: bool = False,
 ) -> OpenedStore:
     """Open a complete store and its source, read ``source/labels``, ``source/skipped`` and
-    ``paths`` digest-checked, and check the source.
+    ``paths`` digest-checked, and check the source. ``store`` is a path, a URL or a
+    :class:`~dr.urls.Location`, whose fsspec options reach the store and a remote source.
 
     The source is ``source`` when given; otherwise the location the store records, but only
     where :func:`reader_source` allows it (a local folder beside the store) or with
@@ -274,17 +274,19 @@ def open_trusted(
         StoreMismatchError: no source given or recorded, a recorded location the rule refuses
             (named, with the fix), or not the store's dataset.
     """
-    if not has_segments(store, storage_options):
+    loc = Location.of(store)
+    store = loc.url
+    if not has_segments(loc):
         if segments is not None and list(segments) != [0]:
             raise ConfigError(f"segments={list(segments)}: store {store!r} has one segment, 0 (it was never extended)")
-        reader = StoreReader(store, storage_options=storage_options)
-        src = open_source(_location(store, source, reader.header, store, trust_store_location), storage_options)
+        reader = StoreReader(loc)
+        src = open_source(_location(store, source, reader.header, store, trust_store_location), loc.options)
         rows, damaged = reader.load_checked([LABELS, SKIPPED, *paths], derive=parameter_deriver(reader.header))
         n = reader.header.dataset.count
         opened = OpenedStore(reader, src, rows, damaged, np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
         refuse_other_source(src, reader, verify_source, skipped=opened.skipped)
         return opened
-    whole = SegmentedStore(store, storage_options=storage_options)
+    whole = SegmentedStore(loc)
     numbers = [s.index for s in whole.segments]
     chosen = numbers if segments is None else sorted({int(i) for i in segments})
     if not chosen or not set(chosen) <= set(numbers):
@@ -304,7 +306,7 @@ def open_trusted(
         if seg.index not in chosen:
             parts.append(None)
             continue
-        src = open_source(_location(seg.url, arg, seg.reader.header, store, trust_store_location), storage_options)
+        src = open_source(_location(seg.url, arg, seg.reader.header, store, trust_store_location), loc.options)
         refuse_other_source(src, seg.reader, verify_source, skipped=rows[SKIPPED][seg.offset : seg.offset + seg.count].astype(bool))
         parts.append(src)
     labels = [rows[LABELS][s.offset : s.offset + s.count] for s in whole.segments]
@@ -394,14 +396,15 @@ class StoredViews:
     """A complete store and its source, opened and checked for training (both readers' core).
 
     Args:
-        store: path or fsspec URL of a complete store.
+        store: path, fsspec URL or :class:`~dr.urls.Location` of a complete store.
         source: the dataset the store was built from (a path, a source spec or a dataset object;
             for an extended store one entry per segment); default: the location the store records.
         seed: seeds the view choice (not the stored views).
         topk: serve the ``topk`` largest stored probabilities per view (k' <= k; default all).
         segments: an extended store's segments whose images are served (default: every complete one).
         verify_source: ``"sample"`` (re-hash 32 seeded images), ``"all"`` or ``"none"``.
-        storage_options: fsspec options for a remote store or source.
+        storage_options: fsspec options for a remote store or source (with a path or URL; a
+            :class:`~dr.urls.Location` carries its own).
         memory_budget: bytes of metadata (parameters and targets) to hold in memory; above it,
             read chunk by chunk.
         cache_chunks: store chunks each process keeps when reading by chunk.
@@ -419,7 +422,7 @@ class StoredViews:
 
     def __init__(
         self,
-        store: str | os.PathLike[str],
+        store: str | os.PathLike[str] | Location,
         source: Any = None,
         *,
         seed: int = 0,
@@ -436,12 +439,12 @@ class StoredViews:
             raise ConfigError(f"seed={seed!r}: use an integer in [0, 2**63 - 1]")
         if isinstance(cache_chunks, bool) or not isinstance(cache_chunks, (int, np.integer)) or cache_chunks < 1:
             raise ConfigError(f"cache_chunks={cache_chunks!r}: keep at least 1 chunk per process")
-        self.store = str(store)
-        self.storage_options = dict(storage_options or {})
+        #: where the store is, with the fsspec options that reach it
+        self.location = Location.of(store, storage_options)
+        self.store = self.location.url
         opened = open_trusted(
-            self.store,
+            self.location,
             source,
-            storage_options=self.storage_options,
             verify_source=verify_source,
             segments=segments,
             trust_store_location=trust_store_location,
@@ -482,7 +485,7 @@ class StoredViews:
         reader = opened.reader
         parts = reader.segments if isinstance(reader, SegmentedStore) else None
         #: (url, first image, first global chunk) of each segment, for reading by chunk
-        self._parts = [(s.url, s.offset, s.chunk_base) for s in parts] if parts else [(self.store, 0, 0)]
+        self._parts = [(s.reader.location, s.offset, s.chunk_base) for s in parts] if parts else [(self.location, 0, 0)]
         #: the global store chunk of each source image
         self.chunk_of: np.ndarray = (
             reader.chunk_of(np.arange(len(self.label_of)))
@@ -553,14 +556,14 @@ class StoredViews:
             self._readers, self._reader_pid = {}, os.getpid()
             self._cache.clear()
         part = max(i for i, (_, _, base) in enumerate(self._parts) if base <= c)
-        url, offset, base = self._parts[part]
+        where, offset, base = self._parts[part]
         first = offset + (c - base) * self.header.chunk_size
         hit = self._cache.get(c)
         if hit is not None:
             self._cache.move_to_end(c)
             return hit, first
         if part not in self._readers:
-            reader = StoreReader(url, storage_options=self.storage_options)
+            reader = StoreReader(where)
             self._readers[part] = (reader, parameter_deriver(reader.header))
         reader, derive = self._readers[part]
         data, damaged = reader.load_checked([*self._fields, *TARGET_ARRAYS], chunks=[c - base], derive=derive)

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dr.errors import StoreError
+from dr.urls import Location
 
 __all__ = ["StoreLock", "StoreLockedError", "LOCK_NAME"]
 
@@ -115,24 +116,22 @@ def _int(value: Any, default: int = -1) -> int:
 
 
 class StoreLock:
-    """The writer lock of the store at ``url`` (a path or an fsspec URL)."""
+    """The writer lock of the store at ``url`` (a path, an fsspec URL or a :class:`~dr.urls.Location`)."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        self.url = str(url)
-        self.remote = "://" in self.url and not self.url.startswith("file://")
-        self.storage_options = dict(storage_options or {})
+    def __init__(self, url: str | Location, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.location = Location.of(url, storage_options)
+        self.url = self.location.url
+        self.remote = self.location.remote
         self.token = uuid.uuid4().hex
         self.held = False
 
     # -- io --------------------------------------------------------------------------------
     def _fs(self) -> tuple[Any, str]:
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        fs, root = self.location.filesystem()
         return fs, f"{root.rstrip('/')}/{LOCK_NAME}"
 
     def _path(self) -> str:
-        return os.path.join(self.url, LOCK_NAME)
+        return os.path.join(self.location.path, LOCK_NAME)
 
     @staticmethod
     def _parse(raw: bytes) -> dict[str, Any]:
@@ -165,7 +164,7 @@ class StoreLock:
                 return False
             fs.pipe_file(key, data)
             return True
-        os.makedirs(self.url, exist_ok=True)
+        os.makedirs(self.location.path, exist_ok=True)
         if exclusive:
             try:
                 fd = os.open(self._path(), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

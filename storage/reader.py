@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -13,18 +13,20 @@ from dr.errors import HeaderSealError, SchemaVersionError, StoreError, StoreInco
 from dr.storage.integrity import ChunkProblem, load_checked, read_done
 from dr.storage.layout import CHUNK_DIGESTS, DONE, Deriver, array_specs, param_path, spec_of
 from dr.storage.schema import FORMAT, READABLE_VERSIONS, StoreHeader
-from dr.urls import is_url
+from dr.urls import Location
 
 __all__ = ["StoreReader", "open_group", "store_exists", "read_header"]
 
 
-def open_group(url: str, *, mode: str = "r", storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
+def open_group(
+    url: str | Location, *, mode: Literal["r", "r+", "a", "w", "w-"] = "r", storage_options: Mapping[str, Any] | None = None
+) -> zarr.Group:
     """Open a Zarr v3 group at a local path or an fsspec URL (``s3://...``).
 
     Args:
-        url: a local path or an fsspec URL.
+        url: a local path, an fsspec URL, or a :class:`~dr.urls.Location` (a URL with its options).
         mode: Zarr's open mode (``r``, ``r+``, ``a``, ``w``).
-        storage_options: fsspec options for a URL (ignored for local paths).
+        storage_options: fsspec options for a URL given as a string (ignored for local paths).
 
     Returns:
         The group.
@@ -32,23 +34,22 @@ def open_group(url: str, *, mode: str = "r", storage_options: Mapping[str, Any] 
     Raises:
         StoreError: nothing at ``url``, or not a Zarr v3 group.
     """
-    kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
-    if is_url(url):
-        kwargs["storage_options"] = dict(storage_options or {})
+    loc = Location.of(url, storage_options)
+    url = loc.url
     try:
-        return zarr.open_group(url, **kwargs)
+        return zarr.open_group(url, mode=mode, zarr_format=3, **loc.zarr_options())
     except FileNotFoundError as e:
         raise StoreError(f"no store at {url!r}: check the path (build one with `dr-build reinforce`)") from e
     except (zarr.errors.BaseZarrError, ValueError, TypeError) as e:
         raise StoreError(f"{url!r} is not a Zarr v3 group: {e}") from e
 
 
-def store_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+def store_exists(url: str | Location, storage_options: Mapping[str, Any] | None = None) -> bool:
     """Whether a Zarr v3 group can be opened at ``url`` (a dr store or not).
 
     Args:
-        url: a local path or an fsspec URL.
-        storage_options: fsspec options for a URL.
+        url: a local path, an fsspec URL or a :class:`~dr.urls.Location`.
+        storage_options: fsspec options for a URL given as a string.
 
     Returns:
         ``True`` when :func:`open_group` opens it for reading.
@@ -119,10 +120,14 @@ class StoreReader:
     """Read-only access to a store.
 
     Args:
-        url: local path or fsspec URL.
+        url: local path, fsspec URL or :class:`~dr.urls.Location`.
         allow_incomplete: open a store whose build has not finished (status ``building``).
-        storage_options: fsspec options for remote stores.
+        storage_options: fsspec options for a remote store given as a string.
         writable: open read-write (used by :class:`storage.StoreWriter` to resume).
+
+    Attributes:
+        location: where the store is, with its fsspec options.
+        url: ``location.url``.
 
     Raises:
         StoreError: missing store or not a dr store; SchemaVersionError: another schema
@@ -130,10 +135,16 @@ class StoreReader:
     """
 
     def __init__(
-        self, url: str, *, allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None, writable: bool = False
+        self,
+        url: str | Location,
+        *,
+        allow_incomplete: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        writable: bool = False,
     ) -> None:
-        self.url = str(url)
-        self.group = open_group(self.url, mode="r+" if writable else "r", storage_options=storage_options)
+        self.location = Location.of(url, storage_options)
+        self.url = self.location.url
+        self.group = open_group(self.location, mode="r+" if writable else "r")
         self.header = read_header(dict(self.group.attrs), self.url)
         if self.header.status != "complete" and not allow_incomplete:
             raise StoreIncompleteError(

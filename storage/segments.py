@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ from dr.storage.integrity import ChunkProblem
 from dr.storage.layout import Deriver
 from dr.storage.reader import StoreReader, open_group, store_exists
 from dr.storage.schema import DatasetInfo, StoreHeader
+from dr.urls import Location
 
 __all__ = [
     "SEGMENTS_FORMAT",
@@ -51,6 +52,7 @@ __all__ = [
     "extension_problems",
     "has_segments",
     "read_segment_table",
+    "segment_location",
     "segment_url",
     "table_problems",
     "write_segment_table",
@@ -92,7 +94,13 @@ class SegmentRecord(BaseModel):
     completed_at: str | None = None
 
 
-def segment_url(store: str, index: int) -> str:
+def segment_location(store: Location, index: int) -> Location:
+    """Where segment ``index`` of the store at ``store`` lies: ``STORE/segments/<index>``, with
+    the store's fsspec options."""
+    return store / f"segments/{int(index)}"
+
+
+def segment_url(store: str | Location, index: int) -> str:
     """Where segment ``index`` of ``store`` lies.
 
     Args:
@@ -102,19 +110,18 @@ def segment_url(store: str, index: int) -> str:
     Returns:
         ``STORE/segments/<index>``.
     """
-    return f"{str(store).rstrip('/')}/segments/{int(index)}"
+    return segment_location(Location.of(store), index).url
 
 
-def _table_url(store: str) -> str:
-    return f"{str(store).rstrip('/')}/segments"
+def _table(store: Location) -> Location:
+    return store / "segments"
 
 
-def read_segment_table(store: str, storage_options: Mapping[str, Any] | None = None) -> list[SegmentRecord]:
+def read_segment_table(store: str | Location) -> list[SegmentRecord]:
     """The segment table of ``store`` (empty for a store that was never extended).
 
     Args:
-        store: the base store's path or URL.
-        storage_options: fsspec options for a remote store.
+        store: the base store's path, URL or :class:`~dr.urls.Location`.
 
     Returns:
         The rows, in segment order.
@@ -123,15 +130,17 @@ def read_segment_table(store: str, storage_options: Mapping[str, Any] | None = N
         StoreError: a malformed table (the message names the row and field); segment stores
             but no table; a complete segment store the table does not list.
     """
-    if not store_exists(_table_url(store), storage_options):
-        if store_exists(segment_url(store, 1), storage_options):
+    loc = Location.of(store)
+    store = loc.url
+    if not store_exists(_table(loc)):
+        if store_exists(segment_location(loc, 1)):
             raise StoreError(
                 f"store {store!r} holds segment stores (segments/1, ...) but no segment table (the 'segments' group's zarr.json "
                 "is missing or not a group): a reader would serve segment 0 alone and leave every extension's images out. "
                 "Restore STORE/segments/zarr.json from a copy of the store, or delete the segments folder to keep segment 0 only"
             )
         return []
-    attrs = dict(open_group(_table_url(store), storage_options=storage_options).attrs)
+    attrs = dict(open_group(_table(loc)).attrs)
     if attrs.get("format") != SEGMENTS_FORMAT:
         raise StoreError(f"store {store!r}: its 'segments' group is not a dr segment table (format {attrs.get('format')!r})")
     rows = attrs.get("segments")
@@ -147,23 +156,23 @@ def read_segment_table(store: str, storage_options: Mapping[str, Any] | None = N
     for i, rec in enumerate(out, start=1):
         if rec.index != i or rec.path != f"segments/{i}":
             raise StoreError(f"store {store!r}: segment table row {i - 1} is segment {rec.index} at {rec.path!r}, expected segments/{i}")
-    _refuse_unlisted(store, len(out), storage_options)
+    _refuse_unlisted(loc, len(out))
     return out
 
 
-def _segment_status(url: str, storage_options: Mapping[str, Any] | None) -> str | None:
+def _segment_status(seg: Location) -> str | None:
     """The ``status`` a segment store's header says (``None``: no store there)."""
-    if not store_exists(url, storage_options):
+    if not store_exists(seg):
         return None
-    status = dict(open_group(url, storage_options=storage_options).attrs).get("status")
+    status = dict(open_group(seg).attrs).get("status")
     return str(status) if status is not None else "unknown"
 
 
-def _refuse_unlisted(store: str, rows: int, storage_options: Mapping[str, Any] | None) -> None:
+def _refuse_unlisted(loc: Location, rows: int) -> None:
     """A segment store after the table's last row: refused when it is complete (its images would
     be left out without a word), logged when it is not (it serves nothing)."""
-    nxt = rows + 1
-    status = _segment_status(segment_url(store, nxt), storage_options)
+    nxt, store = rows + 1, loc.url
+    status = _segment_status(segment_location(loc, nxt))
     if status is None:
         return
     if status != "building":
@@ -175,7 +184,7 @@ def _refuse_unlisted(store: str, rows: int, storage_options: Mapping[str, Any] |
     log.warning("store %s: segments/%d holds an unfinished segment store the segment table does not list; it is not served", store, nxt)
 
 
-def table_problems(store: str, records: Sequence[SegmentRecord], storage_options: Mapping[str, Any] | None = None) -> list[str]:
+def table_problems(store: str | Location, records: Sequence[SegmentRecord]) -> list[str]:
     """Where the ``building`` rows of a segment table disagree with the segment stores.
 
     A row is ``building`` from the moment an extension is planned until its store completes;
@@ -184,13 +193,13 @@ def table_problems(store: str, records: Sequence[SegmentRecord], storage_options
     finishing the store and recording it): a reader would leave its images out.
 
     Args:
-        store: the base store's path or URL.
+        store: the base store's path, URL or :class:`~dr.urls.Location`.
         records: its segment table (:func:`read_segment_table`).
-        storage_options: fsspec options for a remote store.
 
     Returns:
         One message per disagreement, naming the segment and the fix; empty when they agree.
     """
+    loc = Location.of(store)
     problems = []
     for i, rec in enumerate(records):
         if rec.status != "building":
@@ -202,7 +211,7 @@ def table_problems(store: str, records: Sequence[SegmentRecord], storage_options
                 "extension can be building. Restore the table (STORE/segments/zarr.json) from a copy of the store"
             )
             continue
-        status = _segment_status(segment_url(store, rec.index), storage_options)
+        status = _segment_status(segment_location(loc, rec.index))
         if status not in (None, "building"):
             problems.append(
                 f"segment {rec.index} ({images}, from {rec.location}) is marked building in the segment table but its store "
@@ -212,15 +221,14 @@ def table_problems(store: str, records: Sequence[SegmentRecord], storage_options
     return problems
 
 
-def write_segment_table(store: str, records: Sequence[SegmentRecord], storage_options: Mapping[str, Any] | None = None) -> None:
+def write_segment_table(store: str | Location, records: Sequence[SegmentRecord]) -> None:
     """Write (create or replace) the segment table of ``store``.
 
     Args:
-        store: the base store's path or URL.
+        store: the base store's path, URL or :class:`~dr.urls.Location`.
         records: every row, in segment order.
-        storage_options: fsspec options for a remote store.
     """
-    group = open_group(_table_url(store), mode="a", storage_options=storage_options)
+    group = open_group(_table(Location.of(store)), mode="a")
     group.update_attributes({"format": SEGMENTS_FORMAT, "segments": [r.model_dump(mode="json") for r in records]})
 
 
@@ -296,10 +304,10 @@ class SegmentedStore:
     :func:`table_problems`), never served in part without a word.
 
     Args:
-        url: the base store.
-        storage_options: fsspec options for a remote store.
+        url: the base store (path, URL or :class:`~dr.urls.Location` with its fsspec options).
 
     Attributes:
+        location: the base store's location.
         segments: the complete segments, in order.
         header: the base header with ``dataset`` describing all segments together (count,
             the last segment's classes); its other fields are every segment's.
@@ -309,13 +317,14 @@ class SegmentedStore:
             table that disagrees with the segment stores.
     """
 
-    def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
-        self.url = str(url)
-        base = StoreReader(self.url, storage_options=storage_options)
+    def __init__(self, url: str | Location) -> None:
+        self.location = loc = Location.of(url)
+        self.url = loc.url
+        base = StoreReader(loc)
         self.base = base
         parts = [Segment(0, self.url, base, 0, base.header.dataset.count, 0)]
-        table = read_segment_table(self.url, storage_options)
-        disagree = table_problems(self.url, table, storage_options)
+        table = read_segment_table(loc)
+        disagree = table_problems(loc, table)
         if disagree:
             raise StoreError(f"store {self.url!r}: its segment table disagrees with its segment stores: " + "; ".join(disagree))
         for rec in table:
@@ -331,8 +340,8 @@ class SegmentedStore:
                     rec.offset + rec.count - 1,
                 )
                 break
-            seg_url = segment_url(self.url, rec.index)
-            reader = StoreReader(seg_url, storage_options=storage_options)
+            reader = StoreReader(segment_location(loc, rec.index))
+            seg_url = reader.url
             offset = parts[-1].offset + parts[-1].count
             problems = extension_problems(base.header, reader.header, offset)
             if reader.header.dataset.count != rec.count or reader.header.dataset.labels_sha256 != rec.labels_sha256:
@@ -406,14 +415,13 @@ class SegmentedStore:
         return {p: np.concatenate(parts[p]) for p in paths}, problems
 
 
-def has_segments(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+def has_segments(url: str | Location) -> bool:
     """Whether a store was ever extended.
 
     Args:
-        url: the store's path or URL.
-        storage_options: fsspec options for a remote store.
+        url: the store's path, URL or :class:`~dr.urls.Location`.
 
     Returns:
         ``True`` when it has a segment table with at least one row.
     """
-    return bool(read_segment_table(url, storage_options))
+    return bool(read_segment_table(url))

@@ -29,6 +29,7 @@ from dr.storage.integrity import ChunkProblem, load_checked, read_done, rows_dig
 from dr.storage.layout import CHUNK_DIGESTS, DIGESTS, DONE, LABELS, PROBS, ArraySpec, array_specs, compressors, digest_paths, encode_probs
 from dr.storage.reader import StoreReader, open_group, read_header, store_exists
 from dr.storage.schema import StoreHeader
+from dr.urls import Location
 
 __all__ = ["StoreWriter", "now_iso"]
 
@@ -79,7 +80,7 @@ class StoreWriter:
     @classmethod
     def create(
         cls,
-        url: str,
+        url: str | Location,
         header: StoreHeader,
         labels: np.ndarray,
         *,
@@ -87,23 +88,25 @@ class StoreWriter:
         storage_options: Mapping[str, Any] | None = None,
         write_interval: float = 0.0,
     ) -> StoreWriter:
-        """Create a new store at ``url`` (a path or an fsspec URL) with empty arrays."""
-        if store_exists(url, storage_options):
+        """Create a new store at ``url`` (a path, an fsspec URL or a :class:`~dr.urls.Location`) with empty arrays."""
+        loc = Location.of(url, storage_options)
+        url = loc.url
+        if store_exists(loc):
             if not overwrite:
                 raise StoreError(f"store {url!r} already exists: pass --resume to continue that build, or --overwrite to replace it")
             try:
-                read_header(dict(open_group(url, storage_options=storage_options).attrs), url)
+                read_header(dict(open_group(loc).attrs), url)
             except SchemaVersionError:
                 pass  # an older/newer dr store: replacing it is what --overwrite means
             except StoreError as e:
                 raise StoreError(f"refusing to overwrite {url!r}: it is not a dr store ({e})") from None
-        elif "://" not in url and os.path.exists(url) and (not os.path.isdir(url) or os.listdir(url)):
+        elif not loc.remote and os.path.exists(loc.path) and (not os.path.isdir(loc.path) or os.listdir(loc.path)):
             raise StoreError(f"refusing to write a store at {url!r}: the path exists and is not a Zarr store; choose a new --out path")
         h = header.sealed()
         n = h.dataset.count
         if len(labels) != n:
             raise StoreError(f"{len(labels)} labels for {n} images")
-        group = open_group(url, mode="w", storage_options=storage_options)
+        group = open_group(loc, mode="w")
         group.update_attributes(h.to_attrs())
         made: dict[str, zarr.Array] = {}
         for spec in array_specs(h):
@@ -128,10 +131,11 @@ class StoreWriter:
 
     @classmethod
     def resume(
-        cls, url: str, header: StoreHeader, *, storage_options: Mapping[str, Any] | None = None, write_interval: float = 0.0
+        cls, url: str | Location, header: StoreHeader, *, storage_options: Mapping[str, Any] | None = None, write_interval: float = 0.0
     ) -> StoreWriter:
         """Reopen a ``building`` store whose configuration equals ``header``'s."""
         reader = StoreReader(url, allow_incomplete=True, storage_options=storage_options, writable=True)
+        url = reader.url
         old = reader.header
         if old.config_key() != header.config_key():
             a, b = old.config_key(), header.config_key()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from dr.errors import ConfigError, StoreMismatchError
+from dr.urls import Location
 
 __all__ = ["draw_views", "target_class_names"]
 
@@ -59,7 +60,7 @@ def _same_image(ds: Any, index: int, digests: np.ndarray | None) -> Any:
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
-def _stored(store: str, index: int, check: bool) -> tuple[Any, np.ndarray]:
+def _stored(loc: Location, index: int, check: bool) -> tuple[Any, np.ndarray]:
     """The store's reader (every complete segment) and ``source/digests``, digest-checked;
     refuses an ``index`` without stored views (out of range, or skipped by the build) before any
     source is opened."""
@@ -67,7 +68,8 @@ def _stored(store: str, index: int, check: bool) -> tuple[Any, np.ndarray]:
     from dr.storage.layout import DIGESTS, SKIPPED
     from dr.storage.segments import SegmentedStore, has_segments
 
-    reader: Any = SegmentedStore(store) if has_segments(store) else StoreReader(store)
+    store = loc.url
+    reader: Any = SegmentedStore(loc) if has_segments(loc) else StoreReader(loc)
     rows, damaged = reader.load_checked([SKIPPED, DIGESTS])
     count = reader.header.dataset.count  # --index is a source index: skipped images keep their numbers
     skipped = rows[SKIPPED].astype(bool)
@@ -88,7 +90,7 @@ def _stored(store: str, index: int, check: bool) -> tuple[Any, np.ndarray]:
 
 
 def draw_views(
-    store: str,
+    store: str | Location,
     source: Any,
     index: int,
     out: str | Path,
@@ -124,9 +126,10 @@ def draw_views(
 
     from dr.dataset import ReinforcedDataset
 
-    reader, stored = _stored(store, index, check)
-    source = _source_arg(store, reader, source, trust_store_location)
-    ds = ReinforcedDataset(store, source, transform=lambda v: v, output_size=output_size, verify_source="sample" if check else "none")
+    loc = Location.of(store)  # a path, or a URL with its fsspec options (a Location)
+    reader, stored = _stored(loc, index, check)
+    source = _source_arg(loc.url, reader, source, trust_store_location)
+    ds = ReinforcedDataset(loc, source, transform=lambda v: v, output_size=output_size, verify_source="sample" if check else "none")
     digests = stored if check else None
     classes = ds.header.dataset.classes
     names = target_class_names(ds.header)
@@ -156,7 +159,7 @@ def draw_views(
         label = "\n".join(f"{names[int(c)][:10]} {float(q):.2f}" for c, q in zip(ids[:topn], probs[:topn]))
         ax.set_title(f"view {v}{note}\n{label}", fontsize=7)
     fig.suptitle(
-        f"{Path(store).name}: policy {ds.policy.name}, {ds.views} views; top-{topn} labels shown (of the stored top-{ds.header.topk})",
+        f"{Path(loc.path).name}: policy {ds.policy.name}, {ds.views} views; top-{topn} labels shown (of the stored top-{ds.header.topk})",
         fontsize=9,
     )
     fig.tight_layout()

@@ -18,7 +18,8 @@ from dr.errors import StoreIncompleteError
 from dr.humanize import human_bytes
 from dr.storage import StoreReader, store_exists
 from dr.storage.layout import IDS, LABELS, PROBS, SKIPPED, TARGET_ARRAYS, decode_probs, describe, is_param
-from dr.storage.segments import SegmentedStore, SegmentRecord, read_segment_table, segment_url
+from dr.storage.segments import SegmentedStore, SegmentRecord, read_segment_table, segment_location
+from dr.urls import Location
 
 __all__ = ["FULL_CHECK_CHUNKS", "SAMPLE_CHUNKS", "store_summary", "format_summary"]
 
@@ -36,12 +37,15 @@ def _sampled(done: np.ndarray) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(chunks, size=SAMPLE_CHUNKS, replace=False))
 
 
-def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def store_summary(url: str | Location, *, allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Header fields, array shapes/dtypes/stored bytes, bytes per view, skipped images, and --
     over every chunk of a small store or a seeded sample of a large one -- damaged chunks
-    (checked against their digests), label agreement and probability figures."""
+    (checked against their digests), label agreement and probability figures.
+
+    ``url`` is a path, an fsspec URL (with ``storage_options``) or a :class:`~dr.urls.Location`."""
+    loc = Location.of(url, storage_options)
     try:
-        r = StoreReader(url, allow_incomplete=allow_incomplete, storage_options=storage_options)
+        r = StoreReader(loc, allow_incomplete=allow_incomplete)
     except StoreIncompleteError as e:
         raise StoreIncompleteError(f"{e}; `dr-build info --allow-incomplete` describes it anyway") from None
     h = r.header
@@ -66,7 +70,7 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
     skipped = data[SKIPPED].astype(bool) & good
     rows = good.copy()
     summary: dict[str, Any] = {
-        "store": url,
+        "store": loc.url,
         "format": h.format,
         "schema_version": h.schema_version,
         "seal": h.seal.digest if h.seal is not None else None,
@@ -109,7 +113,7 @@ def store_summary(url: str, *, allow_incomplete: bool = False, storage_options: 
     rows &= ~skipped  # skipped images hold zero targets
     if rows.any():
         summary.update(_label_figures(h, data, rows))
-    return {**summary, **_segments(url, n, storage_options)}
+    return {**summary, **_segments(loc, n)}
 
 
 def _label_figures(h: Any, data: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, Any]:
@@ -139,28 +143,28 @@ def _label_figures(h: Any, data: dict[str, np.ndarray], rows: np.ndarray) -> dic
     return summary
 
 
-def _segments(url: str, n: int, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+def _segments(loc: Location, n: int) -> dict[str, Any]:
     """``segments`` (one row per extension) and ``images_all_segments``, for an extended store.
 
     Raises:
         StoreError: where a reader would refuse the store: segment stores without a table, a
             table that disagrees with them, a segment that does not extend the store.
     """
-    table = read_segment_table(url, storage_options)
+    table = read_segment_table(loc)
     if not table:
         return {}
-    whole = SegmentedStore(url, storage_options=storage_options)  # the readers' own checks: info refuses what they refuse
-    rows = [_segment_row(url, rec, storage_options) for rec in table]
+    whole = SegmentedStore(loc)  # the readers' own checks: info refuses what they refuse
+    rows = [_segment_row(loc, rec) for rec in table]
     return {"segments": rows, "images_all_segments": whole.count}
 
 
-def _segment_row(url: str, rec: SegmentRecord, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+def _segment_row(loc: Location, rec: SegmentRecord) -> dict[str, Any]:
     """One extension's line of ``info``: the table row and, once its store exists, its chunks,
     size, damage and label agreement."""
     row: dict[str, Any] = {k: v for k, v in rec.model_dump(mode="json").items() if k not in ("labels_sha256", "path")}
-    seg = segment_url(url, rec.index)
-    if store_exists(seg, storage_options):
-        s = store_summary(seg, allow_incomplete=True, storage_options=storage_options)
+    seg = segment_location(loc, rec.index)
+    if store_exists(seg):
+        s = store_summary(seg, allow_incomplete=True)
         row.update({k: s.get(k) for k in ("chunks", "stored_bytes", "bytes_per_view", "teacher_top1_agreement", "warning")})
     return row
 

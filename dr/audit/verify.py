@@ -19,7 +19,8 @@ from dr.errors import ConfigError, DRError
 from dr.policy import RA_OPS, Policy
 from dr.storage import StoreReader
 from dr.storage.layout import IDS, PROBS, SIZES, SKIPPED, array_specs, decode_probs, describe, digest_paths, param_name, param_paths
-from dr.storage.segments import SegmentedStore, read_segment_table, segment_url
+from dr.storage.segments import SegmentedStore, read_segment_table, segment_location
+from dr.urls import Location
 from dr.views import parameter_deriver, reader_source
 
 __all__ = ["Finding", "verify_store", "format_report", "replay_tolerance"]
@@ -170,7 +171,7 @@ def _param_bounds(r: StoreReader, ok: np.ndarray, data: dict[str, np.ndarray]) -
 
 
 def verify_store(
-    url: str,
+    url: str | Location,
     source: Any = None,
     *,
     teachers: list[str] | None = None,
@@ -197,7 +198,7 @@ def verify_store(
     (:func:`dr.views.reader_source`), else the ``source`` check fails, naming it and the fix.
 
     Args:
-        url: the store (path or fsspec URL).
+        url: the store (path, fsspec URL or :class:`~dr.urls.Location`).
         source: the store's source; for an extended store one entry per segment (``None``: the
             location the segment records, by the rule above). Default: the recorded locations.
         teachers: teacher specs for the replay audit.
@@ -206,7 +207,7 @@ def verify_store(
         max_views: most views re-labelled.
         content: re-hash a ``sample`` of source files, ``all`` or ``none``.
         seed: seed of the audit's sample.
-        storage_options: fsspec options for remote stores.
+        storage_options: fsspec options for a remote store or source given by path or URL.
         max_dp: the largest |stored - re-computed| probability the audit accepts (default:
             :func:`replay_tolerance` of the store's recorded teacher precision and device).
         trust_store_teachers: load the teachers named in the header when ``teachers`` is empty.
@@ -231,14 +232,15 @@ def verify_store(
         max_views=max_views,
         content=content,
         seed=seed,
-        storage_options=storage_options,
         max_dp=max_dp,
         trust_store_teachers=trust_store_teachers,
         min_agreement=min_agreement,
         trust_store_location=trust_store_location,
     )
+    loc = Location.of(url, storage_options)
+    url = loc.url
     try:
-        table = read_segment_table(url, storage_options)
+        table = read_segment_table(loc)
     except DRError as e:  # segment stores without a table, an unlisted complete segment, a malformed table
         return [Finding("segments", False, str(e))]
     if not table:
@@ -246,29 +248,28 @@ def verify_store(
             if len(source) != 1:
                 raise ConfigError(f"store {url!r} has one segment (it was never extended): pass one source, not {len(source)}")
             source = source[0]
-        return _verify_segment(url, StoreReader(url, allow_incomplete=True, storage_options=storage_options), source, None, **audit)
-    return _verify_segments(url, len(table) + 1, source, audit)
+        return _verify_segment(loc, StoreReader(loc, allow_incomplete=True), source, None, **audit)
+    return _verify_segments(loc, len(table) + 1, source, audit)
 
 
-def _verify_segments(url: str, parts: int, source: Any, audit: dict[str, Any]) -> list[Finding]:
+def _verify_segments(loc: Location, parts: int, source: Any, audit: dict[str, Any]) -> list[Finding]:
     """Every check of an extended store: the segment table, then each segment's checks."""
     if source is not None and (not isinstance(source, (list, tuple)) or len(source) != parts):
         raise ConfigError(
-            f"store {url!r} has {parts} segments: pass one source per segment, in order (None: the location a segment records)"
+            f"store {loc.url!r} has {parts} segments: pass one source per segment, in order (None: the location a segment records)"
         )
-    options = audit["storage_options"]
-    checks: list[Finding] = [_segments_check(url, parts, options)]
+    checks: list[Finding] = [_segments_check(loc, parts)]
     for i in range(parts):
-        r = StoreReader(url if i == 0 else segment_url(url, i), allow_incomplete=True, storage_options=options)
+        r = StoreReader(loc if i == 0 else segment_location(loc, i), allow_incomplete=True)
         given = [None] * parts if source is None else list(source)
-        checks += [replace(c, detail=f"segment {i}: {c.detail}") for c in _verify_segment(url, r, given, [i], **audit)]
+        checks += [replace(c, detail=f"segment {i}: {c.detail}") for c in _verify_segment(loc, r, given, [i], **audit)]
     return checks
 
 
-def _segments_check(url: str, parts: int, storage_options: dict[str, Any] | None) -> Finding:
+def _segments_check(loc: Location, parts: int) -> Finding:
     """Do the segment table and the segment stores agree, as a reader needs them to?"""
     try:
-        whole = SegmentedStore(url, storage_options=storage_options)
+        whole = SegmentedStore(loc)
     except DRError as e:
         return Finding("segments", False, str(e))
     left = parts - len(whole.segments)
@@ -277,7 +278,7 @@ def _segments_check(url: str, parts: int, storage_options: dict[str, Any] | None
 
 
 def _verify_segment(
-    url: str,
+    loc: Location,
     r: StoreReader,
     source: Any,
     segments: list[int] | None,
@@ -288,14 +289,14 @@ def _verify_segment(
     max_views: int,
     content: str,
     seed: int,
-    storage_options: dict[str, Any] | None,
     max_dp: float | None,
     trust_store_teachers: bool,
     min_agreement: float | None,
     trust_store_location: bool,
 ) -> list[Finding]:
-    """Every check of one store (a segment of ``url`` when ``segments`` names it; ``source`` is
-    then one entry per segment)."""
+    """Every check of one store (a segment of the store at ``loc`` when ``segments`` names it;
+    ``source`` is then one entry per segment)."""
+    url = loc.url
     checks = _integrity(r)
     if not all(c.ok for c in checks):
         return checks
@@ -309,11 +310,10 @@ def _verify_segment(
             i = segments[0]
             source[i] = reader_source(r.url, h, source[i], root=url, trust_store_location=trust_store_location)
         ds = ReinforcedDataset(
-            url,
+            loc,
             source,
             transform=lambda v: v,
             verify_source=content,  # type: ignore[arg-type]
-            storage_options=storage_options,
             segments=segments,
         )
         checks.append(Finding("source", True, f"{h.dataset.count} images; count, classes, labels and content hashes ({content}) match"))

@@ -15,6 +15,7 @@ from dr.errors import ConfigError
 from dr.limits import MAX_CHUNK_SIZE, MAX_OUTPUT_SIZE, MAX_SEED, MAX_SHARD_IMAGES, MAX_TOPK, MAX_VIEWS
 from dr.sources import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from dr.storage.layout import VERSION_3_PROBS
+from dr.urls import Location
 
 __all__ = ["BuildConfig", "EXAMPLE_CONFIG", "config_reference", "example_config", "field_bounds", "flag_of", "load_config_file"]
 
@@ -246,6 +247,10 @@ class BuildConfig(BaseModel):
                 f"shard_images {self.shard_images} must be a multiple of chunk_size {self.chunk_size} (a shard holds whole chunks)"
             )
         return self
+
+    def location(self, url: str) -> Location:
+        """``url`` (``out``, ``extend``, a segment of it) with this build's fsspec options."""
+        return Location(url, self.storage_options)
 
     def resolved_forward_group(self) -> int:
         """Images per teacher forward pass: explicit, else the largest power of two with

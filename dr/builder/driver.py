@@ -137,15 +137,14 @@ def with_layout(header: StoreHeader, config: BuildConfig) -> StoreHeader:
 
 
 def _open_writer(config: BuildConfig, header: StoreHeader, labels: np.ndarray, lock: StoreLock) -> StoreWriter:
-    exists = store_exists(config.out, config.storage_options)
+    out = config.location(config.out)
+    exists = store_exists(out)
     if exists:
         lock.refuse_if_held(force=config.force)  # never touch a store another build is writing
     if config.resume and not config.overwrite and exists:
         lock.acquire(force=config.force)
-        return StoreWriter.resume(config.out, header, storage_options=config.storage_options, write_interval=config.write_interval)
-    writer = StoreWriter.create(
-        config.out, header, labels, overwrite=config.overwrite, storage_options=config.storage_options, write_interval=config.write_interval
-    )
+        return StoreWriter.resume(out, header, write_interval=config.write_interval)
+    writer = StoreWriter.create(out, header, labels, overwrite=config.overwrite, write_interval=config.write_interval)
     lock.acquire(force=True)  # the store was just created by us
     return writer
 
@@ -218,14 +217,14 @@ def reinforce(
     header = make_header(config, src, ensemble_desc, num_classes)
     base_lock, ext = None, None
     if config.extend is not None:  # the new images go to a segment of the store: lock the store, record the segment
-        base_lock = StoreLock(config.extend, config.storage_options)
+        base_lock = StoreLock(config.location(config.extend))
         base_lock.acquire(force=config.force)
         try:
             config, header, ext = _segment_build(config, header, src)
         except BaseException:
             base_lock.release()
             raise
-    lock = StoreLock(config.out, config.storage_options)
+    lock = StoreLock(config.location(config.out))
     try:
         writer = _open_writer(config, header, src.labels(), lock)
         if config.repair:
@@ -265,7 +264,7 @@ def _segment_build(config: BuildConfig, header: StoreHeader, src: Source) -> tup
     store already holds are refused first)."""
     ext = plan_extension(config, header, src)
     header = header.model_copy(update={"dataset": header.dataset.model_copy(update={"offset": ext.offset})})
-    resume = config.resume and store_exists(ext.url, config.storage_options)
+    resume = config.resume and store_exists(config.location(ext.url))
     return config.model_copy(update={"out": ext.url, "resume": resume, "overwrite": config.overwrite and not resume}), header, ext
 
 

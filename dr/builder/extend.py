@@ -22,7 +22,7 @@ from dr.errors import BadImageError, ConfigError, StoreMismatchError
 from dr.sources import content_digest, open_source
 from dr.storage import StoreHeader, StoreReader, now_iso
 from dr.storage.layout import DIGESTS, SKIPPED, probs_dtype
-from dr.storage.segments import SegmentRecord, extension_problems, read_segment_table, segment_url, write_segment_table
+from dr.storage.segments import SegmentRecord, extension_problems, read_segment_table, segment_location, write_segment_table
 
 __all__ = ["Extension", "extension_settings", "finish_extension", "plan_extension", "refuse_duplicates"]
 
@@ -72,7 +72,7 @@ def extension_settings(config: BuildConfig) -> BuildConfig:
         StoreError: the store is missing, not a dr store, or not complete.
     """
     store = _extended(config)
-    header = StoreReader(store, storage_options=config.storage_options).header
+    header = StoreReader(config.location(store)).header
     stored = _header_settings(header)
     given = config.model_fields_set
     differ = [
@@ -125,9 +125,10 @@ def plan_extension(config: BuildConfig, header: StoreHeader, source: Any = None)
             classes do not extend the store's, the same source or the same images (by content
             digest) were already added, or another extension is still building.
     """
-    store, opts = _extended(config), config.storage_options
-    base = StoreReader(store, storage_options=opts).header
-    table = read_segment_table(store, opts)
+    store = _extended(config)
+    where = config.location(store)
+    base = StoreReader(where).header
+    table = read_segment_table(where)
     offset = base.dataset.count + sum(r.count for r in table)
     building = table[-1] if table and table[-1].status == "building" else None
     ds = header.dataset
@@ -155,7 +156,7 @@ def plan_extension(config: BuildConfig, header: StoreHeader, source: Any = None)
                 _refuse_mismatch(
                     store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": rec.offset})}), rec.offset
                 )
-                return Extension(j, segment_url(store, j), rec.offset, base, tuple(table))
+                return Extension(j, segment_location(where, j).url, rec.offset, base, tuple(table))
             fix = (
                 " (to repair it: this command with --resume --repair)"
                 if j
@@ -165,9 +166,9 @@ def plan_extension(config: BuildConfig, header: StoreHeader, source: Any = None)
     _refuse_mismatch(store, base, header.model_copy(update={"dataset": ds.model_copy(update={"offset": offset})}), offset)
     index = building.index if building is not None else len(table) + 1
     if building is None:
-        held = [(0, StoreReader(store, storage_options=opts))]
-        held += [(r.index, StoreReader(segment_url(store, r.index), storage_options=opts)) for r in table if r.status == "complete"]
-        refuse_duplicates(store, held, source if source is not None else open_source(config.source, opts))
+        held = [(0, StoreReader(where))]
+        held += [(r.index, StoreReader(segment_location(where, r.index))) for r in table if r.status == "complete"]
+        refuse_duplicates(store, held, source if source is not None else open_source(config.source, config.storage_options))
         row = SegmentRecord(
             index=index,
             path=f"segments/{index}",
@@ -180,8 +181,8 @@ def plan_extension(config: BuildConfig, header: StoreHeader, source: Any = None)
             added_at=now_iso(),
         )
         table = [*table, row]
-        write_segment_table(store, table, opts)
-    return Extension(index, segment_url(store, index), offset, base, tuple(table))
+        write_segment_table(where, table)
+    return Extension(index, segment_location(where, index).url, offset, base, tuple(table))
 
 
 def _digest_of(source: Any, index: int) -> bytes | None:
@@ -239,6 +240,5 @@ def _refuse_mismatch(store: str, base: StoreHeader, new: StoreHeader, offset: in
 
 def finish_extension(config: BuildConfig, ext: Extension) -> None:
     """Mark the extension's segment complete in the table (after its store was finalised)."""
-    store = _extended(config)
     rows = [r.model_copy(update={"status": "complete", "completed_at": now_iso()}) if r.index == ext.index else r for r in ext.table]
-    write_segment_table(store, rows, config.storage_options)
+    write_segment_table(config.location(_extended(config)), rows)

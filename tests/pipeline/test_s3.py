@@ -1,6 +1,7 @@
 """Remote stores and sources on a real S3-compatible server (moto) on 127.0.0.1."""
 
 import json
+import pickle
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from helpers import store_bytes
 
 pytest.importorskip("s3fs")
@@ -18,7 +20,9 @@ from dr import ReinforcedDataset
 from dr.audit.summary import store_summary
 from dr.audit.verify import verify_store
 from dr.builder import BuildConfig, reinforce
+from dr.cli.main import cli
 from dr.storage.lock import LOCK_NAME, StoreLockedError
+from dr.urls import Location
 
 
 def _free_port() -> int:
@@ -97,6 +101,22 @@ def test_build_resume_read_info_verify_on_s3(s3, cifar64_store: str, cifar64: Pa
         b, (ib, pb) = local[i]
         assert torch.equal(a, b) and torch.equal(ia, ib) and torch.equal(pa, pb)
     assert len(bounded._cache) <= 1
+    # one Location (URL + options) reaches the store and the source; it travels to spawned workers
+    where = Location("s3://dr-test/c.zarr", options)
+    moved = pickle.loads(pickle.dumps(ReinforcedDataset(where, "s3://dr-test/src")))
+    assert moved.location == where and dict(moved.location.options) == options
+    a, (ia, pa) = moved[5]
+    b, (ib, pb) = local[5]
+    assert torch.equal(a, b) and torch.equal(ia, ib) and torch.equal(pa, pb)
+    # the metadata commands take the same options on the command line
+    flags = [f"--storage-option={k}={v}" for k, v in options.items()]
+    info = CliRunner().invoke(cli, ["info", "s3://dr-test/c.zarr", "--json", *flags])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.output)["dataset"]["images"] == 64
+    verify = CliRunner().invoke(cli, ["verify", "s3://dr-test/c.zarr", "--source", "s3://dr-test/src", "--content", "none", *flags])
+    assert verify.exit_code == 0 and "FAIL" not in verify.output, verify.output
+    bare = CliRunner().invoke(cli, ["info", "s3://dr-test/c.zarr"])  # without the endpoint: no store there, said so
+    assert bare.exit_code != 0
 
 
 def test_lock_on_s3_refuses_a_second_writer(s3, cifar64: Path, tiny_teacher: str) -> None:
