@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from dr.errors import ConfigError
+
 __all__ = ["Location", "is_url", "strip_file_scheme"]
 
 
@@ -58,12 +60,12 @@ class Location:
         :class:`Location` as it is.
 
         Raises:
-            TypeError: a :class:`Location` and ``storage_options`` both given (its options
+            ConfigError: a :class:`Location` and ``storage_options`` both given (its options
                 are its own: give them in one place).
         """
         if isinstance(where, Location):
             if storage_options:
-                raise TypeError(
+                raise ConfigError(
                     f"{where!r} already carries its fsspec options: pass storage_options in the Location or beside a plain "
                     "path/URL, not both"
                 )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dr.errors import ConfigError, TeacherError
+from dr.urls import Location
 
 if TYPE_CHECKING:
     from torch import nn
@@ -55,9 +56,7 @@ def read_class_names(location: str) -> tuple[str, ...]:
     """
     try:
         if "://" in location:
-            import fsspec
-
-            with fsspec.open(location, "rt") as f:
+            with Location(location).open("rt") as f:
                 text = f.read()
         else:
             text = Path(location).read_text()

@@ -23,7 +23,7 @@ from torch import nn
 
 from dr.errors import TeacherError
 from dr.teachers.spec import TeacherSpec
-from dr.urls import is_url, strip_file_scheme
+from dr.urls import Location, is_url, strip_file_scheme
 
 __all__ = ["apply_weights", "download_hint", "file_sha256", "load_state_dict", "local_file"]
 
@@ -48,12 +48,10 @@ def local_file(location: str, what: str = "teacher weights") -> Iterator[str]:
             raise TeacherError(f"{what} {location!r} not found: check the path after '@' in the teacher spec")
         yield location
         return
-    import fsspec
-
     with tempfile.TemporaryDirectory(prefix="dr-teacher-") as tmp:
         dest = os.path.join(tmp, posixpath.basename(location.rstrip("/")) or "weights")
         try:
-            fs, path = fsspec.core.url_to_fs(location)
+            fs, path = Location(location).filesystem()
             fs.get(path, dest)
         except FileNotFoundError as e:
             raise TeacherError(f"{what} {location!r} not found: check the URL after '@' in the teacher spec") from e

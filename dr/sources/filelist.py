@@ -15,6 +15,7 @@ from dr.sources.base import is_url
 from dr.sources.decode import read_image_file
 from dr.sources.indexed import IndexedSource, classes_arg, read_text, resolve_labels
 from dr.sources.spec import SourceSpec
+from dr.urls import Location
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ class FileListSource(IndexedSource):
         where = self.files[index]
         try:
             if is_url(where):
-                import fsspec
-
-                with fsspec.open(where, "rb", **self.storage_options) as f:
+                with Location(where, self.storage_options).open("rb") as f:
                     return read_image_file(f, where)
             with open(where.removeprefix("file://"), "rb") as f:
                 return read_image_file(f, where)

@@ -22,6 +22,7 @@ from dr.sources.decode import (
     within_read_limit,
 )
 from dr.sources.spec import absolute_location
+from dr.urls import Location
 
 __all__ = ["ImageFolderSource", "TorchDatasetSource"]
 
@@ -90,10 +91,8 @@ class ImageFolderSource:
         return files, labels, class_dirs
 
     def _scan_remote(self, exts: tuple[str, ...], options: dict[str, Any]) -> tuple[list[str], list[int], list[str]]:
-        import fsspec
-
         try:
-            fs, root = fsspec.core.url_to_fs(self.location, **options)
+            fs, root = Location(self.location, options).filesystem()
             found = fs.find(root)
         except (OSError, ValueError, ImportError) as e:
             raise SourceError(

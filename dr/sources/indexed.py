@@ -13,15 +13,16 @@ import numpy as np
 from dr.errors import SourceError
 from dr.sources.base import SourceFingerprint, is_url, labels_hash
 from dr.sources.decode import content_digest, decode_image
+from dr.urls import Location
 
 __all__ = ["IndexedSource", "classes_arg", "classes_option", "fs_for", "read_text", "resolve_labels"]
 
 
 def fs_for(location: str, options: Mapping[str, Any]) -> tuple[Any, str]:
-    import fsspec
-
+    """The fsspec filesystem of ``location`` and the path inside it (:meth:`dr.urls.Location.filesystem`),
+    failing as a :class:`~dr.errors.SourceError` that names the location."""
     try:
-        return fsspec.core.url_to_fs(location, **dict(options))
+        return Location(location, options).filesystem()
     except (ImportError, ValueError) as e:
         raise SourceError(f"cannot open {location!r}: {type(e).__name__}: {e} (install dr[remote] for s3:// and check the URL)") from e
 

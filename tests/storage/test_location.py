@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dr import ReinforcedDataset
+from dr.errors import ConfigError
 from dr.storage import StoreReader
 from dr.storage.lock import LOCK_NAME, StoreLock
 from dr.storage.segments import segment_location
@@ -30,7 +31,7 @@ def test_location_of_paths_and_locations(tmp_path: Path) -> None:
     assert not local.remote and local.path == str(tmp_path) and local.zarr_options() == {}
     same = Location("memory://x", {"a": 1})
     assert Location.of(same) is same
-    with pytest.raises(TypeError, match="already carries its fsspec options"):
+    with pytest.raises(ConfigError, match="already carries its fsspec options"):
         Location.of(same, {"a": 2})
 
 
