@@ -95,8 +95,15 @@ class SegmentRecord(BaseModel):
 
 
 def segment_location(store: Location, index: int) -> Location:
-    """Where segment ``index`` of the store at ``store`` lies: ``STORE/segments/<index>``, with
-    the store's fsspec options."""
+    """Where segment ``index`` of the store at ``store`` lies.
+
+    Args:
+        store: the base store's location.
+        index: the segment's number (1, 2, ...).
+
+    Returns:
+        ``STORE/segments/<index>``, with the store's fsspec options.
+    """
     return store / f"segments/{int(index)}"
 
 
