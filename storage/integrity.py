@@ -100,7 +100,7 @@ class _Virtual:
 
 
 def load_checked(
-    group: zarr.Group,
+    group: Any,
     header: StoreHeader,
     paths: Sequence[str],
     done: np.ndarray,
@@ -112,7 +112,7 @@ def load_checked(
     """Read ``paths`` and check each done chunk's rows against ``build/digests``.
 
     Args:
-        group: the store's root group.
+        group: the store's root group (or any mapping of its arrays by path with ``get``).
         header: its header.
         paths: arrays to read (each must be in :func:`digest_paths`).
         done: the done map; chunks not done are read but not checked.
