@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 __all__ = ["WebDatasetSource", "index_cache_dir"]
 
 IMAGE_EXTS = tuple(e.lstrip(".") for e in IMG_EXTENSIONS)
-_INDEX_VERSION = 1  # bump when the cached index's meaning changes
+_INDEX_VERSION = 2  # bump when the cached index's meaning changes (2: keys as UTF-8 bytes)
 
 
 def index_cache_dir() -> Path | None:
@@ -128,12 +128,20 @@ class WebDatasetSource(IndexedSource):
         parts = [self._shard_index(shard) for shard in self.shards]
         if not sum(len(p["keys"]) for p in parts):
             raise SourceError(f"source {self.location!r}: the shards hold no samples")
-        #: each sample's key (its name without extension), as a numpy string array
+        # the index is kept compact, the driver holds it for the whole build: at ImageNet scale
+        # about 50 bytes per image (keys as UTF-8 bytes, the smallest integer types)
+        #: each sample's key (its name without extension), UTF-8 bytes (``describe`` decodes it)
         self.keys = np.concatenate([p["keys"] for p in parts])
-        self._shard = np.concatenate([np.full(len(p["keys"]), s, dtype=np.int32) for s, p in enumerate(parts)])
+        self._shard = np.concatenate(
+            [np.full(len(p["keys"]), s, dtype=np.uint16 if len(parts) <= 1 << 16 else np.uint32) for s, p in enumerate(parts)]
+        )
         self._offset = np.concatenate([p["offsets"] for p in parts]).astype(np.int64)
-        self._size = np.concatenate([p["sizes"] for p in parts]).astype(np.int64)
-        raw_labels = [lab for p in parts for lab in p["labels"].tolist()]
+        sizes = np.concatenate([p["sizes"] for p in parts])
+        self._size = sizes.astype(np.uint32 if not len(sizes) or int(sizes.max()) < 1 << 32 else np.int64)
+        kinds = {p["labels"].dtype.kind for p in parts}
+        raw_labels: Any = (
+            np.concatenate([p["labels"] for p in parts]) if len(kinds) == 1 else [x for p in parts for x in p["labels"].tolist()]
+        )
         self._labels, self._classes = resolve_labels(raw_labels, names, f"source {self.location!r}")
 
     def _shard_index(self, shard: str) -> dict[str, np.ndarray]:
@@ -153,7 +161,7 @@ class WebDatasetSource(IndexedSource):
         ignored = [m.split(":", 1)[1] if m.startswith(f"{shard}:") else m for m in self.ignored_members[before:]]
         labels = [lab for _, _, _, lab in samples]
         index = {
-            "keys": np.asarray([k for k, _, _, _ in samples], dtype=str),
+            "keys": np.asarray([k.encode("utf-8") for k, _, _, _ in samples], dtype=bytes),
             "offsets": np.asarray([o for _, o, _, _ in samples], dtype=np.int64),
             "sizes": np.asarray([z for _, _, z, _ in samples], dtype=np.int64),
             "labels": np.asarray(labels, dtype=np.int64 if all(isinstance(v, int) for v in labels) else str),
@@ -242,7 +250,7 @@ class WebDatasetSource(IndexedSource):
         return value
 
     def describe(self, index: int) -> str:
-        return f"{self.shards[int(self._shard[index])]}:{self.keys[index]}"
+        return f"{self.shards[int(self._shard[index])]}:{self.keys[index].decode('utf-8', 'replace')}"
 
     def read_bytes(self, index: int) -> bytes:
         shard = self.shards[int(self._shard[index])]
