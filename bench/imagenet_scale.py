@@ -56,6 +56,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -329,6 +330,14 @@ class Watch:
         }
 
 
+def fresh(store: Path) -> Path:
+    """``store`` removed when a stage builds it anew: the watcher counts its done chunks, and a
+    store left by an earlier run would read as done before ``--overwrite`` replaced it."""
+    if store.exists():
+        shutil.rmtree(store)
+    return store
+
+
 def build_cmd(w: Path, p: Preset, images: int, views: int, store: Path) -> list[str]:
     cmd = [sys.executable, "-m", "dr.cli.main", "reinforce", source_spec(w, p, images)]
     cmd += ["--teacher", TEACHER.format(classes=p.classes), "--allow-random-teachers", "--policy", "rrc"]
@@ -401,7 +410,7 @@ def stage_build(w: Path, p: Preset) -> list[dict[str, Any]]:
     for n in p.sizes[:-1]:
         path = w / "runs" / f"build-{n}-v10.json"
         if not path.exists():
-            store = w / f"store-{n}.zarr"
+            store = fresh(w / f"store-{n}.zarr")
             log(f"build: N = {n:,}, V = 10 -> {store}")
             run = watch_build(build_cmd(w, p, n, 10, store) + ["--overwrite"], store, w / "logs" / f"build-{n}")
             rec = run_record(n, 10, run)
@@ -438,13 +447,13 @@ def stage_resume(w: Path, p: Preset) -> dict[str, Any]:
     path = w / "runs" / f"build-{p.total}-v10.json"
     if path.exists():
         return load_json(path)  # type: ignore[no-any-return]
-    n, store = p.total, w / f"store-{p.total}.zarr"
+    n, store = p.total, fresh(w / f"store-{p.total}.zarr")
     cmd, chunks = build_cmd(w, p, n, 10, store), -(-n // CHUNK)
     log(f"resume: N = {n:,}, V = 10 -> {store}; SIGKILL at {chunks // 2:,} of {chunks:,} chunks")
     first = watch_build(cmd + ["--overwrite"], store, w / "logs" / f"build-{n}-first", poll=0.25, kill_at=chunks // 2)
-    if not first["killed"]:
-        raise SystemExit(f"resume: the build finished before {chunks // 2} chunks were seen done: use a larger preset")
     done_at_kill = done_count(store)
+    if not first["killed"] or done_at_kill >= chunks:
+        raise SystemExit(f"resume: the build finished before {chunks // 2} chunks were seen done: use a larger preset")
     cleanup_s, left = wait_gone(first["watch"].pids - {first["watch"].pid}, 60.0)
     log(f"resume: killed at {done_at_kill:,} chunks done; its Ray processes gone in {cleanup_s} s ({left} left)")
     second = watch_build(cmd + ["--resume"], store, w / "logs" / f"build-{n}-resume", poll=0.25, first_after=done_at_kill)
@@ -520,7 +529,7 @@ def stage_v400(w: Path, p: Preset) -> dict[str, Any]:
     path = w / "runs" / f"build-{p.v400_images}-v400.json"
     if path.exists():
         return load_json(path)  # type: ignore[no-any-return]
-    n, store = p.v400_images, w / "store-v400.zarr"
+    n, store = p.v400_images, fresh(w / "store-v400.zarr")
     log(f"v400: N = {n:,}, V = 400 -> {store}")
     run = watch_build(build_cmd(w, p, n, 400, store) + ["--overwrite"], store, w / "logs" / "build-v400")
     rec = run_record(n, 400, run)
