@@ -472,7 +472,7 @@ class StoredViews:
         self._meta: dict[str, np.ndarray] | None = None
         self._readers: dict[int, tuple[StoreReader, Deriver | None]] = {}
         self._reader_pid = -1
-        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[dict[str, np.ndarray], int]] = OrderedDict()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._view_blocks: dict[int, dict[int, np.ndarray]] = {}
         #: damaged store chunks (found on open, or when a chunk is read): their rows are refused
@@ -555,13 +555,13 @@ class StoredViews:
         if self._reader_pid != os.getpid():
             self._readers, self._reader_pid = {}, os.getpid()
             self._cache.clear()
-        part = max(i for i, (_, _, base) in enumerate(self._parts) if base <= c)
-        where, offset, base = self._parts[part]
-        first = offset + (c - base) * self.header.chunk_size
         hit = self._cache.get(c)
         if hit is not None:
             self._cache.move_to_end(c)
-            return hit, first
+            return hit
+        part = max(i for i, (_, _, base) in enumerate(self._parts) if base <= c)
+        where, offset, base = self._parts[part]
+        first = offset + (c - base) * self.header.chunk_size
         if part not in self._readers:
             reader = StoreReader(where)
             self._readers[part] = (reader, parameter_deriver(reader.header))
@@ -571,7 +571,7 @@ class StoredViews:
             prefix = f"segments/{part}/" if part else ""
             self.guard.add([ChunkProblem(prefix + p.path, c, first, first + p.stop - p.start, p.problem) for p in damaged])
             self.guard.refuse_damaged(first)
-        self._cache[c] = data
+        self._cache[c] = (data, first)
         if len(self._cache) > self.cache_chunks:
             self._cache.popitem(last=False)
         return data, first
@@ -588,22 +588,33 @@ class StoredViews:
             params = {param_name(p): meta[p][index, view] for p in self._fields}
             ids, probs = meta[IDS][index, view, :k], meta[PROBS][index, view, :k]
         else:
-            got: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
             chunks = self.chunk_of[index]
-            for c in np.unique(chunks):
-                rows = np.flatnonzero(chunks == c)
-                data, first = self._chunk(int(c))
-                for p, a in data.items():
-                    got.setdefault(p, []).append((rows, a[index[rows] - first, view[rows]]))
-            arrays = {}
-            for p, pieces in got.items():
-                out = np.empty((len(index), *pieces[0][1].shape[1:]), dtype=pieces[0][1].dtype)
-                for rows, vals in pieces:
-                    out[rows] = vals
-                arrays[p] = out
+            arrays = self._rows_of_one_chunk(index, view, chunks) if (chunks == chunks[0]).all() else self._rows(index, view, chunks)
             params = {param_name(p): arrays[p] for p in self._fields}
             ids, probs = arrays[IDS][:, :k], arrays[PROBS][:, :k]
         return params, ids.astype(np.int64), decode_probs(self.header, probs)
+
+    def _rows_of_one_chunk(self, index: np.ndarray, view: np.ndarray, chunks: np.ndarray) -> dict[str, np.ndarray]:
+        """The stored rows of views of one chunk's images (a Dataset item: one image)."""
+        data, first = self._chunk(int(chunks[0]))
+        rel = index - first
+        return {p: a[rel, view] for p, a in data.items()}
+
+    def _rows(self, index: np.ndarray, view: np.ndarray, chunks: np.ndarray) -> dict[str, np.ndarray]:
+        """The stored rows of views of images in several chunks, in the order asked."""
+        got: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for c in np.unique(chunks):
+            rows = np.flatnonzero(chunks == c)
+            data, first = self._chunk(int(c))
+            for p, a in data.items():
+                got.setdefault(p, []).append((rows, a[index[rows] - first, view[rows]]))
+        arrays = {}
+        for p, pieces in got.items():
+            out = np.empty((len(index), *pieces[0][1].shape[1:]), dtype=pieces[0][1].dtype)
+            for rows, vals in pieces:
+                out[rows] = vals
+            arrays[p] = out
+        return arrays
 
     def partner_index(self, params: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """The source index of each view's mixing partner (stored as a global image index), or
