@@ -659,10 +659,15 @@ def measure_dataset(p: Preset, store: Path, spec: str) -> dict[str, Any]:
         f"{source['source_open_s']:.2f} s, {source['uncached']['source_open_s']:.2f} s without the index cache"
     )
     items = min(p.epoch_items, p.total)
-    mem = run_child("child_epoch", str(store), spec, None, items, 256, 2)
-    bud = run_child("child_epoch", str(store), spec, p.budget, items, 256, 2)
-    ratio = bud["images_per_s"] / mem["images_per_s"] if bud["images_per_s"] and mem["images_per_s"] else None
-    log(f"measure: epoch images/s in memory {mem['images_per_s']}, by chunk at {p.budget / MB:.1f} MB {bud['images_per_s']}")
+    pairs = []  # two back-to-back pairs (in memory, then at the budget): one pair's ratio moves by a few points
+    for _ in range(2):
+        mem = run_child("child_epoch", str(store), spec, None, items, 256, 2)
+        bud = run_child("child_epoch", str(store), spec, p.budget, items, 256, 2)
+        pairs.append((mem, bud))
+        log(f"measure: epoch images/s in memory {mem['images_per_s']}, by chunk at {p.budget / MB:.1f} MB {bud['images_per_s']}")
+    ratios = [b["images_per_s"] / m["images_per_s"] for m, b in pairs if b["images_per_s"] and m["images_per_s"]]
+    ratio = statistics.mean(ratios) if len(ratios) == len(pairs) else None
+    mem, bud = pairs[0]
     return {
         "dataset_open_s": round(opens[1]["open_s"], 2),
         "dataset_open_first_s": round(opens[0]["open_s"], 2),
@@ -672,7 +677,10 @@ def measure_dataset(p: Preset, store: Path, spec: str) -> dict[str, Any]:
         "epoch_items": items,
         "epoch_in_memory": mem,
         "epoch_budget": bud,
+        "epoch_pairs": [{"in_memory": m, "budget": b} for m, b in pairs],
+        "budget_epoch_ratios": [round(r, 3) for r in ratios],
         "budget_epoch_ratio": round(ratio, 3) if ratio else None,
+        "budget_epoch_ratio_is": "the mean of two back-to-back pairs' ratios (budget images/s / in-memory images/s)",
     }
 
 
@@ -790,7 +798,9 @@ def goals(top: dict[str, Any], runs: list[dict[str, Any]], measure: dict[str, An
         return {"goal": text, "value": value, "met": met}
 
     fr, resume, open_s = top["flat_ratio"], top["resume_to_first_chunk_s"], top["dataset_open_s"]
+    be = top["budget_epoch_ratio"]
     return {
+        "budget_epoch_ratio": goal(">= 0.9 (an epoch read by chunk at the budget vs in memory)", be, be >= 0.9 if be is not None else None),
         "flat_ratio": goal(">= 0.9", fr, fr >= 0.9 if fr is not None else None),
         "driver_peak_rss_mb": goal("<= 1536", top["driver_peak_rss_mb"], top["driver_peak_rss_mb"] <= 1536),
         "driver_rss_flat": goal(
