@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,20 @@ from dr.sources.base import SourceFingerprint, is_url, labels_hash
 from dr.sources.decode import content_digest, decode_image
 from dr.urls import Location
 
-__all__ = ["IndexedSource", "classes_arg", "classes_option", "fs_for", "read_text", "resolve_labels"]
+__all__ = ["IndexedSource", "classes_arg", "classes_option", "fs_for", "read_text", "release_freed_heap", "resolve_labels"]
+
+
+def release_freed_heap() -> None:
+    """Give the pages of freed heap memory back to the OS (glibc's ``malloc_trim``; a no-op
+    elsewhere). An index joined from thousands of small per-shard arrays leaves them freed but
+    held by the allocator: on the 1.28 M-image rehearsal set the open WebDataset source kept 79
+    bytes per image without this and 32 with it (its arrays hold 30)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim): nothing to give back this way
+        pass
 
 
 def fs_for(location: str, options: Mapping[str, Any]) -> tuple[Any, str]:

@@ -16,7 +16,7 @@ import numpy as np
 from dr.errors import BadImageError, SourceError
 from dr.sources.base import is_url
 from dr.sources.decode import IMG_EXTENSIONS, check_image_bytes
-from dr.sources.indexed import IndexedSource, classes_arg, fs_for, resolve_labels
+from dr.sources.indexed import IndexedSource, classes_arg, fs_for, release_freed_heap, resolve_labels
 from dr.sources.spec import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ class WebDatasetSource(IndexedSource):
             np.concatenate([p["labels"] for p in parts]) if len(kinds) == 1 else [x for p in parts for x in p["labels"].tolist()]
         )
         self._labels, self._classes = resolve_labels(raw_labels, names, f"source {self.location!r}")
+        del parts, raw_labels, sizes
+        release_freed_heap()
 
     def _shard_index(self, shard: str) -> dict[str, np.ndarray]:
         """One shard's index: from the on-disk cache when the shard is unchanged, else built
