@@ -128,19 +128,16 @@ class _Handles:
         self.group = group
         self.cache: dict[str, Any] = {}
 
-    def get(self, path: str, default: Any = None) -> Any:
+    def __getitem__(self, path: str) -> Any:
         if path not in self.cache:
-            node = self.group.get(path)
-            if node is None:
-                return default
-            self.cache[path] = node
+            self.cache[path] = self.group[path]  # zarr's KeyError for a path the store lacks
         return self.cache[path]
 
-    def __getitem__(self, path: str) -> Any:
-        node = self.get(path)
-        if node is None:
-            raise KeyError(path)
-        return node
+    def get(self, path: str, default: Any = None) -> Any:
+        try:
+            return self[path]
+        except KeyError:
+            return default
 
     def __contains__(self, path: str) -> bool:
         return self.get(path) is not None
