@@ -332,12 +332,19 @@ def store_key(policy: str, crop_scale: float | None = None) -> str:
 
 
 def store_path(
-    args: argparse.Namespace, proto: Protocol, policy: str, topk: int, views: int | None = None, crop_scale: float | None = None
+    args: argparse.Namespace,
+    proto: Protocol,
+    policy: str,
+    topk: int,
+    views: int | None = None,
+    crop_scale: float | None = None,
+    probs_dtype: str = "float16",
 ) -> str:
     v = f"-v{views}" if views not in (None, proto.views) else ""
     cs = f"-cs{crop_scale:g}" if crop_scale is not None else ""
     t = f"-{teacher_set(proto)}" if proto.teachers_dir else ""
-    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}{cs}-k{topk}{v}{t}.zarr")
+    u8 = "-u8" if probs_dtype == "uint8" else ""
+    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}{cs}-k{topk}{v}{t}{u8}.zarr")
 
 
 def _kstudy_store(args: argparse.Namespace, proto: Protocol) -> str:
@@ -345,11 +352,17 @@ def _kstudy_store(args: argparse.Namespace, proto: Protocol) -> str:
 
 
 def _build(
-    args: argparse.Namespace, proto: Protocol, policy: str, topk: int, views: int | None = None, crop_scale: float | None = None
+    args: argparse.Namespace,
+    proto: Protocol,
+    policy: str,
+    topk: int,
+    views: int | None = None,
+    crop_scale: float | None = None,
+    probs_dtype: str = "float16",
 ) -> str:
     train, _ = data(args, proto)
     specs = [c["teacher_spec"] for c in stage_teachers(args, proto)]
-    store = store_path(args, proto, policy, topk, views, crop_scale)
+    store = store_path(args, proto, policy, topk, views, crop_scale, probs_dtype)
     views = views or proto.views
     cfg = BuildConfig(
         source=str(train),
@@ -365,6 +378,7 @@ def _build(
         force=True,
         compile=proto.compile_teachers,
         min_agreement=proto.min_agreement,
+        probs_dtype=probs_dtype,
     )
     result = reinforce(cfg, progress=not args.quiet)
     if not result.complete:
@@ -380,6 +394,7 @@ def _build(
                     "crop_scale": crop_scale,
                     "teacher_set": teacher_set(proto),
                     "topk": topk,
+                    "probs_dtype": probs_dtype,
                     "views": views,
                     "chunks_computed": result.chunks_computed,
                     "chunks_total": result.chunks_total,

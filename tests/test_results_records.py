@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MEASURED = {"test_top1", "ece", "train_seconds", "images_per_second", "curve", "epoch_seconds", "pixels_per_epoch"}
+MEASURED = {"test_top1", "ece", "train_seconds", "images_per_second", "curve", "epoch_seconds", "pixels_per_epoch", "load_average_1_5_15"}
 FILES = sorted(
     p
     for p in [*(REPO / "bench" / "results").glob("*.json"), *(REPO / "examples" / "results").glob("*/results.json")]
