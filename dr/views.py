@@ -589,14 +589,16 @@ class StoredViews:
             ids, probs = meta[IDS][index, view, :k], meta[PROBS][index, view, :k]
         else:
             chunks = self.chunk_of[index]
-            arrays = self._rows_of_one_chunk(index, view, chunks) if (chunks == chunks[0]).all() else self._rows(index, view, chunks)
+            arrays = (
+                self._rows_of_one_chunk(index, view, int(chunks[0])) if (chunks == chunks[0]).all() else self._rows(index, view, chunks)
+            )
             params = {param_name(p): arrays[p] for p in self._fields}
             ids, probs = arrays[IDS][:, :k], arrays[PROBS][:, :k]
         return params, ids.astype(np.int64), decode_probs(self.header, probs)
 
-    def _rows_of_one_chunk(self, index: np.ndarray, view: np.ndarray, chunks: np.ndarray) -> dict[str, np.ndarray]:
-        """The stored rows of views of one chunk's images (a Dataset item: one image)."""
-        data, first = self._chunk(int(chunks[0]))
+    def _rows_of_one_chunk(self, index: np.ndarray, view: np.ndarray, chunk: int) -> dict[str, np.ndarray]:
+        """The stored rows of views of images of one chunk (a Dataset item: one image)."""
+        data, first = self._chunk(chunk)
         rel = index - first
         return {p: a[rel, view] for p, a in data.items()}
 
