@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,6 +118,34 @@ def test_shards_and_lists_through_fsspec(repacked: dict[str, str], folder: Image
     mem.pipe("/lists/l.jsonl", (json.dumps({"path": "memory://wds/x.jpg", "label": 1}) + "\n").encode())
     mem.pipe("/wds/x.jpg", (folder.root / folder.files[3]).read_bytes())
     assert open_source("list:memory://lists/l.jsonl").read(0)[1] == folder.read(3)[1]
+
+
+def test_wds_index_cache_opens_the_same_index(repacked: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shard index cache: a cached open reads no tar header and gives the index the tar
+    walk gave (same arrays, same dtypes); a missing or damaged cache file is rebuilt; the
+    labels may be names (json) as well as integers."""
+    from dr.sources.wds import WebDatasetSource
+
+    def index(src: Any) -> list[tuple[str, bytes]]:
+        return [(str(a.dtype), a.tobytes()) for a in (src.keys, src._shard, src._offset, src._size, src.labels())]
+
+    monkeypatch.setenv("DR_CACHE_DIR", "")
+    for kind in ("wds", "wds-json"):
+        walked = open_source(repacked[kind])
+        monkeypatch.setenv("DR_CACHE_DIR", str(tmp_path / kind))
+        first = open_source(repacked[kind])  # indexes the shards and caches them
+        files = sorted((tmp_path / kind / "wds-index").glob("*.npz"))
+        assert len(files) == 3 and index(first) == index(walked)
+        with monkeypatch.context() as m:
+            m.setattr(WebDatasetSource, "_index_shard", lambda self, shard: pytest.fail(f"{shard} was indexed again"))
+            cached = open_source(repacked[kind])
+        assert index(cached) == index(walked) and cached.read(50)[1] == walked.read(50)[1]
+        files[0].unlink()
+        files[1].write_bytes(b"not a zip file")
+        rebuilt = open_source(repacked[kind])
+        assert index(rebuilt) == index(walked) and len(list((tmp_path / kind / "wds-index").glob("*.npz"))) == 3
+        monkeypatch.setenv("DR_CACHE_DIR", "")
+    assert walked.labels().dtype == np.int64 and len(set(walked.labels().tolist())) > 1
 
 
 def test_hf_dataset_dict_splits(repacked: dict[str, str], tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import tarfile
+import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +47,56 @@ def _cache_file(identity: str | None, label: str, image: str | None) -> Path | N
     return folder / f"{key}.npz"
 
 
-def _write_cache(path: Path, index: dict[str, np.ndarray]) -> None:
-    """Write a shard's index atomically; a cache that cannot be written is only a slower open."""
+def _write_cache(path: Path, index: dict[str, np.ndarray]) -> bool:
+    """Write a shard's index atomically; a cache that cannot be written is only a slower open.
+    Returns whether it was written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, **index)  # type: ignore[arg-type]
         os.replace(tmp, path)
+        return True
     except OSError as e:
         log.debug("cannot cache a shard index at %s: %s", path, e)
+        return False
+
+
+_FIELDS = ("keys", "offsets", "sizes", "labels")  # a shard index's per-sample arrays (and "ignored": member names)
+
+
+def _cached_shape(path: Path) -> tuple[int, dict[str, np.dtype], np.ndarray]:
+    """A cached shard index's sample count and per-field dtypes, read from the ``.npy`` headers
+    inside it (not the arrays), and its ignored member names."""
+    with zipfile.ZipFile(path) as zf:
+        counts, dtypes = set(), {}
+        for name in _FIELDS:
+            with zf.open(f"{name}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"npy format {version}")
+            counts.add(shape)
+            dtypes[name] = dtype
+        with zf.open("ignored.npy") as f:
+            ignored = np.lib.format.read_array(f, allow_pickle=False)
+    if len(counts) != 1 or len(next(iter(counts))) != 1:
+        raise ValueError(f"fields of different shapes {sorted(counts)}")
+    return next(iter(counts))[0], dtypes, ignored
+
+
+@dataclass
+class _Part:
+    """One shard's part of the index: its sample count and dtypes now, its arrays when joined
+    (read from its cache file, or held when no cache could be written)."""
+
+    shard: str
+    count: int
+    dtypes: dict[str, np.dtype]
+    cache: Path | None = None
+    arrays: dict[str, np.ndarray] | None = None
 
 
 def _odd_member(name: str) -> str | None:
@@ -125,39 +168,81 @@ class WebDatasetSource(IndexedSource):
         if is_url(self.pattern):
             self._fs = fs_for(self.shards[0], self.storage_options)[0]
         self.ignored_members: list[str] = []
-        parts = [self._shard_index(shard) for shard in self.shards]
-        if not sum(len(p["keys"]) for p in parts):
-            raise SourceError(f"source {self.location!r}: the shards hold no samples")
         # the index is kept compact, the driver holds it for the whole build: keys as UTF-8
-        # bytes, the smallest integer types (30 bytes per image with the rehearsal's 8-byte keys)
+        # bytes, the smallest integer types (30 bytes per image with the rehearsal's 8-byte keys).
+        # It is made in two passes so that opening peaks near what is kept: every shard's sample
+        # count (from its cache file's headers, or by indexing it), then each part read into
+        # arrays of the final size and dropped (joining all parts at once had peaked at 3x)
+        parts = [self._shard_part(shard) for shard in self.shards]
+        counts = np.asarray([p.count for p in parts], dtype=np.int64)
+        if not counts.sum():
+            raise SourceError(f"source {self.location!r}: the shards hold no samples")
+        total, ends = int(counts.sum()), np.cumsum(counts)
         #: each sample's key (its name without extension), UTF-8 bytes (``describe`` decodes it)
-        self.keys = np.concatenate([p["keys"] for p in parts])
-        self._shard = np.concatenate(
-            [np.full(len(p["keys"]), s, dtype=np.uint16 if len(parts) <= 1 << 16 else np.uint32) for s, p in enumerate(parts)]
-        )
-        self._offset = np.concatenate([p["offsets"] for p in parts]).astype(np.int64)
-        sizes = np.concatenate([p["sizes"] for p in parts])
-        self._size = sizes.astype(np.uint32 if not len(sizes) or int(sizes.max()) < 1 << 32 else np.int64)
-        kinds = {p["labels"].dtype.kind for p in parts}
-        raw_labels: Any = (
-            np.concatenate([p["labels"] for p in parts]) if len(kinds) == 1 else [x for p in parts for x in p["labels"].tolist()]
-        )
-        self._labels, self._classes = resolve_labels(raw_labels, names, f"source {self.location!r}")
-        del parts, raw_labels, sizes
+        self.keys = np.empty(total, dtype=f"S{max(1, *(p.dtypes['keys'].itemsize for p in parts))}")
+        self._shard = np.repeat(np.arange(len(parts), dtype=np.uint16 if len(parts) <= 1 << 16 else np.uint32), counts)
+        self._offset = np.empty(total, dtype=np.int64)
+        self._size = np.empty(total, dtype=np.uint32)
+        kinds = {p.dtypes["labels"].kind for p in parts if p.count}
+        labels: Any = []  # integers, names, or (mixed) a list of both
+        if kinds <= {"i", "u"}:
+            labels = np.empty(total, dtype=np.int64)
+        elif kinds == {"U"}:
+            labels = np.empty(total, dtype=f"U{max(p.dtypes['labels'].itemsize // 4 for p in parts if p.count)}")
+        for part, stop in zip(parts, ends.tolist()):
+            a, start = self._part_arrays(part), stop - part.count
+            part.arrays = None
+            self.keys[start:stop] = a["keys"]
+            self._offset[start:stop] = a["offsets"]
+            if part.count and int(a["sizes"].max()) >= 1 << 32 and self._size.dtype == np.uint32:
+                self._size = self._size.astype(np.int64)  # a member of 4 GiB or more (check_image_bytes refuses it when read)
+            self._size[start:stop] = a["sizes"]
+            if isinstance(labels, np.ndarray):
+                labels[start:stop] = a["labels"]
+            else:
+                labels.extend(a["labels"].tolist())
+        self._labels, self._classes = resolve_labels(labels, names, f"source {self.location!r}")
+        del parts, labels
         release_freed_heap()
 
-    def _shard_index(self, shard: str) -> dict[str, np.ndarray]:
-        """One shard's index: from the on-disk cache when the shard is unchanged, else built
-        from its tar headers (and cached)."""
+    def _shard_part(self, shard: str) -> _Part:
+        """One shard's part of the index: from the on-disk cache when the shard is unchanged
+        (its count and dtypes only, for now), else indexed from its tar headers (and cached)."""
         cache = _cache_file(self._shard_identity(shard), self.label_key, self.image_ext)
         if cache is not None and cache.exists():
             try:
-                with np.load(cache, allow_pickle=False) as z:
-                    got = {k: z[k] for k in ("keys", "offsets", "sizes", "labels", "ignored")}
-                self.ignored_members += [f"{shard}:{m}" for m in got["ignored"].tolist()]
-                return got
-            except (OSError, ValueError, KeyError) as e:
+                count, dtypes, ignored = _cached_shape(cache)
+                self.ignored_members += [f"{shard}:{m}" for m in ignored.tolist()]
+                return _Part(shard, count, dtypes, cache=cache)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
                 log.info("source %s: shard %s: its index cache %s is unreadable (%s); rebuilding it", self.location, shard, cache, e)
+        index = self._indexed(shard, cache)
+        dtypes = {k: index[k].dtype for k in _FIELDS}
+        written = index.pop("written", None) is not None
+        return _Part(shard, len(index["keys"]), dtypes, cache=cache if written else None, arrays=None if written else index)
+
+    def _part_arrays(self, part: _Part) -> dict[str, np.ndarray]:
+        """A part's arrays: held, or read from its cache file (indexed again if that went)."""
+        if part.arrays is not None:
+            return part.arrays
+        assert part.cache is not None
+        try:
+            with np.load(part.cache, allow_pickle=False) as z:
+                got = {k: z[k] for k in _FIELDS}
+            if all(len(v) == part.count for v in got.values()):
+                return got
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            log.info(
+                "source %s: shard %s: its index cache %s went unreadable (%s); indexing it again", self.location, part.shard, part.cache, e
+            )
+        got = self._indexed(part.shard, None)
+        if len(got["keys"]) != part.count:
+            raise SourceError(f"source {self.location!r}: shard {part.shard!r} changed while it was being opened; open the source again")
+        return got
+
+    def _indexed(self, shard: str, cache: Path | None) -> dict[str, np.ndarray]:
+        """A shard's index from its tar headers, cached at ``cache`` (when given) if its labels
+        are integers or names; ``"written"`` is in the result when the cache was written."""
         before = len(self.ignored_members)
         samples = self._index_shard(shard)
         ignored = [m.split(":", 1)[1] if m.startswith(f"{shard}:") else m for m in self.ignored_members[before:]]
@@ -169,8 +254,8 @@ class WebDatasetSource(IndexedSource):
             "labels": np.asarray(labels, dtype=np.int64 if all(isinstance(v, int) for v in labels) else str),
             "ignored": np.asarray(ignored, dtype=str),
         }
-        if cache is not None and all(isinstance(v, (int, str)) for v in labels):
-            _write_cache(cache, index)
+        if cache is not None and all(isinstance(v, (int, str)) for v in labels) and _write_cache(cache, index):
+            index["written"] = np.ones(1, dtype=bool)
         return index
 
     def _shard_identity(self, shard: str) -> str | None:
