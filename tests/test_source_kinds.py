@@ -120,7 +120,9 @@ def test_shards_and_lists_through_fsspec(repacked: dict[str, str], folder: Image
     assert open_source("list:memory://lists/l.jsonl").read(0)[1] == folder.read(3)[1]
 
 
-def test_wds_index_cache_opens_the_same_index(repacked: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wds_index_cache_opens_the_same_index(
+    repacked: dict[str, str], folder: ImageFolderSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The shard index cache: a cached open reads no tar header and gives the index the tar
     walk gave (same arrays, same dtypes); a missing or damaged cache file is rebuilt; the
     labels may be names (json) as well as integers."""
@@ -146,6 +148,19 @@ def test_wds_index_cache_opens_the_same_index(repacked: dict[str, str], tmp_path
         assert index(rebuilt) == index(walked) and len(list((tmp_path / kind / "wds-index").glob("*.npz"))) == 3
         monkeypatch.setenv("DR_CACHE_DIR", "")
     assert walked.labels().dtype == np.int64 and len(set(walked.labels().tolist())) > 1
+    # class names after digit strings (the first shard's labels read as integers, the second's
+    # cannot): the names are resolved, cached or not, against the classes given
+    import webdataset as wds
+
+    jpeg = (folder.root / folder.files[0]).read_bytes()
+    for s, names in enumerate((["3", "3"], ["cat", "dog"])):
+        with wds.TarWriter(str(tmp_path / f"named-{s}.tar")) as sink:
+            for i, name in enumerate(names):
+                sink.write({"__key__": f"s{s}i{i}", "jpg": jpeg, "cls": name})
+    spec = f"wds:{tmp_path}/named-{{0..1}}.tar?label=cls&classes=3,cat,dog"
+    for cache in ("", str(tmp_path / "named-cache"), str(tmp_path / "named-cache")):
+        monkeypatch.setenv("DR_CACHE_DIR", cache)
+        assert open_source(spec).labels().tolist() == [0, 0, 1, 2]
 
 
 def test_hf_dataset_dict_splits(repacked: dict[str, str], tmp_path: Path) -> None:

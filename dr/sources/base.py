@@ -63,5 +63,5 @@ class Source(Protocol):
 def labels_hash(labels: np.ndarray, classes: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update("\x1f".join(classes).encode())
-    h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(labels, dtype="<i8").data)  # the buffer itself, no copy
     return h.hexdigest()

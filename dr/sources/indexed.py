@@ -17,7 +17,7 @@ from dr.sources.base import SourceFingerprint, is_url, labels_hash
 from dr.sources.decode import content_digest, decode_image
 from dr.urls import Location
 
-__all__ = ["IndexedSource", "classes_arg", "classes_option", "fs_for", "read_text", "release_freed_heap", "resolve_labels"]
+__all__ = ["IndexedSource", "classes_arg", "classes_option", "fs_for", "int_labels", "read_text", "release_freed_heap", "resolve_labels"]
 
 
 def release_freed_heap() -> None:
@@ -82,7 +82,7 @@ def classes_arg(classes: Sequence[str] | str | None, options: Mapping[str, Any])
     return names, {"classes": ",".join(names)}
 
 
-def _int_labels(raw: Sequence[Any]) -> np.ndarray | None:
+def int_labels(raw: Sequence[Any] | np.ndarray) -> np.ndarray | None:
     """``raw`` as int64 labels in one vectorised pass when it is all integers or all digit
     strings (an ImageNet-sized index: 1.28 M labels), else None (the per-item rule decides)."""
     try:
@@ -90,7 +90,7 @@ def _int_labels(raw: Sequence[Any]) -> np.ndarray | None:
         if arr.ndim != 1 or not len(arr):
             return None
         if arr.dtype.kind in "iu":
-            return arr.astype(np.int64)
+            return arr.astype(np.int64, copy=False)  # no copy of int64 labels (10 MB at 1.28 M images)
         if arr.dtype.kind == "U":
             stripped = np.strings.strip(arr)
             if bool(np.strings.isdigit(np.strings.lstrip(stripped, "-")).all()):
@@ -113,14 +113,14 @@ def resolve_labels(raw: Sequence[Any], classes: Sequence[str] | None, where: str
             return int(v)
         return None
 
-    labels = _int_labels(raw)
+    labels = int_labels(raw)
     if labels is None:
         ints = [as_int(v) for v in raw]
         labels = np.asarray(ints, dtype=np.int64) if len(raw) and all(i is not None for i in ints) else None
     if labels is not None:
         names = tuple(classes) if classes else tuple(str(i) for i in range(int(labels.max()) + 1))
-        bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
-        if len(bad):
+        if int(labels.min()) < 0 or int(labels.max()) >= len(names):  # (no temporaries for the labels that are fine)
+            bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
             raise SourceError(f"{where}: label {int(labels[bad[0]])} of item {int(bad[0])} is outside the {len(names)} classes")
         return labels, names
     strs = [str(v) for v in raw]

@@ -18,7 +18,7 @@ import numpy as np
 from dr.errors import BadImageError, SourceError
 from dr.sources.base import is_url
 from dr.sources.decode import IMG_EXTENSIONS, check_image_bytes
-from dr.sources.indexed import IndexedSource, classes_arg, fs_for, release_freed_heap, resolve_labels
+from dr.sources.indexed import IndexedSource, classes_arg, fs_for, int_labels, release_freed_heap, resolve_labels
 from dr.sources.spec import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -183,24 +183,28 @@ class WebDatasetSource(IndexedSource):
         self._shard = np.repeat(np.arange(len(parts), dtype=np.uint16 if len(parts) <= 1 << 16 else np.uint32), counts)
         self._offset = np.empty(total, dtype=np.int64)
         self._size = np.empty(total, dtype=np.uint32)
-        kinds = {p.dtypes["labels"].kind for p in parts if p.count}
-        labels: Any = []  # integers, names, or (mixed) a list of both
-        if kinds <= {"i", "u"}:
-            labels = np.empty(total, dtype=np.int64)
-        elif kinds == {"U"}:
-            labels = np.empty(total, dtype=f"U{max(p.dtypes['labels'].itemsize // 4 for p in parts if p.count)}")
+        # labels: integers (or digit strings, the ``cls`` member's text), turned into int64 one
+        # shard at a time; anything else (names, a mix) is gathered whole in a second pass
+        ints: np.ndarray | None = np.empty(total, dtype=np.int64)
         for part, stop in zip(parts, ends.tolist()):
             a, start = self._part_arrays(part), stop - part.count
-            part.arrays = None
+            part.arrays = {"labels": a["labels"]} if part.arrays is not None else None  # held: kept for the second pass
             self.keys[start:stop] = a["keys"]
             self._offset[start:stop] = a["offsets"]
             if part.count and int(a["sizes"].max()) >= 1 << 32 and self._size.dtype == np.uint32:
                 self._size = self._size.astype(np.int64)  # a member of 4 GiB or more (check_image_bytes refuses it when read)
             self._size[start:stop] = a["sizes"]
-            if isinstance(labels, np.ndarray):
-                labels[start:stop] = a["labels"]
-            else:
-                labels.extend(a["labels"].tolist())
+            got = int_labels(a["labels"]) if ints is not None and part.count else None
+            if got is not None and ints is not None:
+                ints[start:stop] = got
+            elif part.count:
+                ints = None
+        labels: Any = ints
+        if labels is None:
+            kinds = {p.dtypes["labels"].kind for p in parts if p.count}
+            pieces = [self._part_arrays(p)["labels"] for p in parts]
+            labels = np.concatenate(pieces) if len(kinds) == 1 else [x for piece in pieces for x in piece.tolist()]
+            del pieces
         self._labels, self._classes = resolve_labels(labels, names, f"source {self.location!r}")
         del parts, labels
         release_freed_heap()
