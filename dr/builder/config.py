@@ -139,6 +139,14 @@ class BuildConfig(BaseModel):
         False, "Compile the teachers with torch.compile (15-40 s once per worker; pays off on big builds)", example=False
     )
     decode_threads: int = _field(4, "Image-decoding threads per actor", example=4, ge=1, le=256)
+    units_per_worker: int = _field(
+        2,
+        "Chunks queued on each teacher actor at once (two run together: one decodes while the other is on the teachers; more "
+        "keep it busy while the driver writes, each holds one chunk's results)",
+        example=2,
+        ge=2,
+        le=64,
+    )
     write_interval: float = _field(
         5.0, "Sharded stores: seconds finished chunks may wait to be written together (a crash recomputes them)", ge=0, le=3600
     )

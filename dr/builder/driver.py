@@ -313,7 +313,7 @@ class UnitRunner:
     """Runs a build's units on its worker pool and writes each result; the state of a running
     build lives here (pending units, the units in flight, retries per unit, the first failure).
 
-    Every live worker holds up to two units; a unit whose worker died goes back to the pending
+    Every live worker holds up to ``units_per_worker`` units (two run at once); a unit whose worker died goes back to the pending
     list (up to ``max_retries`` times); a unit that raised stops new submissions while the
     units in flight finish and are written. The agreement guard judges each written chunk.
     """
@@ -393,10 +393,11 @@ class UnitRunner:
         self._fill(pool)
 
     def _fill(self, pool: WorkerPool) -> None:
-        """Give every live worker up to two units (the next is ready when one returns)."""
+        """Give every live worker up to ``units_per_worker`` units (queued on it, so the next is
+        ready when one returns, and while the driver writes)."""
         for worker in pool.actors:
             busy = sum(1 for _, w in self.in_flight.values() if w is worker)
-            while busy < 2 and self.pending and self.failure is None:
+            while busy < self.config.units_per_worker and self.pending and self.failure is None:
                 unit = self.pending.pop()
                 self.in_flight[worker.compute.remote(unit.start, unit.stop)] = (unit, worker)
                 busy += 1

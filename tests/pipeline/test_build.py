@@ -54,7 +54,7 @@ def test_end_to_end_store_contents(reference: str, cifar64: Path) -> None:
 
 def test_same_store_for_any_worker_count_and_chunk_size(reference: str, cifar64: Path, tiny_teacher: str, tmp_path: Path) -> None:
     ref = _arrays(reference)
-    for i, kw in enumerate([dict(workers=2), dict(workers=2, chunk_size=32, cpus_per_worker=0.5)]):
+    for i, kw in enumerate([dict(workers=2), dict(workers=2, chunk_size=32, cpus_per_worker=0.5, units_per_worker=3)]):
         out = tmp_path / f"b{i}.zarr"
         reinforce(_config(cifar64, tiny_teacher, out, **kw), progress=False)
         got = _arrays(str(out))
