@@ -16,7 +16,8 @@ the data stage per shard), in order:
 
 * ``data``: the WebDataset shards (``W/wds/shard-NNNNNN.tar``, keys ``{index:08d}``, image i
   in class ``i * 1000 // N_TOTAL``), made by a pool of 2 processes.
-* ``build``: one store per N of the subsets (the first 50 / 320 shards): views/s, working
+* ``build``: one store per N of the subsets (the first 50 / 320 shards), each read from disk
+  (the shards' page cache dropped first, as before every build here): views/s, working
   views/s (from the moment the workers are up), driver and teacher-worker peak RSS (VmHWM,
   polled from /proc every 0.5 s), the build tree's CPU seconds and the load average.
 * ``resume``: the full source (N = 1,281,167), SIGKILLed at about half of its chunks, then
@@ -175,6 +176,18 @@ def write_shard(job: tuple[str, str, int, int]) -> int:
 
 def n_shards(p: Preset, images: int) -> int:
     return -(-images // p.per_shard)
+
+
+def evict_source(w: Path, p: Preset, images: int) -> None:
+    """Drop the page cache of the first ``images`` images' shards (``posix_fadvise``
+    DONTNEED), so every build reads its source from disk: one build's reads never speed up the
+    next."""
+    for s in range(n_shards(p, images)):
+        fd = os.open(w / "wds" / f"shard-{s:06d}.tar", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def source_spec(w: Path, p: Preset, images: int) -> str:
@@ -412,6 +425,7 @@ def stage_build(w: Path, p: Preset) -> list[dict[str, Any]]:
         if not path.exists():
             store = fresh(w / f"store-{n}.zarr")
             log(f"build: N = {n:,}, V = 10 -> {store}")
+            evict_source(w, p, n)
             run = watch_build(build_cmd(w, p, n, 10, store) + ["--overwrite"], store, w / "logs" / f"build-{n}")
             rec = run_record(n, 10, run)
             save_json(path, rec)
@@ -450,12 +464,14 @@ def stage_resume(w: Path, p: Preset) -> dict[str, Any]:
     n, store = p.total, fresh(w / f"store-{p.total}.zarr")
     cmd, chunks = build_cmd(w, p, n, 10, store), -(-n // CHUNK)
     log(f"resume: N = {n:,}, V = 10 -> {store}; SIGKILL at {chunks // 2:,} of {chunks:,} chunks")
+    evict_source(w, p, n)
     first = watch_build(cmd + ["--overwrite"], store, w / "logs" / f"build-{n}-first", poll=0.25, kill_at=chunks // 2)
     done_at_kill = done_count(store)
     if not first["killed"] or done_at_kill >= chunks:
         raise SystemExit(f"resume: the build finished before {chunks // 2} chunks were seen done: use a larger preset")
     cleanup_s, left = wait_gone(first["watch"].pids - {first["watch"].pid}, 60.0)
     log(f"resume: killed at {done_at_kill:,} chunks done; its Ray processes gone in {cleanup_s} s ({left} left)")
+    evict_source(w, p, n)
     second = watch_build(cmd + ["--resume"], store, w / "logs" / f"build-{n}-resume", poll=0.25, first_after=done_at_kill)
     rec = run_record(n, 10, second)
     rec["resume"] = {
@@ -531,6 +547,7 @@ def stage_v400(w: Path, p: Preset) -> dict[str, Any]:
         return load_json(path)  # type: ignore[no-any-return]
     n, store = p.v400_images, fresh(w / "store-v400.zarr")
     log(f"v400: N = {n:,}, V = 400 -> {store}")
+    evict_source(w, p, n)
     run = watch_build(build_cmd(w, p, n, 400, store) + ["--overwrite"], store, w / "logs" / "build-v400")
     rec = run_record(n, 400, run)
     _, info, _ = cli_json(["info", str(store), "--json"], w / "logs" / "info-v400")
@@ -897,6 +914,7 @@ def stage_report(w: Path, p: Preset, out: Path, teacher_vps: float) -> dict[str,
         "shard_images": p.shard_images or "dr's default",
         "ray": "private local (dr-build's default), one teacher worker (CPU)",
         "index_cache": "DR_CACHE_DIR=WORKDIR/dr-cache: the first build of a shard indexes it, later opens read the cache",
+        "source_page_cache": "evicted (posix_fadvise DONTNEED) before every build: each reads its shards from disk",
         "sizes": {**asdict(p), "budget_bytes": p.budget},
     }
     top["machine"] = machine()
