@@ -126,7 +126,8 @@ class StoreWriter:
                 "algorithm": "blake2b-128 keyed with header.seal.digest, of the chunk's decoded rows, C order, little-endian",
             }
         )
-        step = made[LABELS].shards[0] if made[LABELS].shards else max(1, n)
+        shards = made[LABELS].shards
+        step = shards[0] if shards else max(1, n)
         for start in range(0, n, step):  # a shard at a time: zarr encodes the shards of one write at once, each with zstd's buffers
             made[LABELS][start : start + step] = np.asarray(labels[start : start + step], dtype=np.int32)
         return cls(group, h, url, write_interval=write_interval)
