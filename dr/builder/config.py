@@ -141,8 +141,8 @@ class BuildConfig(BaseModel):
     decode_threads: int = _field(4, "Image-decoding threads per actor", example=4, ge=1, le=256)
     units_per_worker: int = _field(
         2,
-        "Chunks queued on each teacher actor at once (two run together: one decodes while the other is on the teachers; more "
-        "keep it busy while the driver writes, each holds one chunk's results)",
+        "Chunks queued on each teacher actor (two run at once). Raise it when an actor finishes a chunk faster than the "
+        "driver writes a batch of them (fast GPU teachers); on a 2-core CPU build 4 was no faster than 2",
         example=2,
         ge=2,
         le=64,
