@@ -1,6 +1,6 @@
 """Do students lose with 8-bit probabilities? Students trained on two stores that differ only in
 ``--probs-dtype`` (float16, dr's default, and uint8), both built here with the shipped teachers,
-back to back:
+one after the other (each store, then its students; ``--first`` picks which goes first):
 
 * ``--protocol cifar10`` (default): the CIFAR-10 CPU protocol's ``reinforced:cifar`` ResNet at
   5 epochs, seeds 0 and 1; goal: the uint8 mean at most 0.2 points below float16's.
@@ -64,20 +64,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 (cifar10), 0 (tin100)")
     ap.add_argument("--epochs", type=int, help="default: 5 (cifar10), 12 (tin100)")
     ap.add_argument("--out", type=Path, help="default: bench/results/uint8-students[-tin100]-cpu.json")
+    ap.add_argument("--first", choices=DTYPES, default="float16", help="which store is built and trained on first (default: float16)")
     args = ap.parse_args(argv)
     proto, policy, epochs, seeds, goal_points, out_path = PROTOCOLS[args.protocol]
     args.seeds = args.seeds or seeds
     args.epochs = args.epochs or epochs
     args.out = args.out or out_path
     args.data, args.quiet, args.publish = None, True, False
-    stores = {d: families._build(args, proto, policy, proto.topk, probs_dtype=d) for d in DTYPES}
+    order = sorted(DTYPES, key=lambda d: d != args.first)
+    stores: dict[str, str] = {}
+    for d in order:  # each store, then its students: the first dtype's result comes before the second store is built
+        stores[d] = families._build(args, proto, policy, proto.topk, probs_dtype=d)
+        for family in args.families:
+            for seed in args.seeds:
+                run_one(args, proto, families.Run(family, f"reinforced:{policy}", args.epochs, seed), policy, stores[d], d)
     runs, summary = [], {}
     for family in args.families:
         by_dtype: dict[str, list[float]] = {d: [] for d in DTYPES}
         ece: dict[str, list[float]] = {d: [] for d in DTYPES}
         for seed in args.seeds:
             run = families.Run(family, f"reinforced:{policy}", args.epochs, seed)
-            for d in DTYPES:  # back to back, float16 first
+            for d in DTYPES:  # (cached above)
                 r = run_one(args, proto, run, policy, stores[d], d)
                 keep = ("dataset", "family", "condition", "store", "teacher_set", "recipe", "split", "k", "epochs", "seed")
                 runs.append(
