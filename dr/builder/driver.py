@@ -214,6 +214,11 @@ def reinforce(
             echo(format_evaluation(report))
     del ensemble
     ensemble_desc = {**ensemble_desc, **teacher_math(config)}
+    # the source goes to Ray's object store now, for the workers, and the driver goes on with the
+    # object store's copy: its arrays are views of the shared memory the workers read, so the
+    # driver holds one copy of a large index (a WebDataset's: ~30 B/image), not two
+    src_ref = SourceRef(ray_runtime.connect(config.address).put(src))
+    src = src_ref.get()
     header = make_header(config, src, ensemble_desc, num_classes)
     base_lock, ext = None, None
     if config.extend is not None:  # the new images go to a segment of the store: lock the store, record the segment
@@ -238,7 +243,7 @@ def reinforce(
         computed, views_done, worker_names, working = 0, 0, list[str](), 0.0
         if units:
             guard = guard_for(config, src.labels(), len(src.classes), header.ensemble)
-            runner = UnitRunner(config, header, src, writer, guard=guard, on_chunk=on_chunk)
+            runner = UnitRunner(config, header, src_ref, writer, guard=guard, on_chunk=on_chunk)
             runner.run(units, progress=progress)
             computed, views_done, worker_names, working = runner.computed, runner.views, runner.pool_names, runner.working_seconds
         if writer.done().all():
@@ -292,7 +297,7 @@ def worker_options(config: BuildConfig, header: StoreHeader, device: str, per_cp
     )
 
 
-def worker_pool(config: BuildConfig, header: StoreHeader, src: Source, shape: WorkerShape, concurrency: int = 2) -> WorkerPool:
+def worker_pool(config: BuildConfig, header: StoreHeader, src: Source | SourceRef, shape: WorkerShape, concurrency: int = 2) -> WorkerPool:
     """A pool of this build's teacher workers (none started yet). Restarts are ours, not Ray's:
     a dead worker is replaced and its units resubmitted. ``concurrency`` 2: one unit decodes and
     samples on CPU threads while the other's views run through the teachers."""
@@ -300,7 +305,7 @@ def worker_pool(config: BuildConfig, header: StoreHeader, src: Source, shape: Wo
     actor_cls = ray.remote(UnitWorker).options(
         num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=0, max_task_retries=0, max_concurrency=concurrency
     )
-    source_ref = SourceRef(ray.put(src))
+    source_ref = src if isinstance(src, SourceRef) else SourceRef(ray.put(src))
     options = worker_options(config, header, shape.device, shape.cpus)
 
     def new_actor() -> Any:
@@ -322,7 +327,7 @@ class UnitRunner:
         self,
         config: BuildConfig,
         header: StoreHeader,
-        src: Source,
+        src: Source | SourceRef,
         writer: StoreWriter,
         *,
         guard: Any = None,
