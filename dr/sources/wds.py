@@ -202,7 +202,7 @@ class WebDatasetSource(IndexedSource):
         labels: Any = ints
         if labels is None:
             kinds = {p.dtypes["labels"].kind for p in parts if p.count}
-            pieces = [self._part_arrays(p)["labels"] for p in parts]
+            pieces = [self._part_arrays(p)["labels"] for p in parts if p.count]
             labels = np.concatenate(pieces) if len(kinds) == 1 else [x for piece in pieces for x in piece.tolist()]
             del pieces
         self._labels, self._classes = resolve_labels(labels, names, f"source {self.location!r}")
