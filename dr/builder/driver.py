@@ -214,11 +214,7 @@ def reinforce(
             echo(format_evaluation(report))
     del ensemble
     ensemble_desc = {**ensemble_desc, **teacher_math(config)}
-    # the source goes to Ray's object store now, for the workers, and the driver goes on with the
-    # object store's copy: its arrays are views of the shared memory the workers read, so the
-    # driver holds one copy of a large index (a WebDataset's: ~30 B/image), not two
-    src_ref = SourceRef(ray_runtime.connect(config.address).put(src))
-    src = src_ref.get()
+    src, src_ref = _shared(config, src)
     header = make_header(config, src, ensemble_desc, num_classes)
     base_lock, ext = None, None
     if config.extend is not None:  # the new images go to a segment of the store: lock the store, record the segment
@@ -261,6 +257,14 @@ def reinforce(
     )
     log.info("build %s: %s", config.out, result.to_dict())
     return result
+
+
+def _shared(config: BuildConfig, src: Source) -> tuple[Source, SourceRef]:
+    """The source put in Ray's object store for the workers, and the object store's copy for the
+    driver to go on with: its arrays are views of the shared memory the workers read, so the
+    driver holds one copy of a large index (a WebDataset's: ~30 B/image), not two."""
+    ref = SourceRef(ray_runtime.connect(config.address).put(src))
+    return ref.get(), ref
 
 
 def _segment_build(config: BuildConfig, header: StoreHeader, src: Source) -> tuple[BuildConfig, StoreHeader, Extension]:

@@ -77,13 +77,13 @@ def _cached_shape(path: Path) -> tuple[int, dict[str, np.dtype], np.ndarray]:
                 elif version == (2, 0):
                     shape, _, dtype = np.lib.format.read_array_header_2_0(f)
                 else:
-                    raise ValueError(f"npy format {version}")
+                    raise SourceError(f"index cache {path}: npy format {version}")
             counts.add(shape)
             dtypes[name] = dtype
         with zf.open("ignored.npy") as f:
             ignored = np.lib.format.read_array(f, allow_pickle=False)
     if len(counts) != 1 or len(next(iter(counts))) != 1:
-        raise ValueError(f"fields of different shapes {sorted(counts)}")
+        raise SourceError(f"index cache {path}: fields of different shapes {sorted(counts)}")
     return next(iter(counts))[0], dtypes, ignored
 
 
@@ -218,7 +218,7 @@ class WebDatasetSource(IndexedSource):
                 count, dtypes, ignored = _cached_shape(cache)
                 self.ignored_members += [f"{shard}:{m}" for m in ignored.tolist()]
                 return _Part(shard, count, dtypes, cache=cache)
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, SourceError) as e:
                 log.info("source %s: shard %s: its index cache %s is unreadable (%s); rebuilding it", self.location, shard, cache, e)
         index = self._indexed(shard, cache)
         dtypes = {k: index[k].dtype for k in _FIELDS}
