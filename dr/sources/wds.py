@@ -229,16 +229,20 @@ class WebDatasetSource(IndexedSource):
         """A part's arrays: held, or read from its cache file (indexed again if that went)."""
         if part.arrays is not None:
             return part.arrays
-        assert part.cache is not None
-        try:
-            with np.load(part.cache, allow_pickle=False) as z:
-                got = {k: z[k] for k in _FIELDS}
-            if all(len(v) == part.count for v in got.values()):
-                return got
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            log.info(
-                "source %s: shard %s: its index cache %s went unreadable (%s); indexing it again", self.location, part.shard, part.cache, e
-            )
+        if part.cache is not None:
+            try:
+                with np.load(part.cache, allow_pickle=False) as z:
+                    got = {k: z[k] for k in _FIELDS}
+                if all(len(v) == part.count for v in got.values()):
+                    return got
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+                log.info(
+                    "source %s: shard %s: its index cache %s went unreadable (%s); indexing it again",
+                    self.location,
+                    part.shard,
+                    part.cache,
+                    e,
+                )
         got = self._indexed(part.shard, None)
         if len(got["keys"]) != part.count:
             raise SourceError(f"source {self.location!r}: shard {part.shard!r} changed while it was being opened; open the source again")
