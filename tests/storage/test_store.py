@@ -1,3 +1,4 @@
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,8 @@ def test_write_finalize_read_round_trip(tmp_path: Path) -> None:
     assert StoreReader(url, allow_incomplete=True).done().tolist() == [True, False, True]
     w.write_chunk(1, chunks[1])
     h = w.finalize()
-    assert h.status == "complete" and h.dataset.digests_sha256 is not None
+    whole = np.concatenate([chunks[c]["source/digests"] for c in range(3)])
+    assert h.status == "complete" and h.dataset.digests_sha256 == hashlib.sha256(whole.tobytes()).hexdigest()
     r = StoreReader(url)
     np.testing.assert_array_equal(r.load("source/labels"), labels)
     np.testing.assert_array_equal(r.load("targets/probs"), np.concatenate([chunks[c]["targets/probs"] for c in range(3)]))
@@ -210,6 +212,9 @@ def test_a_sharded_store_keeps_one_object_per_shard_and_writes_chunks_together(t
     for path in ("targets/probs", "params/flip", "source/labels"):  # 10 images in shards of 8: two objects per array
         assert sorted(p.name for p in (Path(url) / path / "c").iterdir()) == ["0", "1"]
     assert sorted(p.name for p in (Path(url) / "build" / "done" / "c").iterdir()) == ["0", "1"]
+    # the header's digest of source/digests, hashed shard by shard, is the whole array's
+    whole = np.concatenate([chunks[c]["source/digests"] for c in range(3)])
+    assert r.header.dataset.digests_sha256 == hashlib.sha256(whole.tobytes()).hexdigest()
 
 
 def test_uint8_probabilities_round_trip_within_the_stated_bound() -> None:
