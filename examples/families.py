@@ -70,6 +70,7 @@ from dr.policy import get_policy
 from dr.replay import DeviceReplay
 from dr.sources import ImageFolderSource
 from dr.teachers import Ensemble, zoo
+from dr.teachers.precision import resolved_precision
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -127,6 +128,7 @@ class Protocol:
     lr: float = 0.2
     wd: float = 5e-4
     compile_teachers: bool = True
+    teacher_precision: str = "auto"  # the teachers' arithmetic in builds and kd (--precision; auto: fp32 on a CPU)
     # quick: teachers trained in the workdir (arch, width/depth flags, seed) instead of the shipped ones
     train_teachers: tuple[tuple[str, tuple[str, ...], int], ...] = ()
     teacher_epochs: int = 0
@@ -211,6 +213,7 @@ TIN_V2 = Protocol(
     {f: (0, 1) for f in FAMILIES},
     teachers_dir="examples/assets/teachers-tin100-v2",
     teachers_min=3,
+    teacher_precision="bf16",  # 2.2x the compiled fp32 teachers on this CPU (bench/results/teacher-precision-cpu.json)
     recipe=RECIPE_TIN,
 )
 # the selection split: 50 train images per class held out (5,000), the students train on the other 450
@@ -227,6 +230,7 @@ TIN_SELECT = Protocol(
     kd_families=(),
     teachers_dir="examples/assets/teachers-tin100-v2",
     teachers_min=3,
+    teacher_precision="bf16",  # 2.2x the compiled fp32 teachers on this CPU (bench/results/teacher-precision-cpu.json)
     holdout_per_class=50,
     select_crops=(None, 0.25, 0.5),
     select_hard=("0", "0.5-0", "1-0", "0.3"),
@@ -344,7 +348,8 @@ def store_path(
     cs = f"-cs{crop_scale:g}" if crop_scale is not None else ""
     t = f"-{teacher_set(proto)}" if proto.teachers_dir else ""
     u8 = "-u8" if probs_dtype == "uint8" else ""
-    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}{cs}-k{topk}{v}{t}{u8}.zarr")
+    bf16 = "-bf16" if proto.teacher_precision == "bf16" else ""
+    return str(Path(args.workdir) / f"{proto.dataset}+{policy.replace('/', '-')}{cs}-k{topk}{v}{t}{u8}{bf16}.zarr")
 
 
 def _kstudy_store(args: argparse.Namespace, proto: Protocol) -> str:
@@ -377,6 +382,7 @@ def _build(
         resume=True,
         force=True,
         compile=proto.compile_teachers,
+        precision=proto.teacher_precision,  # type: ignore[arg-type]
         min_agreement=proto.min_agreement,
         probs_dtype=probs_dtype,
     )
@@ -395,6 +401,7 @@ def _build(
                     "teacher_set": teacher_set(proto),
                     "topk": topk,
                     "probs_dtype": probs_dtype,
+                    "teacher_precision": result.header.ensemble["precision"],
                     "views": views,
                     "chunks_computed": result.chunks_computed,
                     "chunks_total": result.chunks_total,
@@ -537,7 +544,7 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
     model = make_student(run.family, ds).to(device).to(memory_format=torch.channels_last)
     teachers = None
     if run.condition == "kd":
-        teachers = Ensemble.from_specs(specs).to(device)
+        teachers = Ensemble.from_specs(specs, precision=proto.teacher_precision).to(device)
         teachers.optimize(channels_last=True, compile=proto.compile_teachers)
     opt = sgd_nesterov(model, proto.lr, proto.wd)
     sampler = MultiScaleBatchSampler(
@@ -610,6 +617,7 @@ def train_student(args: argparse.Namespace, proto: Protocol, run: Run, stores: d
         "store_policy": store_policy,
         "store": Path(store).name if store else None,
         "teacher_set": teacher_set(proto) if uses_teachers else None,
+        "teacher_precision": resolved_precision(proto.teacher_precision, device.type) if uses_teachers else None,
         "recipe": run.recipe,
         "split": proto.split,
         "k": run.k if run.k is not None else (proto.topk if store_policy else None),
@@ -970,6 +978,7 @@ RECORD_KEYS = (
     "condition",
     "store_policy",
     "store",
+    "teacher_precision",
     "teacher_set",
     "recipe",
     "split",

@@ -28,8 +28,8 @@ class Ensemble(nn.Module):
         teachers: the loaded teachers (:func:`dr.teachers.load_teacher`); their weights
             ``w_i`` are each spec's ``weight``. All must name the same classes, in one order.
         temperature: the softmax temperature ``T`` of every teacher (> 0).
-        precision: ``fp32``, ``bf16`` (bf16 autocast on CUDA with fp32 classifier heads and
-            softmax) or ``auto`` (bf16 on CUDA, fp32 on the CPU).
+        precision: ``fp32``, ``bf16`` (bf16 autocast with fp32 classifier heads and softmax,
+            on CUDA or a CPU) or ``auto`` (bf16 on CUDA, fp32 on the CPU).
         class_map: maps teacher classes to the dataset's, or ``None`` (the same classes).
 
     Raises:

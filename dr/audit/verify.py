@@ -352,6 +352,7 @@ def _audit_ensemble(h: Any, teachers: list[str] | None, trust_store_teachers: bo
         return Ensemble.from_specs(
             specs,
             float(h.ensemble.get("temperature", 1.0)),
+            h.ensemble.get("precision", "fp32"),  # the build's arithmetic (bf16 on CPUs too)
             allow_random=any(s is not None for s in seeds),
             init_seeds=[s or 0 for s in seeds] if len(seeds) == len(specs) else None,
             class_map=ClassMap.from_dict(h.ensemble.get("class_map")),

@@ -134,7 +134,11 @@ class BuildConfig(BaseModel):
     workers: int | None = _field(None, "Teacher actors (default: one per GPU, else 1)", ge=1)
     cpus_per_worker: float | None = _field(None, "CPUs reserved per actor (default: share the cluster's)", gt=0)
     device: Literal["auto", "cpu", "cuda"] = _field("auto", "Teacher device", example="auto")
-    precision: Literal["auto", "fp32", "bf16"] = _field("auto", "Teacher math: auto = bf16 autocast on CUDA, fp32 on CPU", example="auto")
+    precision: Literal["auto", "fp32", "bf16"] = _field(
+        "auto",
+        "Teacher math: auto = bf16 autocast on CUDA, fp32 on CPU; bf16 = bf16 autocast on any device (fast on CPUs with AVX-512 BF16 or AMX)",
+        example="auto",
+    )
     compile: bool = _field(
         False, "Compile the teachers with torch.compile (15-40 s once per worker; pays off on big builds)", example=False
     )

@@ -156,11 +156,6 @@ def teacher_math(config: BuildConfig) -> dict[str, Any]:
     from dr.teachers.precision import resolved_precision
 
     device = ray_runtime.worker_shape(ray_runtime.connect(config.address), config).device
-    if config.precision == "bf16" and device != "cuda":
-        raise ConfigError(
-            f"--precision bf16 needs CUDA workers, but this build's teachers run on {device}: dr runs bf16 autocast on "
-            "CUDA only. Use --precision fp32 (or auto: bf16 on CUDA, fp32 elsewhere)"
-        )
     return {"precision": resolved_precision(config.precision, device), "device": device, "compile": config.compile}
 
 

@@ -73,7 +73,7 @@ class UnitWorker:
         decode_threads: threads decoding images.
         on_bad_image: ``fail`` raises :class:`BadImageError` naming the file; ``skip`` marks the
             image skipped (zero rows, ``source/skipped`` = 1, reason recorded).
-        precision: ``auto``/``bf16`` (bf16 autocast on CUDA) or ``fp32``.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPUs), ``bf16`` (on any device) or ``fp32``.
         compile: ``torch.compile`` the teachers.
         class_map: the header's ``ensemble.class_map`` (teacher ids -> dataset ids), or ``None``.
         allow_random_teachers: accept specs without weights, seeded with ``init_seeds``.

@@ -10,7 +10,7 @@ from dr.teachers.precision import Fp32Head, fp32_head, resolved_precision
 
 def test_resolved_precision() -> None:
     assert resolved_precision("auto", "cuda") == "bf16" and resolved_precision("bf16", "cuda") == "bf16"
-    assert resolved_precision("auto", "cpu") == "fp32" and resolved_precision("bf16", "cpu") == "fp32"
+    assert resolved_precision("auto", "cpu") == "fp32" and resolved_precision("bf16", "cpu") == "bf16"
     assert resolved_precision("fp32", "cuda") == "fp32"
 
 
@@ -26,8 +26,11 @@ def test_bf16_ensembles_compute_logits_in_fp32(tiny_teacher: str) -> None:
         features = teacher.model[:-1](teacher.prepare(views))
     assert logits.dtype == torch.float32  # a bf16 body, but fp32 logits
     torch.testing.assert_close(logits, teacher.model[-1].head(features.float()))
-    # the same weights answer the same on fp32 (state is shared, only the call is wrapped)
     with torch.inference_mode():
+        bf16 = ens(views)  # bf16 autocast on the CPU too (--precision bf16)
+        torch.testing.assert_close(bf16, ref(views), atol=0.02, rtol=0)
+        assert not torch.equal(bf16, ref(views))
+        ens.precision = "fp32"  # the same weights answer the same in fp32 (state is shared, only the call is wrapped)
         torch.testing.assert_close(ens(views), ref(views))
 
 
