@@ -318,6 +318,12 @@ def test_bf16_teachers_on_cpu_workers_build_a_store_verify_replays_exactly(
     replay = next(c for c in checks if c.name == "replay")
     assert all(c.ok for c in checks) and replay.figures["top1_agreement"] == 1.0
     assert replay.figures["max_abs_prob_diff"] <= 2.0**-11  # float16 storage, not an fp32 re-run (bf16 tolerance 0.25)
+    # same seed, same store at another worker count and chunk size, in bf16 too
+    other = dict(common, chunk_size=16, workers=2, cpus_per_worker=0.5)
+    reinforce(BuildConfig(**other, out=str(tmp_path / "bf16-2.zarr"), precision="bf16"), progress=False)
+    again = StoreReader(str(tmp_path / "bf16-2.zarr"))
+    for path in ("targets/probs", "targets/ids"):
+        assert np.asarray(again.array(path)[:]).tobytes() == np.asarray(bf16.array(path)[:]).tobytes(), path
 
 
 def test_odd_tar_member_names_are_left_out_of_a_webdataset(cifar64: Path, tmp_path: Path) -> None:
