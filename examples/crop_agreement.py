@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--views", type=int, default=2, help="views per image and range")
     p.add_argument("--size", type=int, default=64, help="view size in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the teachers' arithmetic (as the store's --precision)")
     p.add_argument("--out", default=None, help="write the JSON record here")
     args = p.parse_args(argv)
     cards = shipped_cards(Path(args.teachers_dir), 1, "the teacher training script")
-    ensemble = Ensemble.from_specs([c["teacher_spec"] for c in cards])
+    ensemble = Ensemble.from_specs([c["teacher_spec"] for c in cards], precision=args.precision)
     ensemble.optimize(channels_last=True)
     scales = [float(x) for x in args.scales.split(",")]
     rows = measure(ImageFolderSource(args.data), ensemble, scales, args.images, args.views, args.size, args.seed)
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         "views_per_image": args.views,
         "size": args.size,
         "seed": args.seed,
+        "precision": args.precision,
         "machine": machine("cpu"),
         "rows": rows,
     }
