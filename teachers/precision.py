@@ -3,8 +3,9 @@
 bf16 autocast speeds up the teachers' bodies on CUDA and on CPUs with native bf16 (AVX-512
 BF16, AMX), but bf16 logits (8 significant bits) flip near-tied top-1 predictions (0.4 % of
 views on the demo teacher, measured). So under bf16 the classifier head runs in fp32 on fp32
-features (:func:`fp32_head`), and the softmax is always fp32 (:class:`teachers.Ensemble`). The *resolved* precision (what actually runs on
-the device kind) is recorded in the store header, so a resume on other math is refused.
+features (:func:`fp32_head`), and the softmax is always fp32 (:class:`teachers.Ensemble`).
+The *resolved* precision (what actually runs on the device kind) is recorded in the store
+header, so a resume on other math is refused.
 """
 
 from __future__ import annotations
